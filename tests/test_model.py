@@ -1,0 +1,111 @@
+"""The model layer on the real embedded SmolLM2: conversion, precision, variants on one base, streaming."""
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+import torch
+from peft import LoraConfig, PromptTuningConfig, TaskType, get_peft_model
+
+from chatapp.model import BASE, GenerationSettings, ModelRegistry, base_folder, load_base
+from chatapp.settings import Settings
+
+QUESTION = [{"role": "user", "content": "What is the capital of France?"}]
+SHORT = GenerationSettings(max_new_tokens=12)
+
+
+@pytest.fixture(scope="module")
+def settings(tmp_path_factory) -> Settings:
+    return Settings.from_env(data_dir=tmp_path_factory.mktemp("model-data"))
+
+
+def save_adapter(settings: Settings, name: str, config) -> None:
+    """A real PEFT adapter with its trainable weights pushed away from their (no-op) initialisation."""
+    model, _, _ = load_base(settings)
+    peft_model = get_peft_model(model, config)
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for param in peft_model.parameters():
+            if param.requires_grad:
+                param.add_(torch.randn(param.shape, generator=generator) * 0.5)
+    peft_model.save_pretrained(settings.adapters_dir / name)
+
+
+@pytest.fixture(scope="module")
+def registry(settings) -> ModelRegistry:
+    return ModelRegistry(settings).load()
+
+
+def test_embedded_base_is_converted_to_a_trainable_folder(settings):
+    folder = base_folder(settings)
+    config = json.loads((settings.models_dir / "SmolLM2-135M-Instruct" / "config.json").read_text())
+    assert folder.endswith("SmolLM2-135M-Instruct")
+    assert "quantization_config" not in config  # reloads as a plain model that Trainer accepts
+    start = time.perf_counter()
+    assert base_folder(settings) == folder
+    assert time.perf_counter() - start < 1.0  # the conversion runs once
+
+
+def test_base_answers_and_streams_in_pieces(registry):
+    pieces = list(registry.stream(QUESTION, BASE, SHORT))
+    assert len(pieces) > 1
+    assert "Paris" in "".join(pieces)
+    info = registry.info()
+    assert info["precision"] == "32bit" and info["device"] == "cpu"
+    assert 400 < info["footprint_mb"] < 700  # 135M parameters in fp32
+
+
+def test_new_adapters_appear_without_restart_and_switch_on_one_base(settings, registry):
+    assert registry.variants() == [BASE]
+    before = registry.generate(QUESTION, BASE, SHORT)
+    base_object = registry.base
+
+    save_adapter(settings, "noisy-lora", LoraConfig(r=4, target_modules="all-linear", task_type="CAUSAL_LM"))
+    save_adapter(settings, "soft-prompt", PromptTuningConfig(task_type=TaskType.CAUSAL_LM, num_virtual_tokens=8))
+    assert registry.variants() == [BASE, "noisy-lora", "soft-prompt"]
+
+    lora_answer = registry.generate(QUESTION, "noisy-lora", SHORT)
+    assert lora_answer != before
+    # Prompt tuning only prepends virtual tokens: compare next-token distributions, not text.
+    inputs = registry.encode(QUESTION)
+    with torch.no_grad(), registry._context("soft-prompt"):
+        soft_logits = registry._model_for("soft-prompt")(**inputs).logits[0, -1]
+    with torch.no_grad(), registry._context(BASE):
+        base_logits = registry._model_for(BASE)(**inputs).logits[0, -1]
+    assert not torch.allclose(soft_logits, base_logits, atol=1e-3)
+
+    # Back to base: LoRA layers are switched off, so the answer is exactly the original one.
+    assert registry.generate(QUESTION, BASE, SHORT) == before
+    assert registry.generate(QUESTION, "noisy-lora", SHORT) == lora_answer
+    assert registry.base is base_object  # never reloaded
+
+
+def test_unknown_variant_is_a_clear_error(registry):
+    with pytest.raises(KeyError, match="unknown variant 'nope'"):
+        registry.generate(QUESTION, "nope", SHORT)
+
+
+def test_closing_the_stream_stops_generation(registry):
+    stream = registry.stream(QUESTION, BASE, GenerationSettings(max_new_tokens=400, do_sample=True, temperature=1.0))
+    next(stream)
+    start = time.perf_counter()
+    stream.close()
+    assert time.perf_counter() - start < 2.0
+    assert registry.generate_lock.acquire(timeout=1.0)  # released for the next request
+    registry.generate_lock.release()
+
+
+def test_four_bit_nf4_on_cpu(settings):
+    model, tokenizer, precision = load_base(settings, precision="4bit")
+    assert precision == "4bit"
+    full, _, _ = load_base(settings, precision="32bit")
+    assert model.get_memory_footprint() < full.get_memory_footprint() / 3
+    batch = tokenizer.apply_chat_template(QUESTION, add_generation_prompt=True, return_tensors="pt", return_dict=True)
+    out = model.generate(**batch, max_new_tokens=8, do_sample=False)
+    assert tokenizer.decode(out[0, batch["input_ids"].shape[1]:], skip_special_tokens=True).strip()
+
+
+def test_bad_precision_is_rejected(settings):
+    with pytest.raises(ValueError, match="precision must be one of"):
+        load_base(settings, precision="3bit")
