@@ -115,15 +115,21 @@ def compute_bt(battles: Sequence[Mapping], scale: float = SCALE, base: float = B
 
 
 def bootstrap_bt(battles: Sequence[Mapping], rounds: int = N_BOOTSTRAP, seed: int = 0, scale: float = SCALE,
-                 base: float = BASE, init_rating: float = INIT_RATING) -> tuple[list[str], np.ndarray]:
+                 base: float = BASE, init_rating: float = INIT_RATING) -> tuple[list[str], np.ndarray, np.ndarray]:
     """BT fitted on `rounds` resamples, drawn as multinomial counts over the distinct rows
-    (FastChat's `compute_bootstrap_bt`). Returns (models, array rounds x models)."""
+    (FastChat's `compute_bootstrap_bt`). Returns (models, the fit on all battles, rounds x models).
+
+    The full-data fit is solved together with the resamples, so all stop by the same rule: when a
+    model never lost (or never won) its MLE is infinite and only the stopping rule makes it finite,
+    and fitting it separately would put the estimate outside its own interval."""
     models = _models(battles)
     matchups, outcomes, weights = _bt_arrays(battles, models)
     rng = np.random.default_rng(seed)
     counts = rng.multinomial(len(battles), weights / weights.sum(), size=rounds).astype(np.float64)
-    fits = _fit_bt(matchups, outcomes, counts / len(battles), len(models), math.log(base), max_iter=100 * rounds)
-    return models, fits * scale + init_rating
+    rows = np.vstack([weights, counts]) / len(battles)
+    fits = _fit_bt(matchups, outcomes, rows, len(models), math.log(base), max_iter=100 * (rounds + 1))
+    fits = fits * scale + init_rating
+    return models, fits[0], fits[1:]
 
 
 def bootstrap_elo(battles: Sequence[Mapping], rounds: int = N_BOOTSTRAP, seed: int = 0, k: float = K,
@@ -191,8 +197,8 @@ def leaderboard(battles: Sequence[Mapping], rounds: int = N_BOOTSTRAP, seed: int
     if not battles:
         return []
     elo = compute_elo(battles)
-    bt = compute_bt(battles)
-    models, bt_boot = bootstrap_bt(battles, rounds, seed)
+    models, bt_full, bt_boot = bootstrap_bt(battles, rounds, seed)
+    bt = dict(zip(models, bt_full.tolist()))
     _, elo_boot = bootstrap_elo(battles, rounds, seed)
     bt_low, bt_high = np.percentile(bt_boot, 2.5, axis=0), np.percentile(bt_boot, 97.5, axis=0)
     elo_low, elo_high = np.percentile(elo_boot, 2.5, axis=0), np.percentile(elo_boot, 97.5, axis=0)

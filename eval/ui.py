@@ -1,0 +1,233 @@
+"""The Arena tab (blind A/B battles, votes, leaderboard) and the Evaluate tab (score variants).
+
+app.py calls `build_arena_tab(settings, registry, store)` and `build_eval_tab(settings, registry)`
+inside `with gr.Tab(...)`. Inputs carry elem_ids so browser tests and users' scripts can find them.
+"""
+from __future__ import annotations
+
+import random
+import tempfile
+import uuid
+from dataclasses import asdict
+from pathlib import Path
+
+import gradio as gr
+
+from eval.arena import AlreadyVoted, ArenaStore, Battle
+from eval.ratings import leaderboard, win_rate_figure
+
+VOTES = {  # button label -> FastChat winner
+    "A is better": "model_a",
+    "B is better": "model_b",
+    "Tie": "tie",
+    "Both are bad": "tie (bothbad)",
+}
+VOTE_IDS = ("vote-a", "vote-b", "vote-tie", "vote-bad")
+VOTE_WORDS = {"model_a": "A is better", "model_b": "B is better", "tie": "Tie", "tie (bothbad)": "Both are bad"}
+LEADERBOARD_HEADERS = ["Rank", "Model", "BT rating", "BT 95% CI", "Elo", "Elo 95% CI", "Battles", "Wins/Ties/Losses"]
+
+NEED_ADAPTER = """**The arena needs at least two variants, and only `{found}` exists.**
+A battle pits two variants of the model against each other: the base model and the adapters you trained.
+Make an adapter from a dataset of instruction/answer pairs, then come back (no restart needed):
+
+```
+python -m finetune --data FILE --name NAME
+```
+or use the **Fine-tune** tab. Adapters live in `{adapters}`."""
+
+HOW_IT_WORKS = ("Type a prompt: two different variants ({variants}) are drawn at random and answer as "
+                "**Model A** and **Model B**. Vote for the better answer; the names are revealed after your vote, "
+                "and each battle takes one vote.")
+
+
+def _rag_stream():
+    """chatapp.rag.answer when the chat package provides it, else None (no retrieval option)."""
+    try:
+        from chatapp.rag import answer
+    except ImportError:
+        return None
+    return answer
+
+
+def leaderboard_rows(store: ArenaStore) -> list[list]:
+    rows = leaderboard([asdict(b) for b in store.battles()])
+    return [[r.rank, r.model, round(r.bt, 1), f"[{r.bt_low:.0f}, {r.bt_high:.0f}]", round(r.elo, 1),
+             f"[{r.elo_low:.0f}, {r.elo_high:.0f}]", r.battles, f"{r.wins}/{r.ties}/{r.losses}"] for r in rows]
+
+
+def _win_plot(store: ArenaStore):
+    battles = [asdict(b) for b in store.battles()]
+    if not battles:
+        return None
+    order = [r.model for r in leaderboard(battles, rounds=100)]
+    return win_rate_figure(battles, order)
+
+
+def build_arena_tab(settings, registry, store: ArenaStore | None = None, generation=None) -> dict:
+    """Build the Arena inside the current Blocks context; returns its components by name."""
+    from chatapp.model import GenerationSettings
+
+    store = store or ArenaStore(settings.arena_db)
+    generation = generation or GenerationSettings()
+    rag_answer = _rag_stream()
+
+    def intro() -> str:
+        variants = registry.variants()
+        if len(variants) < 2:
+            return NEED_ADAPTER.format(found="`, `".join(variants), adapters=settings.adapters_dir)
+        return HOW_IT_WORKS.format(variants=", ".join(variants))
+
+    info = gr.Markdown(intro, elem_id="arena-info")
+    with gr.Row():
+        prompt = gr.Textbox(label="Prompt", placeholder="Ask both models something…", lines=2, scale=5,
+                            elem_id="arena-prompt")
+        with gr.Column(scale=1, min_width=160):
+            go = gr.Button("Battle", variant="primary", elem_id="arena-go")
+            use_rag = gr.Checkbox(label="Answer from my documents", value=False, visible=rag_answer is not None,
+                                  elem_id="arena-rag")
+    with gr.Row(equal_height=True):
+        answer_a = gr.Textbox(label="Model A", lines=10, max_lines=20, interactive=False, elem_id="arena-model-a")
+        answer_b = gr.Textbox(label="Model B", lines=10, max_lines=20, interactive=False, elem_id="arena-model-b")
+    with gr.Row():
+        vote_buttons = [gr.Button(label, interactive=False, elem_id=elem_id)
+                        for label, elem_id in zip(VOTES, VOTE_IDS)]
+    reveal = gr.Markdown("", elem_id="arena-reveal")
+    battle_state = gr.State(None)
+
+    gr.Markdown("### Leaderboard\nBradley–Terry (maximum likelihood) and online Elo (K=4) on the 400/1000 scale, "
+                "with bootstrap 95% intervals; rank = 1 + the number of variants whose lower bound is above this "
+                "one's upper bound.")
+    board = gr.Dataframe(lambda: leaderboard_rows(store), headers=LEADERBOARD_HEADERS, interactive=False,
+                         elem_id="leaderboard")
+    plot = gr.Plot(lambda: _win_plot(store), label="Pairwise win rate (row beats column)", elem_id="arena-winrate")
+    refresh = gr.Button("Refresh leaderboard", size="sm", elem_id="arena-refresh")
+
+    locked = [gr.update(interactive=False)] * len(vote_buttons)
+
+    def run_battle(text: str, rag: bool):
+        text = (text or "").strip()
+        if not text:
+            raise gr.Error("Type a prompt first.")
+        variants = registry.variants()
+        if len(variants) < 2:
+            yield (None, "", "", intro(), "", gr.update(interactive=True), *locked)
+            return
+        model_a, model_b = random.sample(variants, 2)  # two different variants, on random sides
+        battle = {"question_id": uuid.uuid4().hex, "model_a": model_a, "model_b": model_b, "prompt": text,
+                  "answer_a": "", "answer_b": "", "rag": bool(rag and rag_answer), "done": False}
+        yield (battle, "", "", intro(), "", gr.update(interactive=False), *locked)
+        messages = [{"role": "user", "content": text}]
+        # One base model serves every variant, so the two answers are generated one after the other.
+        for side in ("a", "b"):
+            variant = battle[f"model_{side}"]
+            pieces = (_stream_rag(rag_answer, text, variant, registry, generation) if battle["rag"]
+                      else registry.stream(messages, variant=variant, generation=generation))
+            for piece in pieces:
+                battle[f"answer_{side}"] += piece
+                yield (battle, battle["answer_a"], battle["answer_b"], gr.skip(), "", gr.skip(), *locked)
+        battle["done"] = True
+        yield (battle, battle["answer_a"], battle["answer_b"], gr.skip(),
+               "Which answer is better? Vote to see which variant wrote each.", gr.update(interactive=True),
+               *[gr.update(interactive=True)] * len(vote_buttons))
+
+    go.click(run_battle, [prompt, use_rag], [battle_state, answer_a, answer_b, info, reveal, go, *vote_buttons])
+    prompt.submit(run_battle, [prompt, use_rag], [battle_state, answer_a, answer_b, info, reveal, go, *vote_buttons])
+
+    def make_vote(winner: str):
+        def vote(battle):
+            if not battle or not battle.get("done"):
+                raise gr.Error("Run a battle first, and let both answers finish.")
+            if battle.get("voted"):
+                raise gr.Error("This battle already has its vote. Start a new battle.")
+            try:
+                # Committed (fsynced) before the page is told: a revealed vote survives a crash.
+                store.record_vote(Battle(model_a=battle["model_a"], model_b=battle["model_b"], winner=winner,
+                                         prompt=battle["prompt"], answer_a=battle["answer_a"],
+                                         answer_b=battle["answer_b"], question_id=battle["question_id"],
+                                         rag=battle["rag"]))
+            except AlreadyVoted:
+                raise gr.Error("This battle already has its vote. Start a new battle.") from None
+            battle = {**battle, "voted": True}
+            message = (f"**Model A** was **{battle['model_a']}**, **Model B** was **{battle['model_b']}**. "
+                       f"You voted: {VOTE_WORDS[winner]}. Vote saved; type a new prompt for the next battle.")
+            return (battle, message, *locked, leaderboard_rows(store), _win_plot(store))
+        return vote
+
+    for button, winner in zip(vote_buttons, VOTES.values()):
+        button.click(make_vote(winner), [battle_state], [battle_state, reveal, *vote_buttons, board, plot],
+                     concurrency_limit=None)  # SQLite serialises writers; votes need not queue behind generation
+    refresh.click(lambda: (leaderboard_rows(store), _win_plot(store), intro()), None, [board, plot, info])
+    return {"prompt": prompt, "go": go, "answer_a": answer_a, "answer_b": answer_b, "votes": vote_buttons,
+            "reveal": reveal, "leaderboard": board, "plot": plot, "state": battle_state}
+
+
+def _stream_rag(rag_answer, question: str, variant: str, registry, generation):
+    """Deltas from chatapp.rag.answer, whether it yields growing text, deltas, or returns a string."""
+    result = rag_answer(question, [], variant=variant, registry=registry, generation=generation)
+    if isinstance(result, str):
+        yield result
+        return
+    text = ""
+    for piece in result:
+        piece = getattr(piece, "text", piece)
+        if isinstance(piece, str) and text and piece.startswith(text):
+            delta, text = piece[len(text):], piece
+        else:
+            delta, text = str(piece), text + str(piece)
+        if delta:
+            yield delta
+
+
+def build_eval_tab(settings, registry) -> dict:
+    """Score variants on an uploaded dataset: the `python -m eval score` run with a progress bar."""
+    from eval.score import PAIRED_METRICS, ScoreConfig, score
+
+    gr.Markdown("Score variants against reference answers on a held-out dataset (Alpaca instruction/input/output, "
+                "chat `messages`, or ShareGPT `conversations`; .json or .jsonl). Generation is greedy, so scores "
+                "are reproducible. ROUGE is F1 on 0–1, BLEU on 0–100, with bootstrap 95% intervals.")
+    with gr.Row():
+        data = gr.File(label="Dataset", file_types=[".json", ".jsonl"], elem_id="eval-data")
+        with gr.Column():
+            variants = gr.CheckboxGroup(choices=registry.variants(), value=["base"], label="Variants",
+                                        elem_id="eval-variants")
+            limit = gr.Number(value=20, precision=0, minimum=1, label="Records to score (first N)", elem_id="eval-limit")
+            max_new = gr.Slider(8, 512, value=128, step=8, label="Max new tokens", elem_id="eval-max-new-tokens")
+            tokenizer = gr.Radio(["default", "unicode"], value="default", label="ROUGE tokenizer",
+                                 info="'unicode' for Hindi, Greek or any non-English text (the default keeps only a-z, 0-9)",
+                                 elem_id="eval-tokenizer")
+            run = gr.Button("Score", variant="primary", elem_id="eval-run")
+    table = gr.Dataframe(headers=["Variant", "ROUGE-1", "ROUGE-2", "ROUGE-L", "ROUGE-Lsum", "BLEU", "Empty",
+                                  "Too long", "Too short", "Looping"], interactive=False, elem_id="eval-table")
+    verdicts = gr.Markdown(elem_id="eval-verdicts")
+    predictions = gr.File(label="Per-example answers (JSONL)", elem_id="eval-predictions")
+
+    def run_score(file, chosen, n, tokens, tok, progress=gr.Progress()):
+        if not file:
+            raise gr.Error("Upload a dataset file first.")
+        if not chosen:
+            raise gr.Error("Pick at least one variant.")
+        config = ScoreConfig(data=Path(file if isinstance(file, str) else file.name), variants=list(chosen),
+                             limit=int(n) if n else None, max_new_tokens=int(tokens), tokenizer=tok,
+                             predictions_out=Path(tempfile.mkdtemp()) / "predictions.jsonl")
+        try:
+            result = score(config, registry=registry,
+                           progress=lambda done, total, v: progress(done / total, desc=f"generating {v}"))
+        except (ValueError, RuntimeError) as error:
+            raise gr.Error(str(error)) from None
+        rows = []
+        for name, v in result.variants.items():
+            m, e = v.metrics, v.errors
+            rows.append([name, *(f"{m.rouge[t]['fmeasure']:.3f} [{m.rouge_ci[t]['fmeasure'][0]:.3f}, "
+                                 f"{m.rouge_ci[t]['fmeasure'][1]:.3f}]" for t in ("rouge1", "rouge2", "rougeL", "rougeLsum")),
+                         f"{m.bleu:.1f} [{m.bleu_ci[0]:.1f}, {m.bleu_ci[1]:.1f}]",
+                         e["empty"]["count"], e["too_long"]["count"], e["too_short"]["count"], e["repetitive"]["count"]])
+        lines = [f"- **{c['a']}** vs **{c['b']}** on {c['metric']}: difference {c['mean_diff']:+.3f} "
+                 f"[{c['ci95'][0]:+.3f}, {c['ci95'][1]:+.3f}] → "
+                 + (f"**{c['winner']}** is better" if c["winner"] else "no significant difference")
+                 for c in result.comparisons if c["metric"] in ("rougeL", PAIRED_METRICS[-1])]
+        return rows, "\n".join(lines) or "Pick two or more variants for a paired bootstrap comparison.", result.predictions
+
+    run.click(run_score, [data, variants, limit, max_new, tokenizer], [table, verdicts, predictions])
+    refresh = gr.Button("Rescan variants", size="sm", elem_id="eval-rescan")
+    refresh.click(lambda: gr.update(choices=registry.variants()), None, variants)
+    return {"run": run, "table": table, "variants": variants}
