@@ -1,0 +1,176 @@
+"""Prompts for grounded answers, and reading the model's reply back.
+
+The embedded model is tiny (SmolLM2-135M): it follows a format it has *seen* far better than one it
+is told about, so every style except "direct" shows worked examples as earlier chat turns, and the
+reply parser never trusts the format to be there.
+
+Styles:
+- "cot": chain-of-thought. One worked example whose reply is reasoning, then a line
+  "Final answer: ...". The reasoning is shown folded away in the UI.
+- "direct": zero-shot, the instruction and the passages only.
+- "one-shot" / "few-shot": one / three worked examples of a short cited answer.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+STYLES: dict[str, str] = {
+    "cot": "Chain-of-thought",
+    "direct": "Direct (zero-shot)",
+    "one-shot": "One-shot",
+    "few-shot": "Few-shot",
+}
+FINAL_MARKER = "Final answer:"
+
+SYSTEM = (
+    "You answer questions using only the numbered passages you are given. "
+    "Cite the passage you used with its number in brackets, like [1]. "
+    "If the passages do not contain the answer, say that the documents do not cover it."
+)
+SMALL_TALK_SYSTEM = "You are a friendly assistant for a document question-answering app. Reply briefly."
+
+# Hand-written demonstrations: short, so they cost few prompt tokens, and about unrelated topics,
+# so the model cannot copy their facts into a real answer. The right passage is not always [1],
+# so the model learns to pick the passage rather than always citing the first one.
+EXAMPLES: list[dict] = [
+    {
+        "passages": [
+            "The Eiffel Tower is 330 metres tall and stands in Paris.",
+            "Construction of the tower took two years, from 1887 to 1889.",
+        ],
+        "question": "How long did it take to build the Eiffel Tower?",
+        "reasoning": "Passage [2] says construction ran from 1887 to 1889, which is two years.",
+        "answer": "It took two years to build, from 1887 to 1889 [2].",
+    },
+    {
+        "passages": [
+            "Honey bees visit up to 5,000 flowers in a single day.",
+            "A worker bee lives for about six weeks in summer.",
+        ],
+        "question": "How many flowers can a honey bee visit in a day?",
+        "reasoning": "Passage [1] gives the number of flowers a honey bee visits in one day: up to 5,000.",
+        "answer": "Up to 5,000 flowers a day [1].",
+    },
+    {
+        "passages": [
+            "The recipe uses 200 grams of flour and two eggs.",
+            "Bake the cake at 180 degrees for 35 minutes.",
+        ],
+        "question": "At what temperature is the cake baked?",
+        "reasoning": "Passage [2] is about baking and says 180 degrees for 35 minutes.",
+        "answer": "At 180 degrees [2].",
+    },
+]
+SHOTS = {"cot": 1, "direct": 0, "one-shot": 1, "few-shot": 3}
+
+CONDENSE_INSTRUCTION = (
+    "Rewrite the last question so that it can be understood without the conversation. "
+    "Reply with the rewritten question only."
+)
+
+# Greetings, thanks and the like: answered conversationally, without retrieval or sources.
+# A word list rather than a classifier because the cases are few and a wrong guess is cheap
+# (a real question that slips through here still gets a friendly, source-free reply).
+_SMALL_TALK = re.compile(
+    r"^\s*(hi+|hello+|hey+|hiya|yo|good (morning|afternoon|evening|night)|thanks?( you)?( so much| a lot)?|"
+    r"thank you( very much)?|cheers|ok(ay)?|cool|great|nice|bye|goodbye|see you|how are you( doing)?( today)?|"
+    r"what'?s up|who are you|what are you|what can you do)\s*[!.?]*\s*$",
+    re.IGNORECASE,
+)
+
+
+def is_small_talk(text: str) -> bool:
+    return bool(_SMALL_TALK.match(text or ""))
+
+
+def context_block(passages: list[str]) -> str:
+    """Numbered passages [1]..[k], the numbers citations refer to."""
+    return "\n\n".join(f"[{i}] {' '.join(text.split())}" for i, text in enumerate(passages, 1))
+
+
+def _user_turn(passages: list[str], question: str) -> str:
+    return f"Passages:\n{context_block(passages)}\n\nQuestion: {question}"
+
+
+def _assistant_turn(example: dict, style: str) -> str:
+    if style == "cot":
+        return f"{example['reasoning']}\n{FINAL_MARKER} {example['answer']}"
+    return example["answer"]
+
+
+def answer_messages(question: str, passages: list[str], style: str = "cot") -> list[dict]:
+    """Chat messages asking for a cited answer to `question` from `passages`."""
+    if style not in STYLES:
+        raise ValueError(f"prompt style must be one of {', '.join(STYLES)}, not {style!r}")
+    system = SYSTEM
+    if style == "cot":
+        system += f" First reason step by step about which passage answers the question, then write '{FINAL_MARKER}' and the answer."
+    messages = [{"role": "system", "content": system}]
+    for example in EXAMPLES[: SHOTS[style]]:
+        messages.append({"role": "user", "content": _user_turn(example["passages"], example["question"])})
+        messages.append({"role": "assistant", "content": _assistant_turn(example, style)})
+    messages.append({"role": "user", "content": _user_turn(passages, question)})
+    return messages
+
+
+def small_talk_messages(question: str, history: list[dict] | None = None) -> list[dict]:
+    return [{"role": "system", "content": SMALL_TALK_SYSTEM}, *(history or [])[-4:], {"role": "user", "content": question}]
+
+
+def condense_messages(question: str, history: list[dict]) -> list[dict]:
+    """Ask for the follow-up `question` rewritten as a standalone question, from recent turns."""
+    lines = [f"{turn['role'].capitalize()}: {' '.join(str(turn['content']).split())[:400]}" for turn in history[-4:]]
+    conversation = "\n".join(lines)
+    return [
+        {"role": "system", "content": CONDENSE_INSTRUCTION},
+        {"role": "user", "content": f"Conversation:\n{conversation}\n\nLast question: {question}"},
+    ]
+
+
+@dataclass
+class ParsedReply:
+    reasoning: str
+    answer: str
+
+
+_MARKER = re.compile(r"final\s+answer\s*[:\-]", re.IGNORECASE)
+
+
+def parse_reply(text: str, style: str = "cot") -> ParsedReply:
+    """Split a reply into reasoning and final answer.
+
+    The small model often skips or bends the format, so: the last "Final answer:" (any case) splits
+    reasoning from answer; a reply with no marker is all answer (nothing hidden from the user); a
+    marker with nothing after it leaves the reasoning as the answer. Non-CoT styles are all answer.
+    """
+    text = (text or "").strip()
+    if style != "cot":
+        return ParsedReply("", _strip_label(text))
+    matches = list(_MARKER.finditer(text))
+    if not matches:
+        return ParsedReply("", _strip_label(text))
+    last = matches[-1]
+    reasoning, answer = text[: last.start()].strip(), text[last.end():].strip()
+    if not answer:
+        return ParsedReply("", _strip_label(reasoning))
+    return ParsedReply(_strip_label(reasoning), answer)
+
+
+def _strip_label(text: str) -> str:
+    # The model sometimes echoes labels it saw in the prompt ("Answer:", "Reasoning:").
+    return re.sub(r"^(answer|reasoning)\s*:\s*", "", text.strip(), flags=re.IGNORECASE).strip()
+
+
+_CITATION = re.compile(r"\[(\d{1,2}(?:\s*,\s*\d{1,2})*)\]")
+
+
+def cited_numbers(text: str, count: int) -> list[int]:
+    """Passage numbers cited as [n] or [n, m] in `text`, in order of first use, within 1..count."""
+    seen: list[int] = []
+    for match in _CITATION.finditer(text or ""):
+        for part in match.group(1).split(","):
+            number = int(part)
+            if 1 <= number <= count and number not in seen:
+                seen.append(number)
+    return seen
