@@ -42,7 +42,12 @@ def _parser() -> argparse.ArgumentParser:
                                    "Per-example answers go to a JSONL file. Dataset formats: Alpaca "
                                    "(instruction/input/output), chat 'messages', or ShareGPT 'conversations'; "
                                    ".json array or .jsonl.")
-    s.add_argument("--data", required=True, type=Path, help="held-out dataset file (records the adapter did not train on)")
+    s.add_argument("--data", type=Path, default=None, help="dataset file of records the adapters did not train on")
+    s.add_argument("--held-out-of", metavar="NAME", default=None,
+                   help="instead of --data: the records adapter NAME held out in training (its card.json names the "
+                        "file, placeholders, test share and seed, and the same split is replayed)")
+    s.add_argument("--template-vars", default=None, metavar="KEY=VALUE,...",
+                   help="fill {{key}} placeholders in --data, e.g. 'name=Ada,author=Lovelace Labs' (as finetune does)")
     s.add_argument("--variants", required=True,
                    help="comma-separated: 'base' and/or adapter names from DATA/adapters/, e.g. base,identity")
     s.add_argument("--rag", action="store_true", help="answer with retrieval from the ingested documents")
@@ -96,12 +101,22 @@ def _cmd_score(args) -> int:
     from eval.score import ScoreConfig, score
 
     variants = [v.strip() for v in args.variants.split(",") if v.strip()]
-    config = ScoreConfig(data=args.data, variants=variants, rag=args.rag, limit=args.limit,
+    if (args.data is None) == (args.held_out_of is None):
+        raise ValueError("give exactly one of --data FILE or --held-out-of NAME")
+    template_vars = {}
+    for pair in filter(str.strip, (args.template_vars or "").split(",")):
+        if "=" not in pair:
+            raise ValueError(f"--template-vars needs key=value pairs, got {pair!r}")
+        key, value = pair.split("=", 1)
+        template_vars[key.strip()] = value.strip()
+    config = ScoreConfig(data=args.data, variants=variants, held_out_of=args.held_out_of,
+                         template_vars=template_vars, rag=args.rag, limit=args.limit,
                          max_new_tokens=args.max_new_tokens, tokenizer=args.tokenizer,
                          predictions_out=args.predictions_out, n_bootstrap=args.bootstrap)
-    from eval.data import read_examples
+    from eval.score import load_examples
 
-    read_examples(args.data)  # reject a bad file before loading the model
+    settings = Settings.from_env()
+    load_examples(config, settings)  # reject a bad file before loading the model
     bars: dict = {}
 
     def progress(done: int, total: int, variant: str) -> None:
@@ -110,7 +125,7 @@ def _cmd_score(args) -> int:
         if done == total:
             bar.close()
 
-    result = score(config, settings=Settings.from_env(), progress=progress)
+    result = score(config, settings=settings, progress=progress)
     print(json.dumps(result.to_json(), indent=2, ensure_ascii=False) if args.json else result.table())
     return 0
 

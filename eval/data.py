@@ -1,19 +1,14 @@
 """Reading evaluation inputs: text-per-line files and instruction datasets, with line numbers in errors.
 
-The dataset formats are finetune's: Alpaca (`instruction`, optional `input`, `output`), chat
-`messages` (role/content; the last assistant turn is the reference) and ShareGPT `conversations`
-(from/value). Files are a JSON array (.json) or one object a line (.jsonl).
-TODO(lead): unify with finetune's dataset loader once it exists, so both read records identically.
+Dataset records are read by finetune's own `to_example` (Alpaca, chat `messages`, ShareGPT
+`conversations`), so a record is prompted at evaluation exactly as it was in training; this module
+only adds line numbers (finetune's reader names the record, not the line of a JSON array).
 """
 from __future__ import annotations
 
 import json
 from dataclasses import dataclass
 from pathlib import Path
-
-SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant",
-                  "system": "system", "chatgpt": "assistant", "bard": "assistant"}
-
 
 @dataclass
 class Example:
@@ -81,55 +76,55 @@ def _json_records(path: Path) -> list[tuple[int, object]]:
     return records
 
 
-def _text(value, what: str) -> str:
-    if not isinstance(value, str):
-        raise ValueError(f"{what} must be a string, not {type(value).__name__}")
+def fill_placeholders(value, variables: dict[str, str]):
+    """Replace {{key}} in every string of a record, as finetune does with --template_vars."""
+    if isinstance(value, str):
+        for key, replacement in variables.items():
+            value = value.replace("{{" + key + "}}", replacement)
+        return value
+    if isinstance(value, list):
+        return [fill_placeholders(v, variables) for v in value]
+    if isinstance(value, dict):
+        return {k: fill_placeholders(v, variables) for k, v in value.items()}
     return value
 
 
-def _example(record, line: int) -> Example:
-    if not isinstance(record, dict):
-        raise ValueError(f"expected a JSON object, got {type(record).__name__}")
-    if "instruction" in record or "output" in record:
-        instruction = _text(record.get("instruction"), "'instruction'").strip()
-        extra = _text(record.get("input") or "", "'input'").strip()
-        if not instruction:
-            raise ValueError("'instruction' is empty")
-        messages = [{"role": "system", "content": _text(record["system"], "'system'")}] if record.get("system") else []
-        messages.append({"role": "user", "content": f"{instruction}\n\n{extra}" if extra else instruction})
-        return Example(messages, _text(record.get("output"), "'output'"), line)
-    if "messages" in record or "conversations" in record:
-        key = "messages" if "messages" in record else "conversations"
-        turns = record[key]
-        if not isinstance(turns, list) or not turns:
-            raise ValueError(f"'{key}' must be a non-empty list")
-        messages = []
-        for turn in turns:
-            if not isinstance(turn, dict):
-                raise ValueError(f"each item of '{key}' must be an object")
-            if key == "messages":
-                role, content = turn.get("role"), turn.get("content")
-            else:
-                role, content = SHAREGPT_ROLES.get(turn.get("from")), turn.get("value")
-            if role not in ("system", "user", "assistant"):
-                raise ValueError(f"unknown role {turn.get('role', turn.get('from'))!r} in '{key}'")
-            messages.append({"role": role, "content": _text(content, "message content")})
-        if messages[-1]["role"] != "assistant" or len(messages) < 2 or messages[-2]["role"] != "user":
-            raise ValueError(f"'{key}' must end with a user turn followed by the reference assistant turn")
-        return Example(messages[:-1], messages[-1]["content"], line)
-    raise ValueError("unknown record format: expected instruction/output, messages or conversations")
+def read_examples(path: str | Path, variables: dict[str, str] | None = None) -> list[Example]:
+    """Every record as an Example, read exactly as finetune reads it for training (its `to_example`),
+    with {{key}} placeholders filled from `variables`. Errors name the file and line."""
+    from finetune.data import DatasetError, to_example
 
-
-def read_examples(path: str | Path) -> list[Example]:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such file")
     examples = []
     for line, record in _json_records(path):
         try:
-            examples.append(_example(record, line))
-        except ValueError as error:
+            example = to_example(fill_placeholders(record, variables or {}))
+        except DatasetError as error:
             raise ValueError(f"{path}:{line}: {error}") from None
+        examples.append(Example(example.prompt, example.response, line))
     if not examples:
         raise ValueError(f"{path}: no records")
     return examples
+
+
+def held_out_examples(adapter_dir: str | Path) -> tuple[Path, list[Example]]:
+    """The records an adapter did not train on: its card names the data file, placeholders, test
+    share and seed, and finetune's own `split` is replayed on them."""
+    from finetune.data import split
+
+    card_path = Path(adapter_dir) / "card.json"
+    if not card_path.is_file():
+        raise FileNotFoundError(f"{card_path}: no adapter card (was the adapter made with python -m finetune?)")
+    card = json.loads(card_path.read_text())
+    try:
+        data = card["data"]
+        path, test_size, seed = Path(data["file"]), float(data["test_size"]), int(card["hyperparameters"]["seed"])
+    except (KeyError, TypeError, ValueError) as error:
+        raise ValueError(f"{card_path}: the card lacks the data split ({error})") from None
+    examples = read_examples(path, data.get("template_vars") or {})
+    held_out = split(examples, test_size, seed)[1]
+    if not held_out:
+        raise ValueError(f"{card_path}: the adapter was trained with test_size 0, so nothing was held out")
+    return path, held_out

@@ -268,7 +268,9 @@ def win_rate_figure(battles: Sequence[Mapping], order: Sequence[str] | None = No
     for i in range(len(models)):
         for j in range(len(models)):
             if not np.isnan(fraction[i, j]):
-                ax.text(j, i, f"{fraction[i, j]:.2f}", ha="center", va="center", fontsize=9)
+                dark = abs(fraction[i, j] - 0.5) > 0.3  # white text on the saturated ends of the colour map
+                ax.text(j, i, f"{fraction[i, j]:.2f}", ha="center", va="center", fontsize=9,
+                        color="white" if dark else "black")
     fig.colorbar(image, ax=ax, fraction=0.046)
     fig.tight_layout()
     return fig

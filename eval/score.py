@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from eval.data import Example, read_examples
+from eval.data import Example, held_out_examples, read_examples
 from eval.metrics import ROUGE_TYPES, MetricsReport, compute_metrics
 
 # An answer is "too long"/"too short" beyond these word-count ratios to its reference.
@@ -28,8 +28,10 @@ PAIRED_METRICS = (*ROUGE_TYPES, "sentence_bleu")
 
 @dataclass
 class ScoreConfig:
-    data: Path
+    data: Path | None  # dataset file; None with held_out_of
     variants: list[str]
+    held_out_of: str | None = None  # score on the records this adapter held out (from its card.json)
+    template_vars: dict[str, str] = field(default_factory=dict)  # fill {{key}} placeholders in `data`
     rag: bool = False
     limit: int | None = None  # score only the first N records
     max_new_tokens: int = 128
@@ -147,12 +149,12 @@ class ScoreResult:
 
 
 def _rag_answerer():
-    """chatapp.rag.answer when the chat package offers it; scoring with --rag needs it."""
+    """chatapp.rag.ask (the blocking grounded answer); scoring with --rag needs it."""
     try:
-        from chatapp.rag import answer
+        from chatapp.rag import ask
     except ImportError as error:
-        raise RuntimeError(f"--rag needs chatapp.rag.answer, which is not available ({error})") from None
-    return answer
+        raise RuntimeError(f"--rag needs chatapp.rag, which is not available ({error})") from None
+    return ask
 
 
 def generate_answers(examples: list[Example], variant: str, registry, config: ScoreConfig,
@@ -172,26 +174,15 @@ def generate_answers(examples: list[Example], variant: str, registry, config: Sc
     return answers
 
 
-def rag_answer_text(rag, example: Example, variant: str, registry, generation) -> str:
-    # The RAG entry point streams or returns; both shapes are accepted so eval does not pin its details.
-    history = example.messages[:-1]
-    result = rag(example.prompt, history, variant=variant, registry=registry, generation=generation)
-    if isinstance(result, str):
-        return result.strip()
-    if hasattr(result, "text"):
-        return str(result.text).strip()
-    text = ""
-    for piece in result:
-        text = piece if isinstance(piece, str) and piece.startswith(text) else text + str(piece)
-    return text.strip()
+def rag_answer_text(ask, example: Example, variant: str, registry, generation) -> str:
+    """The grounded answer (retrieval from the ingested documents) for one record."""
+    return ask(example.prompt, example.messages[:-1], registry=registry, variant=variant,
+               generation=generation).text.strip()
 
 
 def score(config: ScoreConfig, registry=None, settings=None,
           progress: Callable[[int, int, str], None] | None = None) -> ScoreResult:
     """Generate and score every variant on `config.data`; see the module docstring."""
-    examples = read_examples(config.data)
-    if config.limit:
-        examples = examples[: config.limit]
     if not config.variants:
         raise ValueError("no variants given")
     if len(set(config.variants)) != len(config.variants):
@@ -200,6 +191,7 @@ def score(config: ScoreConfig, registry=None, settings=None,
         from chatapp.model import ModelRegistry
 
         registry = ModelRegistry(settings)
+    data, examples = load_examples(config, registry.settings)
     known = registry.variants()
     missing = [v for v in config.variants if v not in known]
     if missing:
@@ -223,7 +215,19 @@ def score(config: ScoreConfig, registry=None, settings=None,
             comparisons.append({"a": a, "b": b, "metric": metric, **test, "winner": winner})
     out = config.predictions_out or _default_predictions_path(registry)
     write_predictions(out, examples, results)
-    return ScoreResult(str(config.data), results, comparisons, str(out), config.rag)
+    return ScoreResult(data, results, comparisons, str(out), config.rag)
+
+
+def load_examples(config: ScoreConfig, settings) -> tuple[str, list[Example]]:
+    """(description, examples) for a config: a dataset file, or an adapter's held-out records."""
+    if config.held_out_of:
+        path, examples = held_out_examples(Path(settings.adapters_dir) / config.held_out_of)
+        data = f"{path} (held out by {config.held_out_of})"
+    elif config.data is not None:
+        examples, data = read_examples(config.data, config.template_vars), str(config.data)
+    else:
+        raise ValueError("give a dataset file or an adapter whose held-out records to use")
+    return data, examples[: config.limit] if config.limit else examples
 
 
 def _default_predictions_path(registry) -> Path:

@@ -40,13 +40,29 @@ HOW_IT_WORKS = ("Type a prompt: two different variants ({variants}) are drawn at
                 "and each battle takes one vote.")
 
 
-def _rag_stream():
+def _rag_answer():
     """chatapp.rag.answer when the chat package provides it, else None (no retrieval option)."""
     try:
         from chatapp.rag import answer
     except ImportError:
         return None
     return answer
+
+
+def _answer_texts(rag_answer, prompt: str, variant: str, registry, generation, use_rag: bool):
+    """The answer so far, growing: plain generation, or the grounded answer with its sources."""
+    if not use_rag:
+        text = ""
+        for piece in registry.stream([{"role": "user", "content": prompt}], variant=variant, generation=generation):
+            text += piece
+            yield text
+        return
+    for snapshot in rag_answer(prompt, [], registry=registry, variant=variant, generation=generation):
+        text = snapshot.text
+        if snapshot.done and snapshot.sources:
+            text += "\n\nSources: " + "; ".join(
+                f"[{s.number}] {s.title or s.source}" + (f", {s.location}" if s.location else "") for s in snapshot.sources)
+        yield text
 
 
 def leaderboard_rows(store: ArenaStore) -> list[list]:
@@ -69,7 +85,7 @@ def build_arena_tab(settings, registry, store: ArenaStore | None = None, generat
 
     store = store or ArenaStore(settings.arena_db)
     generation = generation or GenerationSettings()
-    rag_answer = _rag_stream()
+    rag_answer = _rag_answer()
 
     def intro() -> str:
         variants = registry.variants()
@@ -116,14 +132,10 @@ def build_arena_tab(settings, registry, store: ArenaStore | None = None, generat
         battle = {"question_id": uuid.uuid4().hex, "model_a": model_a, "model_b": model_b, "prompt": text,
                   "answer_a": "", "answer_b": "", "rag": bool(rag and rag_answer), "done": False}
         yield (battle, "", "", intro(), "", gr.update(interactive=False), *locked)
-        messages = [{"role": "user", "content": text}]
         # One base model serves every variant, so the two answers are generated one after the other.
         for side in ("a", "b"):
-            variant = battle[f"model_{side}"]
-            pieces = (_stream_rag(rag_answer, text, variant, registry, generation) if battle["rag"]
-                      else registry.stream(messages, variant=variant, generation=generation))
-            for piece in pieces:
-                battle[f"answer_{side}"] += piece
+            for so_far in _answer_texts(rag_answer, text, battle[f"model_{side}"], registry, generation, battle["rag"]):
+                battle[f"answer_{side}"] = so_far
                 yield (battle, battle["answer_a"], battle["answer_b"], gr.skip(), "", gr.skip(), *locked)
         battle["done"] = True
         yield (battle, battle["answer_a"], battle["answer_b"], gr.skip(),
@@ -159,23 +171,6 @@ def build_arena_tab(settings, registry, store: ArenaStore | None = None, generat
     refresh.click(lambda: (leaderboard_rows(store), _win_plot(store), intro()), None, [board, plot, info])
     return {"prompt": prompt, "go": go, "answer_a": answer_a, "answer_b": answer_b, "votes": vote_buttons,
             "reveal": reveal, "leaderboard": board, "plot": plot, "state": battle_state}
-
-
-def _stream_rag(rag_answer, question: str, variant: str, registry, generation):
-    """Deltas from chatapp.rag.answer, whether it yields growing text, deltas, or returns a string."""
-    result = rag_answer(question, [], variant=variant, registry=registry, generation=generation)
-    if isinstance(result, str):
-        yield result
-        return
-    text = ""
-    for piece in result:
-        piece = getattr(piece, "text", piece)
-        if isinstance(piece, str) and text and piece.startswith(text):
-            delta, text = piece[len(text):], piece
-        else:
-            delta, text = str(piece), text + str(piece)
-        if delta:
-            yield delta
 
 
 def build_eval_tab(settings, registry) -> dict:

@@ -1,0 +1,149 @@
+"""The Arena tab in a real browser (Debian chromium via Playwright) on the real SmolLM2 base and a
+real tiny LoRA adapter: battle, vote, names revealed, leaderboard updated, two tabs voting at once."""
+from __future__ import annotations
+
+import re
+import socket
+from pathlib import Path
+
+import pytest
+
+pytestmark = [pytest.mark.browser, pytest.mark.slow]
+CHROMIUM = Path("/usr/bin/chromium")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def make_tiny_adapter(settings) -> None:
+    """LoRA r=2 on q/v, nudged off its no-op initialisation so its answers differ from the base."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+
+    from chatapp.model import load_base
+
+    model, _, _ = load_base(settings)
+    peft_model = get_peft_model(model, LoraConfig(r=2, target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM"))
+    generator = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for param in peft_model.parameters():
+            if param.requires_grad:
+                param.add_(torch.randn(param.shape, generator=generator) * 0.05)
+    peft_model.save_pretrained(settings.adapters_dir / "tiny")
+
+
+def launch_arena(settings):
+    import gradio as gr
+
+    from chatapp.model import GenerationSettings, ModelRegistry
+    from eval.arena import ArenaStore
+    from eval.ui import build_arena_tab
+
+    store = ArenaStore(settings.arena_db)
+    with gr.Blocks() as demo:
+        with gr.Tab("Arena"):
+            build_arena_tab(settings, ModelRegistry(settings), store, GenerationSettings(max_new_tokens=10))
+    port = free_port()
+    demo.queue().launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
+    return demo, store, f"http://127.0.0.1:{port}"
+
+
+@pytest.fixture(scope="module")
+def browser():
+    if not CHROMIUM.exists():
+        pytest.skip("Debian chromium is missing: apt-get install -y chromium (make browser)")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=["--no-sandbox"])
+        yield browser
+        browser.close()
+
+
+def battle(page, prompt: str) -> tuple[str, str]:
+    page.locator("#arena-prompt textarea").fill(prompt)
+    page.locator("#arena-go").click()
+    page.locator("#vote-a:not([disabled])").wait_for(timeout=180_000)
+    return (page.locator("#arena-model-a textarea").input_value(),
+            page.locator("#arena-model-b textarea").input_value())
+
+
+ROWS = "#leaderboard [role=row]:not([aria-rowindex='1'])"  # data rows of Gradio's grid (row 1 is the header)
+
+
+def leaderboard_rows(page) -> list[list[str]]:
+    rows = page.locator(ROWS)
+    return [[c.strip() for c in rows.nth(i).locator("[role=gridcell]").all_inner_texts()] for i in range(rows.count())]
+
+
+def test_battle_vote_reveal_and_leaderboard(browser, tmp_path, artifacts):
+    from chatapp.settings import Settings
+
+    settings = Settings.from_env(data_dir=tmp_path / "data")
+    make_tiny_adapter(settings)
+    demo, store, url = launch_arena(settings)
+    try:
+        page = browser.new_page(viewport={"width": 1280, "height": 1500})
+        page.goto(url, wait_until="load")
+        page.locator("#arena-prompt textarea").wait_for()
+        assert not any(any(r) for r in leaderboard_rows(page))  # no votes yet
+        assert page.locator("#vote-a").is_disabled()
+
+        answer_a, answer_b = battle(page, "What is the capital of France?")
+        assert answer_a.strip() and answer_b.strip() and answer_a != answer_b
+        assert page.locator("#arena-reveal").inner_text().strip().startswith("Which answer")  # no names yet
+        assert "base" not in page.locator("#arena-reveal").inner_text()
+
+        page.locator("#vote-b").click()
+        reveal = page.locator("#arena-reveal", has_text="was")
+        reveal.wait_for(timeout=60_000)
+        names = re.search(r"Model A was (\S+), Model B was (\S+)\.", reveal.inner_text())
+        assert names and {names[1], names[2]} == {"base", "tiny"}
+        winner = names[2]
+        assert page.locator("#vote-a").is_disabled() and page.locator("#vote-b").is_disabled()  # one vote
+        page.locator(ROWS).nth(1).wait_for(timeout=30_000)
+        rows = leaderboard_rows(page)
+        assert rows[0][1] == winner and rows[0][0] == "1" and rows[0][6] == "1" and rows[0][7] == "1/0/0"
+        assert store.count() == 1 and store.battles()[0].winner == "model_b"
+        assert store.battles()[0].model_b == winner and store.battles()[0].answer_b == answer_b
+        page.screenshot(path=str(artifacts / "arena-after-vote.png"), full_page=True)
+
+        # Two tabs battle, then vote at (nearly) the same moment: both votes are kept.
+        other = browser.new_page(viewport={"width": 1280, "height": 1200})
+        other.goto(url, wait_until="load")
+        battle(page, "Name a colour.")
+        battle(other, "Name an animal.")
+        page.locator("#vote-tie").click()
+        other.locator("#vote-bad").click()
+        page.locator("#arena-reveal", has_text="was").wait_for(timeout=60_000)
+        other.locator("#arena-reveal", has_text="was").wait_for(timeout=60_000)
+        assert sorted(b.winner for b in store.battles()) == ["model_b", "tie", "tie (bothbad)"]
+        other.locator("#arena-refresh").click()
+        other.locator(ROWS, has_text="/2/").first.wait_for(timeout=30_000)  # both ties counted
+        assert sorted(r[6] for r in leaderboard_rows(other)) == ["3", "3"]
+        page.locator("#arena-winrate").scroll_into_view_if_needed()
+        page.screenshot(path=str(artifacts / "arena.png"), full_page=True)
+    finally:
+        demo.close()
+
+
+def test_fewer_than_two_variants_explains_how_to_make_an_adapter(browser, tmp_path):
+    from chatapp.settings import Settings
+
+    settings = Settings.from_env(data_dir=tmp_path / "empty")  # no adapters; the model is never loaded
+    demo, store, url = launch_arena(settings)
+    try:
+        page = browser.new_page()
+        page.goto(url, wait_until="load")
+        info = page.locator("#arena-info", has_text="python -m finetune --data FILE --name NAME")
+        info.wait_for(timeout=30_000)
+        page.locator("#arena-prompt textarea").fill("Hello?")
+        page.locator("#arena-go").click()
+        page.wait_for_timeout(1500)
+        assert "at least two variants" in page.locator("#arena-info").inner_text()
+        assert page.locator("#vote-a").is_disabled() and store.count() == 0
+    finally:
+        demo.close()
