@@ -24,6 +24,8 @@ LONG_RATIO, SHORT_RATIO = 2.0, 0.5
 # Share of repeated 4-grams above which an answer counts as a degenerate loop.
 REPEAT_N, REPEAT_SHARE = 4, 0.3
 PAIRED_METRICS = (*ROUGE_TYPES, "sentence_bleu")
+# Below this many examples a bootstrap interval is too coarse to call a winner with confidence.
+FEW_EXAMPLES = 10
 
 
 @dataclass
@@ -141,6 +143,8 @@ class ScoreResult:
             if c["metric"] not in ("rougeL", "sentence_bleu"):
                 continue
             verdict = f"{c['winner']} is better" if c["winner"] else "no significant difference"
+            if c["n"] < FEW_EXAMPLES:
+                verdict += f" (only {c['n']} examples: a hint, not a test)"
             lines.append(f"{c['a']} vs {c['b']} on {c['metric']}: diff {c['mean_diff']:+.4f} "
                          f"[{c['ci95'][0]:+.4f}, {c['ci95'][1]:+.4f}], p={c['p_value']:.3f}: {verdict}")
         if self.predictions:
@@ -212,7 +216,7 @@ def score(config: ScoreConfig, registry=None, settings=None,
                                     config.n_bootstrap, config.seed)
             low, high = test["ci95"]
             winner = a if low > 0 else b if high < 0 else None
-            comparisons.append({"a": a, "b": b, "metric": metric, **test, "winner": winner})
+            comparisons.append({"a": a, "b": b, "metric": metric, **test, "winner": winner, "n": len(examples)})
     out = config.predictions_out or _default_predictions_path(registry)
     write_predictions(out, examples, results)
     return ScoreResult(data, results, comparisons, str(out), config.rag)

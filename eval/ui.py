@@ -175,7 +175,7 @@ def build_arena_tab(settings, registry, store: ArenaStore | None = None, generat
 
 def build_eval_tab(settings, registry) -> dict:
     """Score variants on an uploaded dataset: the `python -m eval score` run with a progress bar."""
-    from eval.score import PAIRED_METRICS, ScoreConfig, score
+    from eval.score import FEW_EXAMPLES, PAIRED_METRICS, ScoreConfig, score
 
     gr.Markdown("Score variants against reference answers on a held-out dataset (Alpaca instruction/input/output, "
                 "chat `messages`, or ShareGPT `conversations`; .json or .jsonl). Generation is greedy, so scores "
@@ -219,6 +219,7 @@ def build_eval_tab(settings, registry) -> dict:
         lines = [f"- **{c['a']}** vs **{c['b']}** on {c['metric']}: difference {c['mean_diff']:+.3f} "
                  f"[{c['ci95'][0]:+.3f}, {c['ci95'][1]:+.3f}] → "
                  + (f"**{c['winner']}** is better" if c["winner"] else "no significant difference")
+                 + (f" (only {c['n']} examples: a hint, not a test)" if c["n"] < FEW_EXAMPLES else "")
                  for c in result.comparisons if c["metric"] in ("rougeL", PAIRED_METRICS[-1])]
         return rows, "\n".join(lines) or "Pick two or more variants for a paired bootstrap comparison.", result.predictions
 
