@@ -24,6 +24,8 @@ class Settings:
     qdrant_api_key: str | None = None
     collection: str = "documents"
     embedding_model: str = EMBEDDED_EMBEDDINGS
+    # auto = ONNX Runtime int8 on CPU, sentence-transformers on CUDA; or "onnx-int8" / "torch".
+    embedding_backend: str = "auto"
     chunk_size: int = 1000
     chunk_overlap: int = 150
     # The chat model: "embedded", any Hugging Face id, or a local folder.
