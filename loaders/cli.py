@@ -1,0 +1,169 @@
+"""python -m loaders ingest|search|list|delete: the document store from the command line.
+
+Every command reads CHATAPP_* settings (CHATAPP_DATA_DIR for the embedded store, CHATAPP_QDRANT_URL for a
+server). Failures print one line and exit non-zero; no tracebacks.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import warnings
+
+EPILOG = """examples:
+  python -m loaders ingest paper.pdf notes/ https://youtu.be/VIDEO_ID
+  python -m loaders ingest data.json --jq '.items[].body'
+  python -m loaders search "what is multi-head attention?" --k 4 --json
+  python -m loaders list --json
+  python -m loaders delete paper.pdf
+
+Sources are stored under their file name (or URL): ingesting a file again adds nothing when its bytes are
+unchanged and replaces its chunks when they changed. Settings: CHATAPP_DATA_DIR (default ./data),
+CHATAPP_QDRANT_URL, CHATAPP_COLLECTION, CHATAPP_EMBEDDING_MODEL, CHATAPP_CHUNK_SIZE, CHATAPP_CHUNK_OVERLAP."""
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m loaders", epilog=EPILOG,
+                                formatter_class=argparse.RawDescriptionHelpFormatter,
+                                description="Load documents (PDF, HTML, JSON/JSONL, YouTube transcripts, text) "
+                                            "into the Qdrant store, and search them.")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    ingest = sub.add_parser("ingest", help="load, split, embed and store files, folders or URLs",
+                            description="Load, split, embed and store each source. Folders are walked. "
+                                        "One summary line per source; exit 1 if any source failed.")
+    ingest.add_argument("sources", nargs="+", metavar="PATH_OR_URL")
+    ingest.add_argument("--jq", help="jq expression choosing the text of JSON/JSONL sources (LangChain JSONLoader)")
+    ingest.add_argument("--json", action="store_true", help="one JSON object per source on stdout")
+    search = sub.add_parser("search", help="the chunks closest to each query",
+                            description="Search the store. With --json: one line per query, "
+                                        '{"query": ..., "hits": [{"text", "source", "page", "score"}, ...]}.')
+    search.add_argument("queries", nargs="+", metavar="QUERY")
+    search.add_argument("--k", type=int, default=None, help="hits per query (default CHATAPP_TOP_K, 4)")
+    search.add_argument("--json", action="store_true", help="JSON lines on stdout")
+    listing = sub.add_parser("list", help="the stored sources with their chunk counts")
+    listing.add_argument("--json", action="store_true", help="a JSON array on stdout")
+    delete = sub.add_parser("delete", help="remove a source's chunks (by file name or URL, as `list` shows)")
+    delete.add_argument("source", metavar="SOURCE")
+    delete.add_argument("--json", action="store_true", help='{"source": ..., "deleted": N} on stdout')
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    warnings.filterwarnings("ignore")  # library deprecation chatter is not the user's business here
+    from chatapp.settings import Settings
+
+    from loaders.store import StoreError, get_store
+
+    try:
+        settings = Settings.from_env()
+        store = get_store(settings)
+    except StoreError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except Exception as err:
+        print(f"error: cannot open the store: {type(err).__name__}: {' '.join(str(err).split())}", file=sys.stderr)
+        return 2
+    try:
+        return COMMANDS[args.command](store, settings, args)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except Exception as err:
+        print(f"error: {type(err).__name__}: {' '.join(str(err).split())}", file=sys.stderr)
+        return 1
+    finally:
+        store.close()
+
+
+def cmd_ingest(store, settings, args) -> int:
+    from tqdm import tqdm
+
+    from loaders.documents import expand
+
+    total = len(expand(args.sources))
+    with tqdm(total=total, unit="source", file=sys.stderr, dynamic_ncols=True,
+              bar_format="{l_bar}{bar}| {n:.1f}/{total} sources [{elapsed}<{remaining}] {postfix}") as bar:
+        def progress(fraction: float, message: str) -> None:
+            bar.n = round(fraction * total, 2)
+            bar.set_postfix_str(message[:60], refresh=True)
+
+        def summary(result) -> None:
+            tqdm.write(json.dumps(result.as_dict()) if args.json else result.summary(), file=sys.stdout)
+
+        results = []
+        for source in args.sources:  # per argument, so each summary line appears as soon as it is known
+            done = len(results)
+            part = len(expand([source])) or 1
+            for result in store.ingest([source], jq=args.jq, progress=lambda f, m: progress((done + f * part) / total, m)):
+                results.append(result)
+                summary(result)
+        if not results:
+            tqdm.write("nothing to ingest (empty folder?)", file=sys.stderr)
+    failed = [r for r in results if not r.ok]
+    if not args.json:
+        added = sum(r.added for r in results)
+        print(f"{len(results) - len(failed)} of {len(results)} sources stored, {added} new chunks"
+              + (f", {len(failed)} failed" if failed else ""), file=sys.stderr)
+    return 1 if failed or not results else 0
+
+
+def cmd_search(store, settings, args) -> int:
+    k = args.k or settings.top_k
+    if k < 1:
+        print("error: --k must be at least 1", file=sys.stderr)
+        return 2
+    for query in args.queries:
+        hits = store.search(query, k=k)
+        if args.json:
+            print(json.dumps({"query": query, "hits": [
+                {"text": doc.page_content, "source": doc.metadata.get("source"), "page": doc.metadata.get("page"),
+                 "score": round(float(score), 4)} for doc, score in hits]}, ensure_ascii=False))
+            continue
+        print(f"# {query}")
+        if not hits:
+            print("  (no documents stored yet: python -m loaders ingest PATH)")
+        for rank, (doc, score) in enumerate(hits, 1):
+            where = doc.metadata.get("source", "?")
+            if doc.metadata.get("page"):
+                where += f" p.{doc.metadata['page']}"
+            elif doc.metadata.get("start") is not None:
+                where += f" @{_clock(doc.metadata['start'])}"
+            text = " ".join(doc.page_content.split())
+            print(f"{rank}. [{score:.3f}] {where}\n   {text[:300]}{'…' if len(text) > 300 else ''}")
+    return 0
+
+
+def cmd_list(store, settings, args) -> int:
+    sources = store.list_sources()
+    if args.json:
+        print(json.dumps(sources, ensure_ascii=False))
+        return 0
+    if not sources:
+        print("no documents stored yet", file=sys.stderr)
+    for entry in sources:
+        print(f"{entry['chunks']:>6}  {entry['kind'] or '?':<10}  {entry['source']}  ({entry['title']})")
+    return 0
+
+
+def cmd_delete(store, settings, args) -> int:
+    deleted = store.delete(args.source)
+    if args.json:
+        print(json.dumps({"source": args.source, "deleted": deleted}))
+    if not deleted:
+        print(f"error: no source named {args.source!r} (see python -m loaders list)", file=sys.stderr)
+        return 1
+    if not args.json:
+        print(f"deleted {args.source}: {deleted} chunks")
+    return 0
+
+
+def _clock(seconds: float) -> str:
+    seconds = int(seconds)
+    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}" if seconds >= 3600 \
+        else f"{seconds // 60}:{seconds % 60:02d}"
+
+
+COMMANDS = {"ingest": cmd_ingest, "search": cmd_search, "list": cmd_list, "delete": cmd_delete}

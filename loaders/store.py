@@ -1,0 +1,278 @@
+"""The document store: a langchain_qdrant.QdrantVectorStore over embedded Qdrant (on disk under the data
+folder) or a Qdrant server/cluster (CHATAPP_QDRANT_URL). Both go through the same QdrantClient calls.
+
+    store = get_store(settings)          # one per process: embedded Qdrant locks its folder
+    store.ingest(["paper.pdf", "https://youtu.be/..."], progress=lambda f, msg: ...)
+    store.search("what is attention?", k=4)   # [(Document, cosine similarity), ...]
+
+A source is stored under its key (file name or URL). Chunk ids are uuid5(source, sha256, chunk index):
+re-ingesting unchanged bytes adds nothing, changed bytes replace the old chunks, and a failed source
+leaves nothing behind (new chunks are written before old ones are removed, and removed again on error).
+"""
+from __future__ import annotations
+
+import threading
+import uuid
+import warnings
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable, Iterable
+
+from langchain_core.documents import Document
+
+from loaders.documents import LoadError, expand, load, source_key, split
+
+Progress = Callable[[float, str], None]
+CHUNK_NAMESPACE = uuid.UUID("6f0c6a52-3c47-4d1e-9a55-2f6a0c1f7a10")  # fixed: ids must not change between runs
+WRITE_BATCH = 256  # chunks embedded and written per step: bounds memory and paces the progress bar
+
+
+@dataclass
+class IngestResult:
+    source: str
+    ok: bool
+    chunks: int = 0   # chunks the source has in the store after ingesting
+    added: int = 0    # chunks written by this run (0 when unchanged)
+    error: str | None = None  # one-line reason when ok is False
+
+    def summary(self) -> str:
+        if not self.ok:
+            return f"FAILED {self.source}: {self.error}"
+        if self.added == 0:
+            return f"ok     {self.source}: unchanged, {self.chunks} chunks"
+        return f"ok     {self.source}: {self.chunks} chunks"
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+class StoreError(Exception):
+    """The store cannot be opened (folder in use, server unreachable). str() is one line."""
+
+
+def chunk_id(source: str, sha256: str, index: int) -> str:
+    return str(uuid.uuid5(CHUNK_NAMESPACE, f"{source}\n{sha256}\n{index}"))
+
+
+class DocumentStore:
+    def __init__(self, client, collection: str, embeddings, *, chunk_size: int = 1000, chunk_overlap: int = 150):
+        from langchain_qdrant import QdrantVectorStore
+        from qdrant_client import models
+
+        self.client, self.collection, self.embeddings = client, collection, embeddings
+        self.chunk_size, self.chunk_overlap = chunk_size, chunk_overlap
+        self._lock = threading.RLock()  # Gradio handlers run in threads; embedded Qdrant is not thread-safe
+        if not client.collection_exists(collection):
+            dimension = len(embeddings.embed_query("dimension probe"))
+            # DOT on unit vectors is the cosine similarity (what Qdrant's COSINE does after normalising on
+            # upsert); qdrant-client's local mode re-normalises every stored vector on each COSINE query,
+            # which costs ~100 ms at 50k chunks, while DOT is one matrix product.
+            client.create_collection(collection, vectors_config=models.VectorParams(
+                size=dimension, distance=models.Distance.DOT))
+            with warnings.catch_warnings():  # local mode says payload indexes do nothing there; a server uses them
+                warnings.simplefilter("ignore")
+                for field in ("metadata.source", "metadata.sha256"):
+                    client.create_payload_index(collection, field, models.PayloadSchemaType.KEYWORD)
+            _relax_sync(client)  # the new collection has its own SQLite file
+        distance = client.get_collection(collection).config.params.vectors.distance
+        self.vector_store = QdrantVectorStore(client=client, collection_name=collection, embedding=embeddings,
+                                              distance=distance)
+
+    @classmethod
+    def from_settings(cls, settings) -> "DocumentStore":
+        from loaders.embeddings import SentenceEmbeddings
+
+        client = open_client(settings)
+        try:
+            embeddings = SentenceEmbeddings(settings.embedding_model, backend=getattr(settings, "embedding_backend", "auto"),
+                                            cache_dir=settings.models_dir)
+            return cls(client, settings.collection, embeddings,
+                       chunk_size=settings.chunk_size, chunk_overlap=settings.chunk_overlap)
+        except BaseException:
+            client.close()
+            raise
+
+    # -- writing -------------------------------------------------------------------------------------
+    def ingest(self, sources: Iterable[str | Path], progress: Progress | None = None,
+               jq: str | None = None) -> list[IngestResult]:
+        """Load, split, embed and store each source (folders walked). One result per source; never raises
+        for a bad source, so the rest of the batch goes on."""
+        items = expand([sources] if isinstance(sources, (str, Path)) else sources)
+        results: list[IngestResult] = []
+        report = progress or (lambda fraction, message: None)
+        for n, item in enumerate(items):
+            key = source_key(item)
+            lo, hi = n / len(items), (n + 1) / len(items)
+            report(lo, f"reading {key}")
+            try:
+                chunks = split(load(item, jq=jq), self.chunk_size, self.chunk_overlap)
+                added = self._replace(key, chunks, lambda f, msg: report(lo + (hi - lo) * f, msg))
+                results.append(IngestResult(key, True, len(chunks), added))
+            except LoadError as err:
+                results.append(IngestResult(key, False, error=err.reason))
+            except Exception as err:  # keep the batch going; the user gets a line, not a traceback
+                results.append(IngestResult(key, False, error=f"{type(err).__name__}: {' '.join(str(err).split())}"))
+            report(hi, results[-1].summary())
+        return results
+
+    def add(self, documents: list[Document], progress: Progress | None = None) -> int:
+        """Store already-loaded Documents (split here if longer than a chunk). Returns chunks written."""
+        chunks = split(documents, self.chunk_size, self.chunk_overlap)
+        by_source: dict[str, list[Document]] = {}
+        for chunk in chunks:
+            by_source.setdefault(chunk.metadata.get("source", ""), []).append(chunk)
+        return sum(self._replace(source, group, progress) for source, group in by_source.items())
+
+    def _replace(self, source: str, chunks: list[Document], progress: Progress | None = None) -> int:
+        from qdrant_client import models
+
+        if not chunks:
+            return 0
+        sha = chunks[0].metadata.get("sha256") or ""
+        for chunk in chunks:
+            chunk.metadata["source"] = source
+        ids = [chunk_id(source, sha, chunk.metadata.get("chunk", i)) for i, chunk in enumerate(chunks)]
+        with self._lock:
+            same = self._count(source, sha)
+            if same == len(chunks) and self._count(source) == same:
+                return 0  # unchanged bytes, already stored in full
+            written: list[str] = []
+            try:
+                for start in range(0, len(chunks), WRITE_BATCH):
+                    batch = slice(start, start + WRITE_BATCH)
+                    if progress:
+                        progress(start / len(chunks), f"embedding {source}: {start}/{len(chunks)} chunks")
+                    self.vector_store.add_documents(chunks[batch], ids=ids[batch], batch_size=WRITE_BATCH)
+                    written += ids[batch]
+            except BaseException:
+                if written:  # all or nothing: a half-written source is removed again
+                    self.client.delete(self.collection, points_selector=models.PointIdsList(points=written))
+                raise
+            # The old version of this source (other bytes) goes only after the new one is in.
+            self.client.delete(self.collection, points_selector=models.FilterSelector(filter=models.Filter(
+                must=[_match("metadata.source", source)], must_not=[_match("metadata.sha256", sha)])))
+        if progress:
+            progress(1.0, f"stored {source}: {len(chunks)} chunks")
+        return len(chunks)
+
+    def delete(self, source: str) -> int:
+        """Remove every chunk of a source (file name or URL). Returns how many were removed."""
+        from qdrant_client import models
+
+        with self._lock:
+            count = self._count(source)
+            if count:
+                self.client.delete(self.collection, points_selector=models.FilterSelector(
+                    filter=models.Filter(must=[_match("metadata.source", source)])))
+        return count
+
+    # -- reading -------------------------------------------------------------------------------------
+    def search(self, query: str, k: int = 4) -> list[tuple[Document, float]]:
+        """The k chunks closest to the query, with their cosine similarity (higher is better)."""
+        with self._lock:
+            return self.vector_store.similarity_search_with_score(query, k=k)
+
+    def as_retriever(self, **kwargs):
+        return self.vector_store.as_retriever(**kwargs)
+
+    def list_sources(self) -> list[dict]:
+        """One entry per source: source, kind, title, chunks; sorted by source."""
+        from qdrant_client import models
+
+        found: dict[str, dict] = {}
+        include = models.PayloadSelectorInclude(include=["metadata.source", "metadata.kind", "metadata.title"])
+        offset = None
+        with self._lock:
+            while True:
+                points, offset = self.client.scroll(self.collection, limit=2048, offset=offset,
+                                                    with_payload=include, with_vectors=False)
+                for point in points:
+                    meta = (point.payload or {}).get("metadata") or {}
+                    entry = found.setdefault(meta.get("source", "?"), {
+                        "source": meta.get("source", "?"), "kind": meta.get("kind"), "title": meta.get("title"),
+                        "chunks": 0})
+                    entry["chunks"] += 1
+                if offset is None:
+                    break
+        return sorted(found.values(), key=lambda e: e["source"].lower())
+
+    def count(self) -> int:
+        with self._lock:
+            return self.client.count(self.collection, exact=True).count
+
+    def _count(self, source: str, sha256: str | None = None) -> int:
+        from qdrant_client import models
+
+        must = [_match("metadata.source", source)] + ([_match("metadata.sha256", sha256)] if sha256 else [])
+        return self.client.count(self.collection, count_filter=models.Filter(must=must), exact=True).count
+
+    def close(self) -> None:
+        with self._lock:
+            self.client.close()
+        with _STORES_LOCK:
+            for key, store in list(_STORES.items()):
+                if store is self:
+                    del _STORES[key]
+
+
+def _match(key: str, value: str):
+    from qdrant_client import models
+
+    return models.FieldCondition(key=key, match=models.MatchValue(value=value))
+
+
+def open_client(settings):
+    """QdrantClient for a server when CHATAPP_QDRANT_URL is set, else embedded on disk under the data folder."""
+    from qdrant_client import QdrantClient
+
+    if settings.qdrant_url:
+        client = QdrantClient(url=settings.qdrant_url, api_key=settings.qdrant_api_key, timeout=30)
+        try:
+            client.get_collections()
+        except Exception as err:
+            client.close()
+            raise StoreError(f"cannot reach Qdrant at {settings.qdrant_url}: {type(err).__name__}") from None
+        return client
+    path = Path(settings.qdrant_path)
+    path.mkdir(parents=True, exist_ok=True)
+    try:
+        with warnings.catch_warnings():  # "local mode is not recommended past 20,000 points": measured, see bench
+            warnings.simplefilter("ignore")
+            client = QdrantClient(path=str(path))
+    except RuntimeError as err:
+        if "already accessed" in str(err):
+            raise StoreError(f"the store {path} is in use by another process (the app?); stop it, "
+                             "or point CHATAPP_QDRANT_URL at a Qdrant server") from None
+        raise
+    _relax_sync(client)
+    return client
+
+
+def _relax_sync(client) -> None:
+    """Embedded Qdrant commits SQLite once per point, with a full fsync each time: on a busy disk that is
+    ~90 points/s. WAL with synchronous=NORMAL keeps the file consistent after a crash (a power cut may
+    lose the last few writes, which re-ingesting restores) and writes thousands of points a second.
+    qdrant-client exposes no setting for this, so it reaches its SQLite connections; on a layout it does
+    not know, nothing changes."""
+    local = getattr(client, "_client", None)
+    for collection in getattr(local, "collections", {}).values():
+        connection = getattr(getattr(collection, "storage", None), "storage", None)
+        if connection is not None and hasattr(connection, "execute"):
+            try:
+                connection.execute("PRAGMA journal_mode=WAL")
+                connection.execute("PRAGMA synchronous=NORMAL")
+            except Exception:  # read-only or an unexpected layout: keep qdrant-client's defaults
+                pass
+
+
+_STORES: dict[str, DocumentStore] = {}
+_STORES_LOCK = threading.Lock()
+
+
+def get_store(settings) -> DocumentStore:
+    """The process's one store for these settings (embedded Qdrant allows one client per folder)."""
+    key = f"{settings.qdrant_url or Path(settings.qdrant_path).resolve()}#{settings.collection}"
+    with _STORES_LOCK:
+        if key not in _STORES:
+            _STORES[key] = DocumentStore.from_settings(settings)
+        return _STORES[key]
