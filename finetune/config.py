@@ -1,0 +1,176 @@
+"""What a fine-tuning run is: our options (`FinetuneConfig`) plus TRL's `SFTConfig` (which extends
+Hugging Face `TrainingArguments`), both turned into command-line flags by `HfArgumentParser`.
+
+Every TrainingArguments option keeps its usual name, meaning and help text; only a few defaults
+change so that `--data FILE --name NAME` alone gives a sensible small run on the embedded model.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+
+import torch
+from transformers import HfArgumentParser
+from trl import SFTConfig
+
+from chatapp.settings import Settings
+
+METHODS = ("auto", "qlora", "lora", "prompt-tuning")
+# Learning rates that work for each method when --learning_rate is not given (LoRA: QLoRA paper's 2e-4;
+# soft prompts need a much larger step, PEFT's prompt-tuning examples use 3e-2).
+DEFAULT_LEARNING_RATE = {"qlora": 2e-4, "lora": 2e-4, "prompt-tuning": 3e-2}
+GENERAL_INSTRUCTIONS = Path(__file__).resolve().parents[2] / "shared" / "corpus" / "finetune" / "alpaca_en_demo.json"
+
+
+@dataclass
+class FinetuneConfig:
+    """Options of `python -m finetune` beyond TrainingArguments."""
+
+    data: str = field(metadata={"help": "Training data: Alpaca records (instruction/input/output) or conversations "
+                                        "(`messages` role/content, or ShareGPT `conversations` from/value), JSON or JSONL."})
+    name: str = field(metadata={"help": "Name of the adapter: saved to DATA/adapters/NAME and shown as a chat variant."})
+    method: str = field(default="auto", metadata={
+        "help": "qlora (4-bit NF4 base + LoRA), lora (full-precision base + LoRA) or prompt-tuning (soft prompt). "
+                "auto = qlora on CUDA, lora on CPU.", "choices": list(METHODS)})
+    base: str | None = field(default=None, metadata={
+        "help": "Base model: 'embedded' (SmolLM2-135M-Instruct), a Hugging Face id or a local folder. "
+                "Default: CHATAPP_BASE_MODEL, else embedded."})
+    data_dir: str | None = field(default=None, metadata={
+        "help": "The app's data folder (adapters, runs). Default: CHATAPP_DATA_DIR, else ./data."})
+    lora_r: int = field(default=16, metadata={"help": "LoRA rank."})
+    lora_alpha: int = field(default=32, metadata={"help": "LoRA alpha (scaling = alpha / r)."})
+    lora_dropout: float = field(default=0.05, metadata={"help": "Dropout on the LoRA branch."})
+    target_modules: str = field(default="all-linear", metadata={
+        "help": "Modules that get LoRA: 'all-linear' or a comma-separated list such as q_proj,v_proj."})
+    num_virtual_tokens: int = field(default=20, metadata={"help": "Prompt tuning: number of virtual tokens."})
+    prompt_tuning_init_text: str | None = field(default=None, metadata={
+        "help": "Prompt tuning: text whose token embeddings initialise the soft prompt (random if not given)."})
+    template_vars: str | None = field(default=None, metadata={
+        "help": "Fill {{key}} placeholders in the data, e.g. 'name=Ada,author=Lovelace Labs'."})
+    test_size: float = field(default=0.1, metadata={
+        "help": "Share (0-1) or number (>=1) of examples held out for evaluation; the split is reproducible with --seed."})
+    eval_generate_samples: int = field(default=8, metadata={
+        "help": "Held-out examples whose generated answers are scored with ROUGE-L at each evaluation (0 = off)."})
+    eval_max_new_tokens: int = field(default=64, metadata={"help": "Token limit for the answers generated in evaluation."})
+    forgetting_data: str | None = field(default=str(GENERAL_INSTRUCTIONS) if GENERAL_INSTRUCTIONS.exists() else None, metadata={
+        "help": "General instructions (any accepted format) for the catastrophic-forgetting check: ROUGE-L of base "
+                "and adapter on records not trained on, written to card.json. Empty string = skip."})
+    forgetting_samples: int = field(default=20, metadata={"help": "Records used by the forgetting check."})
+    overwrite: bool = field(default=False, metadata={"help": "Replace an existing adapter with the same name."})
+
+    def __post_init__(self) -> None:
+        if self.method not in METHODS:
+            raise ValueError(f"--method must be one of {', '.join(METHODS)}, not {self.method!r}")
+        if not self.name or "/" in self.name or self.name.startswith(".") or self.name == "base":
+            raise ValueError(f"--name {self.name!r} is not a usable adapter name (no '/', no leading '.', not 'base')")
+
+    def resolved_method(self) -> str:
+        if self.method != "auto":
+            return self.method
+        return "qlora" if torch.cuda.is_available() else "lora"
+
+    def variables(self) -> dict[str, str]:
+        if not self.template_vars:
+            return {}
+        pairs = [p for p in self.template_vars.split(",") if p.strip()]
+        bad = [p for p in pairs if "=" not in p]
+        if bad:
+            raise ValueError(f"--template_vars needs key=value pairs, got {bad[0]!r}")
+        return {k.strip(): v.strip() for k, v in (p.split("=", 1) for p in pairs)}
+
+    def settings(self) -> Settings:
+        return Settings.from_env(base_model=self.base, data_dir=self.data_dir)
+
+
+@dataclass
+class TrainConfig(SFTConfig):
+    """SFTConfig with defaults for a small adapter run (help texts of unchanged options are the library's)."""
+
+    output_dir: str | None = field(default=None, metadata={"help": "Checkpoints and logs. Default: DATA/runs/NAME."})
+    num_train_epochs: float = field(default=3.0, metadata={"help": "Total number of training epochs."})
+    learning_rate: float | None = field(default=None, metadata={
+        "help": "Initial learning rate. Default by method: 2e-4 for qlora/lora, 3e-2 for prompt-tuning."})
+    max_length: int | None = field(default=512, metadata={
+        "help": "Maximum tokens per example (longer ones are truncated); with packing, the length of a packed row."})
+    packing: bool | None = field(default=None, metadata={
+        "help": "Pack examples into rows of max_length with per-example position ids, so no example attends to "
+                "another. Default: on with CUDA, off on CPU (padding to the longest example in the batch)."})
+    logging_steps: float = field(default=5, metadata={"help": "Log every X update steps."})
+    eval_strategy: str = field(default="epoch", metadata={"help": "When to evaluate: no, steps or epoch."})
+    save_strategy: str = field(default="epoch", metadata={"help": "When to save checkpoints: no, steps, epoch or best."})
+    save_total_limit: int | None = field(default=2, metadata={
+        "help": "Keep at most this many checkpoints (the best one is always kept with load_best_model_at_end)."})
+    load_best_model_at_end: bool = field(default=True, metadata={
+        "help": "Load the best checkpoint (by metric_for_best_model) at the end; it becomes the saved adapter."})
+    metric_for_best_model: str | None = field(default="eval_loss", metadata={
+        "help": "Metric that picks the best checkpoint, e.g. eval_loss or eval_rougeL."})
+    # TRL turns checkpointing on by default; a 135M model needs no memory saving and runs ~25% faster without.
+    gradient_checkpointing: bool | None = field(default=None, metadata={
+        "help": "Deprecated alias of activation_checkpointing (off by default here)."})
+    logging_dir: str | None = field(default=None, metadata={
+        "help": "Folder for train.log and log.jsonl, readable while the run goes on. Default: output_dir. "
+                "(transformers 5 dropped this TrainingArguments option; it keeps its usual name here.)"})
+    bf16: bool | None = field(default=None, metadata={
+        "help": "bf16 mixed precision. Default: on with a bf16-capable GPU, off on CPU."})
+    optim: str | None = field(default=None, metadata={
+        "help": "Optimizer. Default: paged_adamw_8bit for qlora on CUDA, adamw_torch otherwise."})
+
+    def __post_init__(self) -> None:
+        if self.bf16 is None:
+            self.bf16 = bool(torch.cuda.is_available() and torch.cuda.is_bf16_supported()) and not self.fp16
+        super().__post_init__()
+
+
+def parser() -> HfArgumentParser:
+    return HfArgumentParser((FinetuneConfig, TrainConfig), description=(
+        "Fine-tune the chat model on a dataset and save the result as an adapter "
+        "(a chat variant in the app). Every Hugging Face TrainingArguments option is accepted."))
+
+
+def parse(argv: list[str] | None = None) -> tuple[FinetuneConfig, TrainConfig]:
+    """Parse flags into both configs, filling the defaults that depend on the run (name, method, device)."""
+    import sys
+
+    argv = sys.argv[1:] if argv is None else list(argv)
+    values = vars(parser().parse_args(argv))
+    config = FinetuneConfig(**{f.name: values.pop(f.name) for f in fields(FinetuneConfig)})
+    # Only options the user typed count as choices; the rest get defaults that depend on the run.
+    typed = {a[2:].split("=", 1)[0].replace("-", "_") for a in argv if a.startswith("--")}
+    typed |= {t[3:] for t in typed if t.startswith("no_")}
+    return config, training_arguments(config, **{k: v for k, v in values.items() if k in typed})
+
+
+def training_arguments(config: FinetuneConfig, **chosen) -> TrainConfig:
+    """TrainConfig for a run. `chosen` are TrainingArguments values the user set; the others get defaults
+    that fit the run (output_dir under DATA/runs/NAME, learning rate and optimizer by method, ...)."""
+    method = config.resolved_method()
+    known = {f.name for f in fields(TrainConfig) if f.init}
+    unknown = set(chosen) - known
+    if unknown:
+        raise ValueError(f"unknown training options: {', '.join(sorted(unknown))}")
+    values = dict(chosen)
+    if values.get("output_dir") is None:
+        values["output_dir"] = str(config.settings().runs_dir / config.name)
+    if values.get("logging_dir") is None:
+        values["logging_dir"] = values["output_dir"]
+    if values.get("learning_rate") is None:
+        values["learning_rate"] = DEFAULT_LEARNING_RATE[method]
+    if values.get("optim") is None:
+        values["optim"] = "paged_adamw_8bit" if method == "qlora" and torch.cuda.is_available() else "adamw_torch"
+    if values.get("packing") is None:
+        values["packing"] = torch.cuda.is_available() and method != "prompt-tuning"
+    if method == "prompt-tuning" and values["packing"]:
+        raise ValueError("packing does not work with prompt tuning (the soft prompt is prepended to every row); "
+                         "drop --packing")
+    if config.test_size == 0:
+        values["eval_strategy"] = "no"
+    if values.get("eval_strategy") == "no":
+        values.setdefault("load_best_model_at_end", False)
+    # Trainer picks the best checkpoint only when saving follows evaluation, so follow the user's eval schedule.
+    if "eval_strategy" in values and "save_strategy" not in values:
+        values["save_strategy"] = "epoch" if values["eval_strategy"] == "no" else values["eval_strategy"]
+    if values.get("eval_steps") and "save_steps" not in values:
+        values["save_steps"] = values["eval_steps"]
+    metric = values.get("metric_for_best_model", "eval_loss")
+    values.setdefault("greater_is_better", metric not in (None, "loss", "eval_loss"))
+    return TrainConfig(**values)

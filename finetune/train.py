@@ -1,0 +1,351 @@
+"""Training: a dataset and a method in, a PEFT adapter with its card under DATA/adapters/NAME out.
+
+TRL's SFTTrainer does the work (tokenising with the chat template, completion-only loss, padding or
+padding-free packing, checkpoints, best-model selection, resuming, DDP/FSDP); this module picks the
+base model and PEFT method, adds ROUGE-L of generated answers to each evaluation, and writes the card.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import resource
+import shutil
+import threading
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+from transformers import AutoModelForCausalLM, BitsAndBytesConfig, TrainerCallback
+
+from chatapp.model import base_folder, load_base, quantization_config
+from finetune.config import FinetuneConfig, TrainConfig, training_arguments
+from finetune.data import DatasetError, Example, read_records, split, summarize, to_dataset
+
+log = logging.getLogger("finetune")
+
+
+class Cancelled(RuntimeError):
+    """The run was stopped on request; nothing was saved as an adapter."""
+
+
+# ---------------------------------------------------------------------------------------------
+# Scoring generated answers
+
+
+def rouge_l(predictions: list[str], references: list[str]) -> float:
+    """Mean ROUGE-L F1 (0-1) with the eval package's scorer, so training and `python -m eval` agree."""
+    from eval.metrics import score_pairs
+
+    if not predictions:
+        return float("nan")
+    return float(sum(score_pairs(predictions, references).rouge["rougeL"]["fmeasure"]) / len(predictions))
+
+
+@torch.no_grad()
+def generate_answers(model, tokenizer, prompts: list[list[dict]], max_new_tokens: int = 64,
+                     batch_size: int = 8) -> list[str]:
+    """Greedy answers to chat prompts, batched with left padding (decoder-only models continue on the right)."""
+    was_training = model.training
+    model.eval()
+    side, tokenizer.padding_side = tokenizer.padding_side, "left"
+    answers: list[str] = []
+    try:
+        device = next(p for p in model.parameters()).device
+        for start in range(0, len(prompts), batch_size):
+            batch = tokenizer.apply_chat_template(prompts[start:start + batch_size], add_generation_prompt=True,
+                                                  padding=True, return_tensors="pt", return_dict=True)
+            batch = {k: v.to(device) for k, v in batch.items()}
+            output = model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=False, temperature=None,
+                                    top_p=None, top_k=None, pad_token_id=tokenizer.pad_token_id)
+            new_tokens = output[:, batch["input_ids"].shape[1]:]
+            answers += [t.strip() for t in tokenizer.batch_decode(new_tokens, skip_special_tokens=True)]
+    finally:
+        tokenizer.padding_side = side
+        model.train(was_training)
+    return answers
+
+
+def score_examples(model, tokenizer, examples: list[Example], max_new_tokens: int) -> float:
+    answers = generate_answers(model, tokenizer, [e.prompt for e in examples], max_new_tokens)
+    return rouge_l(answers, [e.response for e in examples])
+
+
+# ---------------------------------------------------------------------------------------------
+# Trainer, callbacks, logs
+
+
+def _trainer_class():
+    from trl import SFTTrainer
+
+    class FinetuneTrainer(SFTTrainer):
+        """SFTTrainer whose evaluations also report ROUGE-L of greedy answers on a fixed held-out sample,
+        so `metric_for_best_model eval_rougeL` can pick the checkpoint."""
+
+        def __init__(self, *args, generation_examples: list[Example] = (), max_new_tokens: int = 64, **kwargs):
+            super().__init__(*args, **kwargs)
+            self.generation_examples = list(generation_examples)
+            self.max_new_tokens = max_new_tokens
+
+        def evaluation_loop(self, dataloader, description, prediction_loss_only=None, ignore_keys=None,
+                            metric_key_prefix="eval"):
+            output = super().evaluation_loop(dataloader, description, prediction_loss_only, ignore_keys,
+                                             metric_key_prefix)
+            # Every rank generates the same sample so all agree on the metric; FSDP shards would need gathering.
+            if self.generation_examples and not self.is_fsdp_enabled:
+                model = self.accelerator.unwrap_model(self.model)
+                output.metrics[f"{metric_key_prefix}_rougeL"] = score_examples(
+                    model, self.processing_class, self.generation_examples, self.max_new_tokens)
+            return output
+
+    return FinetuneTrainer
+
+
+class RunLog(TrainerCallback):
+    """Writes each log entry to OUTPUT/log.jsonl and a line to train.log as it happens; stops on cancel."""
+
+    def __init__(self, folder: Path, cancel: threading.Event | None = None, on_log=None):
+        self.folder = Path(folder)
+        self.cancel = cancel
+        self.on_log_hook = on_log
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if not state.is_world_process_zero or not logs:
+            return
+        entry = {"step": state.global_step, "max_steps": state.max_steps, "epoch": state.epoch, **logs}
+        with open(self.folder / "log.jsonl", "a") as f:
+            f.write(json.dumps(entry) + "\n")
+        shown = " ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in logs.items())
+        log.info("step %d/%d %s", state.global_step, state.max_steps, shown)
+        if self.on_log_hook:
+            self.on_log_hook(entry)
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if self.cancel is not None and self.cancel.is_set():
+            control.should_training_stop = True
+
+
+def _say(message: str) -> None:
+    """To the console and train.log: the lines a user should see even with the progress bar running."""
+    print(message, flush=True)
+    log.info(message)
+
+
+def _log_to(folder: Path) -> logging.Handler:
+    folder.mkdir(parents=True, exist_ok=True)
+    handler = logging.FileHandler(folder / "train.log")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    log.addHandler(handler)
+    log.setLevel(logging.INFO)
+    log.propagate = False  # the Trainer's progress callback already prints each log entry to the console
+    import transformers
+
+    transformers.utils.logging.add_handler(handler)
+    return handler
+
+
+# ---------------------------------------------------------------------------------------------
+# Model and method
+
+
+def _load_model(config: FinetuneConfig, args: TrainConfig, method: str):
+    settings = config.settings()
+    device = "cuda:%d" % max(args.local_process_index, 0) if torch.cuda.is_available() and not args.use_cpu else "cpu"
+    if method == "qlora":
+        if args.is_fsdp_enabled if hasattr(args, "is_fsdp_enabled") else bool(args.fsdp):
+            return _load_qlora_for_fsdp(settings)
+        model, tokenizer, _ = load_base(settings, precision="4bit", device=device)
+        from peft import prepare_model_for_kbit_training
+
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=bool(args.activation_checkpointing))
+        return model, tokenizer
+    model, tokenizer, _ = load_base(settings, precision="32bit", device=device)
+    return model, tokenizer
+
+
+def _load_qlora_for_fsdp(settings):
+    """FSDP shards parameters of one dtype and places them itself, so the 4-bit weights are stored as bf16
+    and loaded without a device map; chatapp.model.load_base always places the model, hence this loader."""
+    from transformers import AutoTokenizer
+
+    base = quantization_config("4bit").to_dict()
+    base.update(bnb_4bit_quant_storage="bfloat16")
+    name = base_folder(settings)
+    model = AutoModelForCausalLM.from_pretrained(name, quantization_config=BitsAndBytesConfig.from_dict(base),
+                                                 dtype=torch.bfloat16)
+    tokenizer = AutoTokenizer.from_pretrained(name)
+    tokenizer.pad_token = tokenizer.pad_token or tokenizer.eos_token
+    return model, tokenizer
+
+
+def peft_config_for(config: FinetuneConfig, method: str, tokenizer_path: str):
+    from peft import LoraConfig, PromptTuningConfig, PromptTuningInit, TaskType
+
+    if method == "prompt-tuning":
+        text = config.prompt_tuning_init_text
+        return PromptTuningConfig(
+            task_type=TaskType.CAUSAL_LM, num_virtual_tokens=config.num_virtual_tokens,
+            prompt_tuning_init=PromptTuningInit.TEXT if text else PromptTuningInit.RANDOM,
+            prompt_tuning_init_text=text or None, tokenizer_name_or_path=tokenizer_path if text else None)
+    targets = config.target_modules
+    targets = targets if targets == "all-linear" else [t.strip() for t in targets.split(",") if t.strip()]
+    return LoraConfig(task_type=TaskType.CAUSAL_LM, r=config.lora_r, lora_alpha=config.lora_alpha,
+                      lora_dropout=config.lora_dropout, target_modules=targets)
+
+
+# ---------------------------------------------------------------------------------------------
+# The run
+
+
+def sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _peak_memory_mb(device: str) -> tuple[float, str]:
+    if device.startswith("cuda"):
+        return torch.cuda.max_memory_allocated() / 2**20, "cuda max_memory_allocated"
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "process peak RSS"
+
+
+def forgetting_check(model, tokenizer, config: FinetuneConfig, trained: list[Example]) -> dict:
+    """ROUGE-L of base and adapter on general instructions that were not trained on."""
+    if not config.forgetting_data or config.forgetting_samples <= 0:
+        return {"skipped": "no --forgetting_data"}
+    try:
+        records = read_records(config.forgetting_data)
+    except DatasetError as error:
+        return {"skipped": str(error)}
+    seen = {json.dumps(e.prompt) for e in trained}
+    # The file's last records, so a run that trains on the head of the same file is still checked fairly.
+    held_out = [e for e in reversed(records) if json.dumps(e.prompt) not in seen][: config.forgetting_samples]
+    if not held_out:
+        return {"skipped": "every general instruction was in the training data"}
+    start = time.perf_counter()
+    adapter = score_examples(model, tokenizer, held_out, config.eval_max_new_tokens)
+    with model.disable_adapter():
+        base = score_examples(model, tokenizer, held_out, config.eval_max_new_tokens)
+    return {"data": str(config.forgetting_data), "records": len(held_out), "max_new_tokens": config.eval_max_new_tokens,
+            "base_rougeL": round(base, 4), "adapter_rougeL": round(adapter, 4),
+            "change": round(adapter - base, 4), "seconds": round(time.perf_counter() - start, 1)}
+
+
+def _final_metrics(state) -> dict:
+    evals = [e for e in state.log_history if any(k.startswith("eval_") for k in e)]
+    chosen = None
+    if state.best_model_checkpoint and state.best_global_step:
+        chosen = next((e for e in evals if e.get("step") == state.best_global_step), None)
+    chosen = chosen or (evals[-1] if evals else {})
+    train = next((e for e in reversed(state.log_history) if "train_loss" in e), {})
+    metrics = {k: v for k, v in chosen.items() if k.startswith("eval_") and not k.endswith(("runtime", "per_second"))}
+    if "train_loss" in train:
+        metrics["train_loss"] = train["train_loss"]
+    losses = [e["loss"] for e in state.log_history if "loss" in e]
+    if losses:
+        metrics["first_logged_loss"], metrics["last_logged_loss"] = losses[0], losses[-1]
+    return metrics
+
+
+def adapter_path(config: FinetuneConfig) -> Path:
+    return Path(config.settings().adapters_dir) / config.name
+
+
+def train(config: FinetuneConfig, args: TrainConfig | None = None, callbacks: list | tuple = (),
+          cancel: threading.Event | None = None, on_log=None) -> Path:
+    """Train an adapter and save it (with card.json) to DATA/adapters/NAME; return that folder.
+
+    Raises DatasetError before loading any model when the data is bad, and Cancelled when `cancel` is set."""
+    args = args or training_arguments(config)
+    method = config.resolved_method()
+    target = adapter_path(config)
+    if target.exists() and not config.overwrite and not args.resume_from_checkpoint:
+        raise FileExistsError(f"adapter '{config.name}' already exists at {target}; pick another --name or --overwrite")
+    examples = read_records(config.data, config.variables())
+    train_examples, test_examples = split(examples, config.test_size, args.seed)
+    main = args.process_index == 0
+    output_dir = Path(args.output_dir)
+    handler = _log_to(Path(args.logging_dir or output_dir)) if main else None
+    try:
+        model, tokenizer = _load_model(config, args, method)
+        summary = summarize(train_examples, tokenizer, args.max_length)
+        if main:
+            _say(f"{summary} (train); {len(test_examples)} held out for evaluation; "
+                 f"method {method} on {base_folder(config.settings())}; logs in {args.logging_dir or output_dir}")
+        folder = base_folder(config.settings())
+        has_eval = bool(test_examples) and args.eval_strategy != "no"
+        trainer = _trainer_class()(
+            model=model, args=args, train_dataset=to_dataset(train_examples),
+            eval_dataset=to_dataset(test_examples) if has_eval else None, processing_class=tokenizer,
+            peft_config=peft_config_for(config, method, folder),
+            callbacks=[RunLog(Path(args.logging_dir or output_dir), cancel, on_log), *callbacks],
+            generation_examples=test_examples[: config.eval_generate_samples] if has_eval else (),
+            max_new_tokens=config.eval_max_new_tokens)
+        resume = args.resume_from_checkpoint
+        if isinstance(resume, str) and resume.lower() in ("true", "last", "latest"):
+            resume = True
+        started = time.perf_counter()
+        if torch.cuda.is_available():
+            torch.cuda.reset_peak_memory_stats()
+        result = trainer.train(resume_from_checkpoint=resume or None)
+        seconds = time.perf_counter() - started
+        if cancel is not None and cancel.is_set():
+            raise Cancelled(f"run '{config.name}' cancelled at step {trainer.state.global_step}; no adapter saved")
+        device = str(args.device)
+        peak, peak_kind = _peak_memory_mb(device)
+        tokens = next((e["num_tokens"] for e in reversed(trainer.state.log_history) if "num_tokens" in e), None)
+        partial = target.with_name(f".{target.name}.partial")  # the same on every rank: FSDP saves collectively
+        trainer.save_model(str(partial))  # PEFT format; gathers shards under FSDP
+        if not main:
+            return target
+        peft_model = trainer.accelerator.unwrap_model(trainer.model)
+        forgetting = forgetting_check(peft_model, tokenizer, config, train_examples) if not trainer.is_fsdp_enabled \
+            else {"skipped": "not run under FSDP"}
+        card = {
+            "name": config.name,
+            "base": {"model": config.settings().base_model, "folder": folder},
+            "method": method,
+            "hyperparameters": {
+                **({"num_virtual_tokens": config.num_virtual_tokens, "prompt_tuning_init_text": config.prompt_tuning_init_text}
+                   if method == "prompt-tuning" else
+                   {"lora_r": config.lora_r, "lora_alpha": config.lora_alpha, "lora_dropout": config.lora_dropout,
+                    "target_modules": config.target_modules}),
+                "quantization": "nf4 double-quant, bf16 compute" if method == "qlora" else None,
+                "learning_rate": args.learning_rate, "num_train_epochs": args.num_train_epochs,
+                "max_steps": args.max_steps, "per_device_train_batch_size": args.per_device_train_batch_size,
+                "gradient_accumulation_steps": args.gradient_accumulation_steps, "world_size": args.world_size,
+                "max_length": args.max_length, "packing": args.packing, "optim": str(args.optim.value
+                if hasattr(args.optim, "value") else args.optim), "seed": args.seed,
+                "completion_only_loss": True,
+            },
+            "data": {"file": str(Path(config.data).resolve()), "sha256": sha256(Path(config.data)),
+                     "template_vars": config.variables(), "train_examples": len(train_examples),
+                     "test_examples": len(test_examples), "test_size": config.test_size,
+                     "summary": asdict(summary)},
+            "training": {"seconds": round(seconds, 1), "steps": trainer.state.global_step,
+                         "tokens": tokens, "tokens_per_second": round(tokens / seconds, 1) if tokens else None,
+                         "peak_memory_mb": round(peak, 1), "peak_memory_kind": peak_kind, "device": device,
+                         "best_checkpoint": trainer.state.best_model_checkpoint, "run_dir": str(output_dir),
+                         "train_runtime": result.metrics.get("train_runtime")},
+            "metrics": _final_metrics(trainer.state),
+            "forgetting": forgetting,
+            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        }
+        (partial / "card.json").write_text(json.dumps(card, indent=2, default=str))
+        if target.exists():
+            shutil.rmtree(target)
+        partial.rename(target)  # appears to ModelRegistry.variants() whole or not at all
+        _say(f"final metrics: {json.dumps(card['metrics'])}")
+        _say(f"forgetting check: {json.dumps(forgetting)}")
+        return target
+    finally:
+        if handler is not None:
+            log.removeHandler(handler)
+            import transformers
+
+            transformers.utils.logging.remove_handler(handler)
+            handler.close()
