@@ -1,0 +1,124 @@
+"""The web app: one Gradio page whose tabs come from the packages (Chat, Documents, Fine-tune, Arena).
+
+    python app.py [--host 127.0.0.1] [--port 7860]
+
+Binds 127.0.0.1:7860 by default, no share link, no analytics, one generation at a time.
+Set CHATAPP_AUTH=user:password to require a login. The page comes up at once; the model loads in
+the background and the first answer waits for it if needed.
+"""
+from __future__ import annotations
+
+import os
+
+# Before gradio/huggingface imports: no analytics or version checks, no hub lookups for the embedded defaults.
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import argparse
+import importlib
+import logging
+import sys
+import threading
+import time
+
+log = logging.getLogger("chatapp.app")
+
+# (tab label, module, builder, arguments it takes from the app)
+TABS = [
+    ("Documents", "loaders.ui", "build_documents_tab", ("store", "settings")),
+    ("Fine-tune", "finetune.ui", "build_finetune_tab", ("settings", "registry")),
+    ("Arena", "eval.ui", "build_arena_tab", ("settings", "registry")),
+    ("Evaluate", "eval.ui", "build_eval_tab", ("settings", "registry")),
+]
+
+
+def tab_builder(module_name: str, function: str):
+    """The tab builder, or None with the reason logged (a package that has not landed, or is broken)."""
+    try:
+        return getattr(importlib.import_module(module_name), function)
+    except Exception as exc:  # ImportError, or an error inside the module: logged, never hidden
+        log.warning("tab %s.%s left out: %s: %s", module_name, function, type(exc).__name__, exc)
+        return None
+
+
+def parse_auth(value: str | None) -> tuple[str, str] | None:
+    if not value:
+        return None
+    user, sep, password = value.partition(":")
+    if not sep or not user or not password:
+        raise SystemExit("error: CHATAPP_AUTH must look like user:password")
+    return user, password
+
+
+def build_app(settings, registry, store):
+    import gradio as gr
+
+    from chatapp.ui import build_chat_tab
+
+    parts = {"settings": settings, "registry": registry, "store": store}
+    with gr.Blocks(title="Chat with your documents") as demo:
+        with gr.Tab("Chat"):
+            build_chat_tab(settings, registry, store)
+        for label, module_name, function, args in TABS:
+            builder = tab_builder(module_name, function)
+            if builder is None:
+                continue
+            with gr.Tab(label):
+                builder(*(parts[name] for name in args))
+    # One generation at a time on the one model; other events (listing sources, votes) stay quick.
+    demo.queue(default_concurrency_limit=1)
+    return demo
+
+
+def load_model_in_background(registry) -> None:
+    def load() -> None:
+        start = time.perf_counter()
+        try:
+            registry.load()
+            info = registry.info()
+            log.info("model ready in %.1f s: %s, %s, %s MB on %s", time.perf_counter() - start,
+                     info["base"], info["precision"], info["footprint_mb"], info["device"])
+        except Exception as exc:
+            log.error("model failed to load: %s", exc)
+
+    log.info("loading the model in the background")
+    threading.Thread(target=load, name="model-load", daemon=True).start()
+
+
+def main(argv: list[str] | None = None) -> int:
+    from chatapp.settings import Settings
+
+    settings = Settings.from_env()
+    parser = argparse.ArgumentParser(description="Chat with your documents, fine-tune the model, compare variants.")
+    parser.add_argument("--host", default=settings.host, help=f"address to bind (default {settings.host}; CHATAPP_HOST)")
+    parser.add_argument("--port", type=int, default=settings.port, help=f"port (default {settings.port}; CHATAPP_PORT)")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    auth = parse_auth(settings.auth)
+
+    from chatapp.model import ModelRegistry
+
+    try:
+        from loaders.store import get_store
+
+        store = get_store(settings)
+    except Exception as exc:  # a locked store folder, an unreachable Qdrant server
+        print(f"error: cannot open the document store: {exc}", file=sys.stderr)
+        return 1
+    registry = ModelRegistry(settings)
+    demo = build_app(settings, registry, store)
+    load_model_in_background(registry)
+    log.info("data in %s; serving on http://%s:%s", settings.data_dir.resolve(), args.host, args.port)
+    demo.launch(
+        server_name=args.host,
+        server_port=args.port,
+        share=False,
+        auth=auth,
+        max_file_size=f"{settings.max_upload_mb}mb",
+        show_error=True,
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

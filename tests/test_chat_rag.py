@@ -1,0 +1,174 @@
+"""Grounded answers on the real store and the real embedded model: citations, thresholds, variants, the CLI."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from peft import LoraConfig, get_peft_model
+
+from chatapp import rag
+from chatapp.model import BASE, GenerationSettings, ModelRegistry, load_base
+from chatapp.settings import Settings
+
+ROOT = Path(__file__).resolve().parents[1]
+PDF = "attention-is-all-you-need.pdf"
+SHORT = GenerationSettings(max_new_tokens=40)
+ON_TOPIC = [
+    "How many warmup steps were used?",
+    "What optimizer was used to train the Transformer?",
+    "How many layers does the encoder have?",
+    "What BLEU score did the big model get on English-to-French?",
+    "What is multi-head attention?",
+]
+OFF_TOPIC = [
+    "What is the capital of Peru?",
+    "How do I bake sourdough bread?",
+    "Who won the football world cup in 1998?",
+    "What is the boiling point of water at sea level?",
+]
+
+
+@pytest.fixture(scope="module")
+def settings(tmp_path_factory) -> Settings:
+    return Settings.from_env(data_dir=tmp_path_factory.mktemp("chat-data"))
+
+
+@pytest.fixture(scope="module")
+def store(settings, corpus):
+    from loaders.store import get_store
+
+    store = get_store(settings)
+    results = store.ingest([str(corpus / "pdf" / PDF)])
+    assert all(r.ok for r in results), [r.summary() for r in results]
+    yield store
+    store.close()
+
+
+@pytest.fixture(scope="module")
+def registry(settings) -> ModelRegistry:
+    return ModelRegistry(settings).load()
+
+
+def test_threshold_separates_questions_the_paper_answers_from_ones_it_does_not(store, settings):
+    """The score threshold is measured, not guessed: on-topic questions clear it, off-topic ones don't."""
+    on = [store.search(q, 1)[0][1] for q in ON_TOPIC]
+    off = [store.search(q, 1)[0][1] for q in OFF_TOPIC]
+    assert min(on) >= settings.score_threshold > max(off), (on, off)
+
+
+def test_warmup_question_is_answered_with_page_seven_cited(store, registry, settings):
+    partials = list(rag.answer("How many warmup steps were used?", [], store=store, registry=registry, generation=SHORT))
+    final = partials[-1]
+    assert final.done and not any(p.done for p in partials[:-1])
+    assert len(partials) > 2  # streamed in pieces
+    assert final.status == "answered" and final.answer
+    assert all(s.score >= settings.score_threshold for s in final.retrieved)
+    pages = {(s.source, s.page) for s in final.sources}
+    assert (PDF, 7) in pages  # "We used warmup_steps = 4000." is on page 7
+    record = final.to_json()
+    assert set(record) >= {"answer", "reasoning", "sources"}
+    assert {"source", "page", "text", "score"} <= set(record["sources"][0])
+
+
+def test_citations_map_to_the_numbered_passages(store):
+    retrieved = rag.retrieve(store, "What optimizer was used to train the Transformer?", 4, 0.0)
+    assert [s.number for s in retrieved] == list(range(1, len(retrieved) + 1))
+    assert retrieved[-1].score == max(s.score for s in retrieved)  # best passage last, right before the question
+    cited = rag.cited_sources(f"Adam [{len(retrieved)}], see also [1] and [1].", retrieved)
+    assert [s.number for s in cited] == [len(retrieved), 1]
+    assert cited[0].text == retrieved[-1].text and cited[0].source == PDF and cited[0].location.startswith("p. ")
+    assert rag.cited_sources("Adam.", retrieved) == retrieved  # none cited: every passage given is listed
+    assert rag.cited_sources("Adam [9].", retrieved[:2]) == retrieved[:2]  # out of range counts as none
+
+
+def test_transcript_start_is_shown_as_a_timestamp():
+    source = rag.Source(1, "talk.vtt", "hello", 0.5, start=754.2)
+    assert source.location == "12:34" and source.to_json()["timestamp"] == "12:34"
+    assert rag.Source(1, "a.pdf", "x", 0.5, page=7).location == "p. 7"
+
+
+def test_nothing_relevant_means_no_answer_and_no_sources(store, registry):
+    final = rag.ask("What is the capital of Peru?", [], store=store, registry=registry, generation=SHORT)
+    assert final.status == "no_context"
+    assert final.answer == rag.NO_CONTEXT_REPLY and final.sources == [] and final.retrieved == []
+
+
+def test_small_talk_gets_a_reply_without_sources(store, registry):
+    final = rag.ask("Hello!", [], store=store, registry=registry, generation=GenerationSettings(max_new_tokens=20))
+    assert final.status == "small_talk" and final.answer
+    assert final.sources == [] and final.retrieved == []
+
+
+def test_follow_up_is_made_standalone_before_retrieval(store, registry):
+    history = [
+        {"role": "user", "content": "What optimizer was used to train the Transformer?"},
+        {"role": "assistant", "content": [{"type": "text", "text": "The Adam optimizer [2]."}]},
+    ]
+    final = rag.ask("What values did it use for beta1 and beta2?", history, store=store, registry=registry, generation=SHORT)
+    assert final.standalone_question != "What values did it use for beta1 and beta2?"
+    assert final.status == "answered"
+    assert any(s.page == 7 for s in final.retrieved)  # section 5.3 Optimizer, with β1 = 0.9, β2 = 0.98
+
+
+def test_variants_switch_on_the_one_base_and_new_adapters_appear(store, registry, settings):
+    question = "What optimizer was used to train the Transformer?"
+    base_answer = rag.ask(question, [], store=store, registry=registry, generation=SHORT).raw
+    model, _, _ = load_base(settings)
+    lora = get_peft_model(model, LoraConfig(r=4, target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM"))
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():  # push the adapter off its no-op initialisation so it changes the answer
+        for param in lora.parameters():
+            if param.requires_grad:
+                param.add_(torch.randn(param.shape, generator=generator) * 0.5)
+    lora.save_pretrained(settings.adapters_dir / "tiny-lora")
+    assert "tiny-lora" in registry.variants()
+
+    base_object = registry.base
+    lora_answer = rag.ask(question, [], store=store, registry=registry, variant="tiny-lora", generation=SHORT).raw
+    assert lora_answer != base_answer
+    assert rag.ask(question, [], store=store, registry=registry, variant=BASE, generation=SHORT).raw == base_answer
+    assert registry.base is base_object  # switching never reloaded the base
+
+
+def test_unknown_variant_is_a_clear_error(store, registry):
+    with pytest.raises(KeyError, match="unknown variant 'nope'"):
+        rag.ask("What optimizer was used?", [], store=store, registry=registry, variant="nope")
+
+
+def test_retrieved_html_is_rendered_as_text():
+    from chatapp.ui import answer_messages, sources_html
+
+    passages = [rag.Source(1, "evil<img>.html", "<script>window.pwned = 1</script><b>bold</b>", 0.9, kind="html")]
+    answer = rag.Answer("q", answer="<script>x()</script> [1]", reasoning="<i>r</i>", sources=passages, done=True)
+    page = sources_html(answer)
+    assert "<script>" not in page and "&lt;script&gt;window.pwned = 1&lt;/script&gt;" in page
+    assert "evil&lt;img&gt;.html" in page
+    shown = answer_messages(answer)
+    assert shown[0]["metadata"]["title"] == "Reasoning" and shown[0]["metadata"]["status"] == "done"
+    assert all("<script>" not in m["content"] and "<i>" not in m["content"] for m in shown)
+
+
+def run_cli(*args, data_dir, timeout=300):
+    env = {**os.environ, "CHATAPP_DATA_DIR": str(data_dir)}
+    return subprocess.run([sys.executable, *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.mark.slow
+def test_cli_ask_json_reads_the_data_dir(tmp_path, corpus):
+    data = tmp_path / "cli-data"
+    ingested = run_cli("-m", "loaders", "ingest", str(corpus / "pdf" / PDF), data_dir=data)
+    assert ingested.returncode == 0, ingested.stderr
+    result = run_cli("-m", "chatapp", "ask", "How many warmup steps were used?", "--json", "--max-new-tokens", "32", data_dir=data)
+    assert result.returncode == 0, result.stderr
+    record = json.loads(result.stdout)
+    assert set(record) >= {"answer", "reasoning", "sources"} and record["answer"]
+    assert any(s["source"] == PDF and s["page"] == 7 and s["text"] and s["score"] > 0 for s in record["sources"])
+
+    bad = run_cli("-m", "chatapp", "ask", "anything", "--variant", "nope", data_dir=data)
+    assert bad.returncode == 1
+    assert bad.stderr.strip().splitlines() == ["error: unknown variant 'nope'; known: base"]
