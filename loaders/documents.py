@@ -171,6 +171,10 @@ def _pdf(data: bytes, name: str, base: dict) -> list[Document]:
             for number, text in enumerate(pages, start=1) if text.strip()]
 
 
+_INLINE_TAG = re.compile(r"</?(?:sup|sub|small|mark|ins|del|u)>")
+_MARKDOWN_ESCAPE = re.compile(r"\\([\\`*_{}\[\]()#+\-.!|<>])")
+
+
 def _html(data: bytes, name: str, base: dict) -> list[Document]:
     import trafilatura
 
@@ -178,6 +182,10 @@ def _html(data: bytes, name: str, base: dict) -> list[Document]:
     # against Readability's article-only references (bench/results/ingest.md).
     text = trafilatura.extract(data, output_format="markdown", include_tables=True, include_comments=False,
                                include_links=False, include_images=False, favor_recall=True)
+    if text:
+        # trafilatura's Markdown leaves <sup>/<sub> tags and backslash escapes ("\\[edit\\]") in the text;
+        # they are noise to the embedder and to a reader of the plain-text passage.
+        text = _MARKDOWN_ESCAPE.sub(r"\1", _INLINE_TAG.sub("", text))
     if not text or not text.strip():
         # A tiny page with no "article" (trafilatura needs some body): keep its visible text.
         text = trafilatura.html2txt(data)

@@ -1,0 +1,128 @@
+"""The Documents tab: upload files or paste a YouTube URL, see the stored sources, delete one, try a search.
+
+app.py calls build_documents_tab(store, settings) inside `with gr.Tab("Documents"):`. Everything shown
+from documents goes through Textbox/Dataframe cells as plain text: an uploaded page's markup never runs.
+"""
+from __future__ import annotations
+
+import os
+
+from loaders.documents import SUPPORTED, source_key
+
+COLUMNS = ["source", "kind", "title", "chunks"]
+
+
+def source_rows(store) -> list[list]:
+    return [[e["source"], e["kind"] or "", e["title"] or "", e["chunks"]] for e in store.list_sources()]
+
+
+def ingest_uploads(store, settings, files, url: str | None, jq: str | None, progress=None) -> str:
+    """Ingest uploaded files and/or a URL. Returns the log: one line per source, as the CLI prints it."""
+    lines: list[str] = []
+    paths: list[str] = []
+    limit = settings.max_upload_mb * 1024 * 1024
+    for item in files or []:
+        path = item if isinstance(item, str) else getattr(item, "name", None) or getattr(item, "path", "")
+        size = os.path.getsize(path) if os.path.exists(path) else 0
+        if size > limit:
+            lines.append(f"FAILED {source_key(path)}: {size / 2**20:.1f} MB is over the "
+                         f"{settings.max_upload_mb} MB upload limit (CHATAPP_MAX_UPLOAD_MB)")
+        else:
+            paths.append(path)
+    if url and url.strip():
+        paths.append(url.strip())
+    if not paths and not lines:
+        return "Choose files or paste a URL first."
+    results = store.ingest(paths, progress=progress, jq=(jq or "").strip() or None) if paths else []
+    lines += [r.summary() for r in results]
+    ok = sum(r.ok for r in results)
+    lines.append(f"{ok} of {len(lines)} sources stored, {sum(r.added for r in results)} new chunks")
+    return "\n".join(lines)
+
+
+def search_text(store, query: str, k: int) -> str:
+    if not query or not query.strip():
+        return ""
+    hits = store.search(query.strip(), k=int(k))
+    if not hits:
+        return "No documents stored yet."
+    out = []
+    for rank, (doc, score) in enumerate(hits, 1):
+        where = doc.metadata.get("source", "?")
+        if doc.metadata.get("page"):
+            where += f", page {doc.metadata['page']}"
+        elif doc.metadata.get("start") is not None:
+            where += f", at {doc.metadata['start']:.0f} s"
+        out.append(f"[{rank}] {where}  (similarity {score:.3f})\n{doc.page_content.strip()}")
+    return "\n\n".join(out)
+
+
+def build_documents_tab(store, settings) -> None:
+    import gradio as gr
+
+    def choices():
+        return [e["source"] for e in store.list_sources()]
+
+    gr.Markdown("Add documents to search and chat with: PDF, HTML, JSON/JSONL, transcripts (VTT, SRT, "
+                "YouTube XML), text and Markdown. A file already stored under the same name is replaced "
+                "when its content changed and left alone when it did not.")
+    with gr.Row():
+        with gr.Column(scale=1):
+            files = gr.File(label=f"Files (up to {settings.max_upload_mb} MB each)", file_count="multiple",
+                            file_types=SUPPORTED, elem_id="upload-files")
+            url = gr.Textbox(label="YouTube URL (or a web page)", placeholder="https://www.youtube.com/watch?v=…",
+                             elem_id="youtube-url")
+            jq = gr.Textbox(label="jq expression for JSON (optional)", placeholder=".items[].text", elem_id="jq")
+            ingest = gr.Button("Add to the store", variant="primary", elem_id="ingest-button")
+            log = gr.Textbox(label="Ingest log", lines=6, max_lines=20, interactive=False, elem_id="ingest-log")
+        with gr.Column(scale=1):
+            table = gr.Dataframe(value=lambda: source_rows(store), headers=COLUMNS, datatype=["str", "str", "str", "number"],
+                                 interactive=False, label="Stored sources", elem_id="sources-table")
+            with gr.Row():
+                target = gr.Dropdown(choices=choices(), label="Source to delete", allow_custom_value=True,
+                                     elem_id="delete-source", scale=3)
+                delete = gr.Button("Delete", variant="stop", elem_id="delete-button", scale=1)
+                refresh = gr.Button("Refresh", elem_id="refresh-sources", scale=1)
+            delete_log = gr.Textbox(label="", show_label=False, interactive=False, elem_id="delete-log")
+    with gr.Accordion("Try a search", open=False):
+        with gr.Row():
+            query = gr.Textbox(label="Question", elem_id="search-query", scale=4)
+            k = gr.Number(value=settings.top_k, precision=0, minimum=1, maximum=20, label="Passages",
+                          elem_id="search-k", scale=1)
+        search = gr.Button("Search", elem_id="search-button")
+        found = gr.Textbox(label="Passages (plain text)", lines=8, max_lines=30, interactive=False,
+                           elem_id="search-results")
+
+    def on_ingest(uploaded, link, expression, progress=gr.Progress()):
+        text = ingest_uploads(store, settings, uploaded, link, expression,
+                              progress=lambda fraction, message: progress(fraction, desc=message))
+        return text, source_rows(store), gr.update(choices=choices()), None, ""
+
+    def on_delete(source):
+        if not source:
+            return "Choose a source first.", source_rows(store), gr.update()
+        removed = store.delete(source)
+        message = f"Deleted {source}: {removed} chunks." if removed else f"No source named {source!r}."
+        return message, source_rows(store), gr.update(choices=choices(), value=None)
+
+    def on_refresh():
+        return source_rows(store), gr.update(choices=choices())
+
+    ingest.click(on_ingest, [files, url, jq], [log, table, target, files, url], concurrency_limit=1)
+    delete.click(on_delete, [target], [delete_log, table, target], concurrency_limit=1)
+    refresh.click(on_refresh, None, [table, target])
+    search.click(lambda q, n: search_text(store, q, n or settings.top_k), [query, k], found)
+    query.submit(lambda q, n: search_text(store, q, n or settings.top_k), [query, k], found)
+
+
+if __name__ == "__main__":  # a quick look at the tab alone: python -m loaders.ui
+    import gradio as gr
+
+    from chatapp.settings import Settings
+    from loaders.store import get_store
+
+    settings = Settings.from_env()
+    with gr.Blocks(title="Documents") as demo:
+        with gr.Tab("Documents"):
+            build_documents_tab(get_store(settings), settings)
+    demo.queue().launch(server_name=settings.host, server_port=settings.port)
