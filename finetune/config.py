@@ -162,6 +162,9 @@ def training_arguments(config: FinetuneConfig, **chosen) -> TrainConfig:
     if method == "prompt-tuning" and values["packing"]:
         raise ValueError("packing does not work with prompt tuning (the soft prompt is prepended to every row); "
                          "drop --packing")
+    if not torch.cuda.is_available():
+        # accelerate forms a multi-process CPU group (gloo) under torchrun only when told the run is on CPU.
+        values.setdefault("use_cpu", True)
     if config.test_size == 0:
         values["eval_strategy"] = "no"
     if values.get("eval_strategy") == "no":

@@ -271,7 +271,8 @@ def train(config: FinetuneConfig, args: TrainConfig | None = None, callbacks: li
     output_dir = Path(args.output_dir)
     handler = _log_to(Path(args.logging_dir or output_dir)) if main else None
     try:
-        model, tokenizer = _load_model(config, args, method)
+        with args.main_process_first(local=True, desc="load the base"):  # converts the embedded GGUF once
+            model, tokenizer = _load_model(config, args, method)
         summary = summarize(train_examples, tokenizer, args.max_length)
         if main:
             _say(f"{summary} (train); {len(test_examples)} held out for evaluation; "

@@ -252,7 +252,7 @@ def test_two_processes_on_gloo_give_the_same_adapter_and_a_falling_loss(data_roo
     command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517",
                "-m", "finetune", "--data", str(corpus / "finetune" / "identity.json"), "--name", "ddp",
                "--method", "lora", "--template_vars", IDENTITY_VARS, "--max_steps", "4", "--learning_rate", "2e-3",
-               "--per_device_train_batch_size", "4", "--max_length", "128", "--logging_steps", "1",
+               "--per_device_train_batch_size", "2", "--max_length", "96", "--logging_steps", "1",
                "--eval_strategy", "no", "--forgetting_samples", "0", "--disable_tqdm", "true", "--json"]
     result = subprocess.run(command, capture_output=True, text=True, timeout=600,
                             env={**env(data_dir), "OMP_NUM_THREADS": "1"}, cwd=ROOT)
