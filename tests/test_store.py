@@ -1,0 +1,211 @@
+"""The Qdrant store with the real embedder (all-MiniLM-L6-v2, ONNX int8) and embedded Qdrant on disk; the CLI."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pypdf
+import pytest
+
+from chatapp.settings import Settings
+from loaders.store import DocumentStore, StoreError, chunk_id, get_store, open_client
+
+ROOT = Path(__file__).resolve().parents[1]
+PDF = "attention-is-all-you-need.pdf"
+
+
+@pytest.fixture(scope="module")
+def settings(tmp_path_factory):
+    return Settings.from_env(data_dir=tmp_path_factory.mktemp("store") / "data")
+
+
+@pytest.fixture(scope="module")
+def store(settings, corpus):
+    store = get_store(settings)
+    results = store.ingest([corpus / "pdf" / PDF, corpus / "html" / "ars-1.html", corpus / "html" / "bbc-1.html",
+                            corpus / "youtube" / "timedtext_sample.xml"])
+    assert all(r.ok for r in results), [r.summary() for r in results]
+    yield store
+    store.close()
+
+
+def test_one_store_per_process(store, settings):
+    assert get_store(settings) is store
+    with pytest.raises(StoreError, match="in use by another process"):
+        open_client(settings)  # embedded Qdrant locks its folder: a second client is refused with one line
+
+
+def test_sources_listed_with_chunk_counts(store):
+    sources = {e["source"]: e for e in store.list_sources()}
+    assert set(sources) == {PDF, "ars-1.html", "bbc-1.html", "timedtext_sample.xml"}
+    assert sources[PDF]["kind"] == "pdf" and sources["ars-1.html"]["kind"] == "html"
+    assert sources["ars-1.html"]["title"].startswith("Just-released Minecraft exploit")
+    assert sum(e["chunks"] for e in sources.values()) == store.count()
+    assert sources[PDF]["chunks"] > 15  # more chunks than pages
+
+
+def test_search_finds_the_page_with_cosine_scores(store):
+    hits = store.search("How does multi-head attention let the model attend to different subspaces?", k=4)
+    assert len(hits) == 4
+    doc, score = hits[0]
+    assert doc.metadata["source"] == PDF and doc.metadata["page"] in (4, 5)  # section 3.2.2 of the paper
+    scores = [s for _, s in hits]
+    assert scores == sorted(scores, reverse=True) and all(-1.0 <= s <= 1.0 for s in scores)
+    query = np.array(store.embeddings.embed_query("How does multi-head attention let the model attend to "
+                                                  "different subspaces?"))
+    passage = np.array(store.embeddings.embed_documents([doc.page_content])[0])
+    cosine = float(query @ passage / np.linalg.norm(query) / np.linalg.norm(passage))
+    assert score == pytest.approx(cosine, abs=1e-4)
+    minecraft = store.search("Minecraft server crash exploit", k=1)[0][0]
+    assert minecraft.metadata["source"] == "ars-1.html"
+    transcript = store.search("a test transcript that was made up", k=1)[0][0]
+    assert transcript.metadata["source"] == "timedtext_sample.xml" and transcript.metadata["start"] == 0.0
+
+
+def test_chunk_ids_are_deterministic(store):
+    chunk = store.search("Obama gun control frustration", k=1)[0][0]
+    meta = chunk.metadata
+    assert meta["_id"] == chunk_id(meta["source"], meta["sha256"], meta["chunk"])
+
+
+def test_reingest_unchanged_adds_nothing(store, corpus):
+    before = store.count()
+    results = store.ingest([corpus / "pdf" / PDF, corpus / "html"/ "ars-1.html"])
+    assert [(r.ok, r.added) for r in results] == [(True, 0), (True, 0)]
+    assert results[0].chunks > 0 and "unchanged" in results[0].summary()
+    assert store.count() == before
+
+
+def test_changed_source_replaces_its_chunks(store, corpus, tmp_path):
+    page = tmp_path / "page.html"
+    shutil.copy(corpus / "html" / "nytimes-1.html", page)
+    first = store.ingest([page])[0]
+    assert first.ok and first.added == first.chunks > 0
+    assert store.search("Sudan trade sanctions lifted", k=1)[0][0].metadata["source"] == "page.html"
+    shutil.copy(corpus / "html" / "daringfireball-1.html", page)  # same name, other bytes
+    second = store.ingest([page])[0]
+    assert second.ok and second.added == second.chunks
+    listed = {e["source"]: e["chunks"] for e in store.list_sources()}
+    assert listed["page.html"] == second.chunks
+    texts = [d.page_content for d, _ in store.search("Sudan trade sanctions lifted", k=store.count())
+             if d.metadata["source"] == "page.html"]
+    assert texts and not any("Sudan" in t for t in texts)  # the old version is gone
+    assert store.delete("page.html") == second.chunks
+
+
+def test_delete_a_source(store, corpus, tmp_path):
+    notes = tmp_path / "notes.md"
+    notes.write_text("# Notes\n\nThe quarterly report is due on the third Friday of March.\n")
+    assert store.ingest([notes])[0].added == 1
+    before = store.count()
+    assert store.delete("notes.md") == 1
+    assert store.count() == before - 1
+    assert "notes.md" not in {e["source"] for e in store.list_sources()}
+    assert store.delete("notes.md") == 0
+
+
+def test_bad_sources_report_one_line_and_store_nothing(store, corpus, tmp_path):
+    good = tmp_path / "good.txt"
+    good.write_text("Qdrant keeps vectors; this line is the only text of a small good file.")
+    (tmp_path / "empty.pdf").write_bytes(b"")
+    writer = pypdf.PdfWriter(clone_from=corpus / "pdf" / PDF)
+    writer.encrypt("s3cret")
+    writer.write(tmp_path / "locked.pdf")
+    data = (corpus / "pdf" / PDF).read_bytes()
+    (tmp_path / "half.pdf").write_bytes(data[: len(data) // 2])
+    before = store.count()
+    seen = []
+    results = store.ingest([tmp_path / "empty.pdf", tmp_path / "locked.pdf", good, tmp_path / "half.pdf",
+                            tmp_path / "missing.json"], progress=lambda f, m: seen.append(f))
+    by_name = {r.source: r for r in results}
+    assert [r.source for r in results] == ["empty.pdf", "locked.pdf", "good.txt", "half.pdf", "missing.json"]
+    assert by_name["good.txt"].ok and by_name["good.txt"].chunks == 1
+    assert by_name["empty.pdf"].error == "empty file"
+    assert by_name["locked.pdf"].error.startswith("encrypted PDF")
+    assert by_name["half.pdf"].error.startswith("truncated or corrupt PDF")
+    assert by_name["missing.json"].error == "no such file or folder"
+    assert all("\n" not in (r.error or "") for r in results)
+    assert store.count() == before + 1
+    assert {e["source"] for e in store.list_sources()}.isdisjoint({"empty.pdf", "locked.pdf", "half.pdf"})
+    assert seen == sorted(seen) and seen[-1] == 1.0  # the progress bar only moves forward, to the end
+    store.delete("good.txt")
+
+
+def test_retriever_is_a_langchain_retriever(store):
+    docs = store.as_retriever(search_kwargs={"k": 2}).invoke("Obama interview with the BBC about Kenya")
+    assert len(docs) == 2 and docs[0].metadata["source"] == "bbc-1.html"
+
+
+def test_store_reopens_with_its_data(settings, corpus, tmp_path):
+    """Everything survives a restart: a second process-lifetime opens the same folder and finds it."""
+    reopened_settings = Settings.from_env(data_dir=tmp_path / "data")
+    first = DocumentStore.from_settings(reopened_settings)
+    first.ingest([corpus / "html" / "bbc-1.html"])
+    count = first.count()
+    first.close()
+    second = DocumentStore.from_settings(reopened_settings)
+    try:
+        assert second.count() == count
+        assert second.ingest([corpus / "html" / "bbc-1.html"])[0].added == 0
+    finally:
+        second.close()
+
+
+# --- the command line ------------------------------------------------------------------------------------
+
+def cli(*args, data_dir: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "CHATAPP_DATA_DIR": str(data_dir)}
+    return subprocess.run([sys.executable, "-m", "loaders", *args], cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=300)
+
+
+def test_cli_ingest_search_list_delete(corpus, tmp_path):
+    data = tmp_path / "cli-data"
+    (tmp_path / "empty.json").write_text("")
+    done = cli("ingest", str(corpus / "pdf"), str(corpus / "youtube"), str(tmp_path / "empty.json"),
+               str(tmp_path / "nope.pdf"), data_dir=data)
+    assert done.returncode == 1, done.stderr
+    lines = done.stdout.strip().splitlines()
+    assert lines[0].startswith(f"ok     {PDF}: ") and lines[0].endswith(" chunks")
+    assert lines[1] == "ok     timedtext_sample.xml: 1 chunks"
+    assert lines[2:] == ["FAILED empty.json: empty file", "FAILED nope.pdf: no such file or folder"]
+    assert "Traceback" not in done.stderr and "2 of 4 sources stored" in done.stderr
+    assert "%|" in done.stderr  # tqdm's bar
+
+    again = cli("ingest", str(corpus / "pdf" / PDF), "--json", data_dir=data)
+    assert again.returncode == 0
+    assert json.loads(again.stdout)["added"] == 0
+
+    found = cli("search", "What is scaled dot-product attention?", "BLEU score on WMT 2014", "--k", "3", "--json",
+                data_dir=data)
+    assert found.returncode == 0, found.stderr
+    answers = [json.loads(line) for line in found.stdout.splitlines()]
+    assert [a["query"] for a in answers] == ["What is scaled dot-product attention?", "BLEU score on WMT 2014"]
+    for answer in answers:
+        assert len(answer["hits"]) == 3
+        assert set(answer["hits"][0]) == {"text", "source", "page", "score"}
+        assert answer["hits"][0]["source"] == PDF and isinstance(answer["hits"][0]["page"], int)
+
+    listed = cli("list", "--json", data_dir=data)
+    entries = {e["source"]: e["chunks"] for e in json.loads(listed.stdout)}
+    assert set(entries) == {PDF, "timedtext_sample.xml"} and entries["timedtext_sample.xml"] == 1
+
+    gone = cli("delete", "timedtext_sample.xml", data_dir=data)
+    assert gone.returncode == 0 and "deleted timedtext_sample.xml: 1 chunks" in gone.stdout
+    missing = cli("delete", "timedtext_sample.xml", data_dir=data)
+    assert missing.returncode == 1 and missing.stderr.strip().startswith("error: no source named")
+    assert "Traceback" not in missing.stderr
+
+
+def test_cli_help_and_locked_store(store, settings):
+    shown = subprocess.run([sys.executable, "-m", "loaders", "--help"], cwd=ROOT, capture_output=True, text=True)
+    assert shown.returncode == 0 and "ingest" in shown.stdout and "CHATAPP_DATA_DIR" in shown.stdout
+    busy = cli("list", data_dir=settings.data_dir)  # this test process holds the embedded store
+    assert busy.returncode == 2
+    assert busy.stderr.strip().startswith("error: the store") and "in use by another process" in busy.stderr
+    assert "Traceback" not in busy.stderr
