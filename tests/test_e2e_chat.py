@@ -5,6 +5,7 @@ Debian chromium driven by Playwright (no browser download is possible here).
 from __future__ import annotations
 
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -77,7 +78,9 @@ def test_upload_ask_and_see_the_cited_page(app_url, corpus, artifacts):
         page.get_by_role("tab", name="Documents").click()
         page.locator("#upload-files input[type=file]").set_input_files(str(corpus / "pdf" / PDF))
         page.locator("#ingest-button").click()
-        expect(page.locator("#sources-table")).to_contain_text(PDF, timeout=180_000)
+        # the progress text ("reading NAME") shows on every output while ingesting, so wait for the summary line
+        expect(page.locator("#ingest-log textarea")).to_have_value(re.compile(r"1 of 1 sources stored"), timeout=180_000)
+        expect(page.locator("#sources-table")).to_contain_text(PDF)
 
         # Chat tab: ask, and wait for the streamed answer and its sources
         page.get_by_role("tab", name="Chat").click()
@@ -85,10 +88,12 @@ def test_upload_ask_and_see_the_cited_page(app_url, corpus, artifacts):
         page.locator("#chat-send").click()
         expect(page.locator("#chatbot [data-testid='bot']").last).to_be_visible(timeout=180_000)
         sources = page.locator("#sources")
-        expect(sources).to_contain_text(PDF, timeout=180_000)
+        try:
+            expect(sources).to_contain_text(PDF, timeout=180_000)
+        finally:
+            page.screenshot(path=str(artifacts / "e2e-chat.png"), full_page=True)
         expect(sources).to_contain_text("p. 7")
         answer = page.locator("#chatbot [data-testid='bot']").last.inner_text()
         assert answer.strip()
         expect(page.locator("#model-info")).to_contain_text("precision")
-        page.screenshot(path=str(artifacts / "e2e-chat.png"), full_page=True)
         browser.close()
