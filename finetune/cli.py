@@ -84,10 +84,17 @@ def _synth(argv: list[str]) -> int:
     if options.n < 1:
         raise ValueError("--n must be at least 1")
     from finetune.synth import synthesize
+    from loaders.store import get_store
 
-    result = synthesize(options.out, options.n, variant=options.variant, max_new_tokens=options.max_new_tokens,
-                        progress=None if options.json else lambda done, tried: print(
-                            f"\r{done}/{options.n} pairs from {tried} passages", end="", file=sys.stderr))
+    from chatapp.settings import Settings
+
+    store = get_store(Settings.from_env())
+    try:
+        result = synthesize(options.out, options.n, variant=options.variant, max_new_tokens=options.max_new_tokens,
+                            progress=None if options.json else lambda done, tried: print(
+                                f"\r{done}/{options.n} pairs from {tried} passages", end="", file=sys.stderr))
+    finally:
+        store.close()  # embedded Qdrant must be closed before interpreter shutdown
     if not options.json:
         print(file=sys.stderr)
     print(json.dumps(result) if options.json else f"{result['pairs']} pairs written to {result['out']}")

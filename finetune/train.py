@@ -123,6 +123,8 @@ class RunLog(TrainerCallback):
             self.on_log_hook(entry)
 
     def on_step_end(self, args, state, control, **kwargs):
+        if self.on_log_hook and state.is_world_process_zero:
+            self.on_log_hook({"step": state.global_step, "max_steps": state.max_steps})
         if self.cancel is not None and self.cancel.is_set():
             control.should_training_stop = True
 

@@ -265,3 +265,20 @@ def test_two_processes_on_gloo_give_the_same_adapter_and_a_falling_loss(data_roo
     log = [json.loads(line) for line in (data_dir / "runs" / "ddp" / "log.jsonl").read_text().splitlines()]
     losses = [e["loss"] for e in log if "loss" in e]
     assert len(losses) == 4 and losses[-1] < losses[0]
+
+
+def test_merge_writes_a_standalone_model_with_the_adapter_folded_in(lora_run, data_root, tmp_path):
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    from finetune.merge import merge
+
+    settings = Settings.from_env(data_dir=data_root)
+    out = merge("ada-lora", tmp_path / "merged", dtype="float32", settings=settings)
+    merged = AutoModelForCausalLM.from_pretrained(out)
+    model, tokenizer, _ = load_base(settings)
+    tuned = PeftModel.from_pretrained(model, lora_run[2])
+    ids = tokenizer.apply_chat_template(QUESTION, add_generation_prompt=True, return_tensors="pt", return_dict=True)
+    with torch.no_grad():
+        torch.testing.assert_close(merged(**ids).logits, tuned(**ids).logits, atol=2e-3, rtol=1e-3)
+    assert not any("lora" in k for k in merged.state_dict())

@@ -1,0 +1,103 @@
+"""`python -m finetune synth`: question-answer pairs written by the chat model from the ingested documents.
+
+For users with documents but no dataset. Passages are taken evenly across the store; each gives at most
+one pair, which keeps its source (and page); questions already seen (case and punctuation aside) are
+dropped. The output is Alpaca records plus `source`, readable by `read_records` and `--data`.
+"""
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+from chatapp.model import GenerationSettings, ModelRegistry
+from chatapp.settings import Settings
+
+INSTRUCTION = ("Read the passage, then write one question that the passage answers and the answer, "
+               "in exactly this form:\nQuestion: <question>\nAnswer: <answer>\n\nPassage:\n{passage}")
+PAIR = re.compile(r"question\s*:\s*(?P<q>.+?)\s*answer\s*:\s*(?P<a>.+)", re.IGNORECASE | re.DOTALL)
+MAX_PASSAGE_CHARS = 1500
+
+
+def passages(store) -> list[dict]:
+    """Every stored chunk as {text, source, page}, in a stable order (by source, then position)."""
+    found = []
+    offset = None
+    while True:  # the store exposes no chunk iterator, so page through its Qdrant collection
+        points, offset = store.client.scroll(store.collection, limit=1024, offset=offset, with_payload=True,
+                                             with_vectors=False)
+        for point in points:
+            payload = point.payload or {}
+            meta = payload.get("metadata") or {}
+            if (payload.get("page_content") or "").strip():
+                found.append({"text": payload["page_content"], "source": meta.get("source"), "page": meta.get("page"),
+                              "order": (str(meta.get("source")), str(point.id))})
+        if offset is None:
+            break
+    return sorted(found, key=lambda p: p["order"])
+
+
+def parse_pair(text: str) -> tuple[str, str] | None:
+    match = PAIR.search(text)
+    if not match:
+        return None
+    question, answer = match["q"].strip(), match["a"].strip()
+    question = question.splitlines()[0].strip() if question else ""
+    lines = [line.strip() for line in answer.splitlines() if line.strip()]
+    if len(lines) >= 4 and len(set(lines)) <= len(lines) / 2:  # a small model looping on one line
+        return None
+    if len(question) <= 5 or not answer or "question" in question.lower():
+        return None
+    return question, answer
+
+
+def _key(question: str) -> str:
+    return " ".join(re.findall(r"\w+", question.lower()))
+
+
+def spread(items: list, count: int) -> list:
+    """`count` items evenly spaced over the list, so pairs come from every document, not just the first."""
+    if count >= len(items):
+        return list(items)
+    step = len(items) / count
+    return [items[int(i * step)] for i in range(count)]
+
+
+def synthesize(out: str | Path, n: int, variant: str = "base", max_new_tokens: int = 160,
+               settings: Settings | None = None, registry: ModelRegistry | None = None, progress=None) -> dict:
+    from loaders.store import get_store
+
+    settings = settings or Settings.from_env()
+    store = get_store(settings)
+    chunks = passages(store)
+    if not chunks:
+        raise ValueError("no documents ingested yet: add some with `python -m loaders ingest PATH`")
+    registry = registry or ModelRegistry(settings)
+    generation = GenerationSettings(max_new_tokens=max_new_tokens)
+    # Up to 3 passages per wanted pair: a small model often writes no usable pair or repeats a question.
+    candidates = spread(chunks, min(len(chunks), 3 * n))
+    pairs, seen, tried = [], set(), 0
+    for chunk in candidates:
+        if len(pairs) >= n:
+            break
+        tried += 1
+        reply = registry.generate([{"role": "user", "content": INSTRUCTION.format(
+            passage=chunk["text"][:MAX_PASSAGE_CHARS])}], variant, generation)
+        pair = parse_pair(reply)
+        if pair and _key(pair[0]) not in seen:
+            seen.add(_key(pair[0]))
+            record = {"instruction": pair[0], "input": "", "output": pair[1], "source": chunk["source"]}
+            if chunk["page"] is not None:
+                record["page"] = chunk["page"]
+            pairs.append(record)
+        if progress:
+            progress(len(pairs), tried)
+    if not pairs:
+        raise ValueError(f"the model wrote no usable question-answer pair from {tried} passages")
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if out.suffix.lower() == ".json":
+        out.write_text(json.dumps(pairs, indent=2, ensure_ascii=False))
+    else:
+        out.write_text("".join(json.dumps(p, ensure_ascii=False) + "\n" for p in pairs))
+    return {"out": str(out), "pairs": len(pairs), "passages_tried": tried, "passages_in_store": len(chunks)}

@@ -1,0 +1,224 @@
+"""The Fine-tune tab: pick or upload a dataset, choose the method and key settings, train in the background.
+
+app.py calls build_finetune_tab(settings, registry) inside `with gr.Tab("Fine-tune"):`. Training runs in a
+thread (torch releases the GIL in its kernels, so chat stays usable); a timer polls the job for the
+progress bar and the loss curve. The finished adapter lands in DATA/adapters/, where the registry's
+variant list picks it up with no restart.
+"""
+from __future__ import annotations
+
+import html
+import shutil
+import threading
+import time
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from chatapp.settings import Settings
+
+METHOD_CHOICES = ["lora", "qlora", "prompt-tuning"]
+DATA_SUFFIXES = (".json", ".jsonl")
+
+
+@dataclass
+class Job:
+    """One training run's state as the tab shows it; written by the training thread, read by the timer."""
+
+    name: str = ""
+    state: str = "idle"  # idle | running | done | failed | cancelled
+    step: int = 0
+    max_steps: int = 0
+    losses: list[tuple[int, float]] = field(default_factory=list)
+    eval_losses: list[tuple[int, float]] = field(default_factory=list)
+    message: str = ""
+    started: float = 0.0
+    cancel: threading.Event = field(default_factory=threading.Event)
+    thread: threading.Thread | None = None
+
+    def on_log(self, entry: dict) -> None:
+        self.step, self.max_steps = entry.get("step", self.step), entry.get("max_steps", self.max_steps)
+        if "loss" in entry:
+            self.losses.append((entry["step"], float(entry["loss"])))
+        if "eval_loss" in entry:
+            self.eval_losses.append((entry["step"], float(entry["eval_loss"])))
+
+
+def dataset_dir(settings: Settings) -> Path:
+    return Path(settings.data_dir) / "datasets"
+
+
+def dataset_choices(settings: Settings) -> list[str]:
+    folder = dataset_dir(settings)
+    return sorted(str(p) for p in folder.iterdir() if p.suffix.lower() in DATA_SUFFIXES) if folder.is_dir() else []
+
+
+def keep_upload(settings: Settings, upload) -> str:
+    """Copy an uploaded dataset into DATA/datasets/ so it survives restarts; returns its path."""
+    path = Path(upload if isinstance(upload, str) else getattr(upload, "path", None) or upload.name)
+    if path.suffix.lower() not in DATA_SUFFIXES:
+        raise ValueError(f"{path.name}: a dataset must be a .json or .jsonl file")
+    size_limit = settings.max_upload_mb * 2**20
+    if path.stat().st_size > size_limit:
+        raise ValueError(f"{path.name} is over the {settings.max_upload_mb} MB upload limit")
+    target = dataset_dir(settings) / path.name
+    target.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(path, target)
+    return str(target)
+
+
+class Trainer:
+    """Starts at most one background run at a time and reports its state."""
+
+    def __init__(self, settings: Settings):
+        self.settings = settings
+        self.job = Job()
+        self._lock = threading.Lock()
+
+    def start(self, data: str, name: str, method: str, epochs: float, max_steps: int, learning_rate: float | None,
+              lora_r: int, max_length: int, template_vars: str, test_size: float = 0.1,
+              forgetting_check: bool = True) -> str:
+        from finetune.config import FinetuneConfig, training_arguments
+        from finetune.data import read_records
+
+        with self._lock:
+            if self.job.state == "running":
+                raise RuntimeError(f"run '{self.job.name}' is still training; cancel it or wait")
+            if not data:
+                raise ValueError("choose or upload a dataset first")
+            config = FinetuneConfig(data=str(data), name=(name or "").strip(), method=method, lora_r=int(lora_r),
+                                    template_vars=template_vars or None, data_dir=str(self.settings.data_dir),
+                                    base=self.settings.base_model, test_size=float(test_size or 0),
+                                    **({} if forgetting_check else {"forgetting_samples": 0}))
+            if (Path(self.settings.adapters_dir) / config.name).exists():
+                raise ValueError(f"an adapter named '{config.name}' exists already; choose another name")
+            read_records(config.data, config.variables())  # bad data fails here, before any model loads
+            chosen = {"num_train_epochs": float(epochs), "max_steps": int(max_steps or 0) or -1,
+                      "max_length": int(max_length), "disable_tqdm": True, "logging_steps": 1}  # a live curve
+            if learning_rate:
+                chosen["learning_rate"] = float(learning_rate)
+            args = training_arguments(config, **chosen)
+            self.job = job = Job(name=config.name, state="running", started=time.time(), message="loading the base model")
+            job.thread = threading.Thread(target=self._run, args=(job, config, args), name=f"finetune-{config.name}",
+                                          daemon=True)
+            job.thread.start()
+            return config.name
+
+    def _run(self, job: Job, config, args) -> None:
+        from finetune.train import Cancelled, train
+
+        try:
+            path = train(config, args, cancel=job.cancel, on_log=job.on_log)
+            job.state, job.message = "done", f"adapter '{job.name}' is ready: pick it in the Chat tab or the arena ({path})"
+        except Cancelled as error:
+            job.state, job.message = "cancelled", str(error)
+        except Exception as error:  # shown in the tab; the full trace goes to the server log
+            traceback.print_exc()
+            job.state, job.message = "failed", f"{type(error).__name__}: {error}".splitlines()[0]
+
+    def cancel(self) -> str:
+        if self.job.state != "running":
+            return "nothing is training"
+        self.job.cancel.set()
+        return f"cancelling '{self.job.name}' after the current step"
+
+
+def status_markdown(job: Job) -> str:
+    if job.state == "idle":
+        return "No run yet."
+    elapsed = time.time() - job.started
+    head = {"running": "Training", "done": "Done", "failed": "Failed", "cancelled": "Cancelled"}[job.state]
+    parts = [f"**{head}** `{job.name}` — step {job.step}/{job.max_steps or '?'}, {elapsed:.0f} s"]
+    if job.losses:
+        parts.append(f"loss {job.losses[-1][1]:.3f}")
+    if job.eval_losses:
+        parts.append(f"eval loss {job.eval_losses[-1][1]:.3f}")
+    return " · ".join(parts) + (f"\n\n{job.message}" if job.message else "")
+
+
+def progress_html(job: Job) -> str:
+    share = job.step / job.max_steps if job.max_steps else 0.0
+    if job.state == "done":
+        share = 1.0
+    return (f'<div id="ft-progress-bar" data-share="{share:.3f}" style="background:#e5e7eb;border-radius:4px;height:14px">'
+            f'<div style="width:{share * 100:.1f}%;background:#f97316;height:14px;border-radius:4px"></div></div>'
+            f'<small>{html.escape(job.state)} {share * 100:.0f}%</small>')
+
+
+def loss_frame(job: Job):
+    import pandas as pd
+
+    rows = [{"step": s, "loss": v, "split": "train"} for s, v in job.losses]
+    rows += [{"step": s, "loss": v, "split": "eval"} for s, v in job.eval_losses]
+    return pd.DataFrame(rows or [], columns=["step", "loss", "split"])
+
+
+def build_finetune_tab(settings: Settings, registry=None):
+    import gradio as gr
+    import torch
+
+    trainer = Trainer(settings)
+    default_method = "qlora" if torch.cuda.is_available() else "lora"
+    gr.Markdown("Teach the model from examples: Alpaca records (instruction/input/output) or conversations "
+                "(`messages` or ShareGPT `conversations`), JSON or JSONL. The result is a chat variant.")
+    with gr.Row():
+        with gr.Column():
+            upload = gr.File(label="Upload a dataset", file_types=list(DATA_SUFFIXES), elem_id="ft-upload")
+            data = gr.Dropdown(label="Dataset", choices=dataset_choices(settings), allow_custom_value=True,
+                               elem_id="ft-data", info="an uploaded file, or a path on the server")
+            name = gr.Textbox(label="Adapter name", placeholder="my-task", elem_id="ft-name")
+            method = gr.Radio(METHOD_CHOICES, value=default_method, label="Method", elem_id="ft-method",
+                              info="qlora: 4-bit base + LoRA (GPU); lora: full-precision base; prompt-tuning: soft prompt")
+            template_vars = gr.Textbox(label="Fill placeholders (optional)", placeholder="name=Ada,author=Lovelace Labs",
+                                       elem_id="ft-template-vars")
+        with gr.Column():
+            epochs = gr.Number(value=3, label="Epochs", elem_id="ft-epochs", minimum=0.01)
+            max_steps = gr.Number(value=0, precision=0, label="Max steps (0 = by epochs)", elem_id="ft-max-steps",
+                                  minimum=0)
+            learning_rate = gr.Number(value=0, minimum=0, label="Learning rate (0 = method default: 2e-4 LoRA, 3e-2 prompt tuning)", elem_id="ft-lr")
+            lora_r = gr.Number(value=16, precision=0, label="LoRA rank", elem_id="ft-lora-r", minimum=1)
+            max_length = gr.Number(value=512, precision=0, label="Max tokens per example", elem_id="ft-max-length",
+                                   minimum=16)
+            test_size = gr.Number(value=0.1, label="Held out for evaluation (share; 0 = no evaluation)",
+                                  elem_id="ft-test-size", minimum=0)
+            forgetting = gr.Checkbox(value=True, label="Forgetting check (base vs adapter on general instructions)",
+                                     elem_id="ft-forgetting")
+            with gr.Row():
+                start = gr.Button("Start training", variant="primary", elem_id="ft-start")
+                cancel = gr.Button("Cancel", elem_id="ft-cancel")
+    status = gr.Markdown("No run yet.", elem_id="ft-status")
+    progress = gr.HTML(progress_html(Job()), elem_id="ft-progress")
+    loss = gr.LinePlot(loss_frame(Job()), x="step", y="loss", color="split", title="Loss", elem_id="ft-loss")
+    timer = gr.Timer(1.0, active=False)
+
+    def on_upload(file):
+        if file is None:
+            return gr.update(), gr.update(), gr.update()
+        try:
+            path = keep_upload(settings, file)
+        except (OSError, ValueError) as error:
+            return gr.update(), f"**Upload refused:** {error}", None
+        # The file box is emptied so the next upload can follow; the dataset list keeps the file.
+        return gr.update(choices=dataset_choices(settings), value=path), f"Dataset saved as `{path}`.", None
+
+    def on_start(data_value, name_value, method_value, epochs_value, steps_value, lr_value, r_value, length_value,
+                 vars_value, test_value, forgetting_value):
+        try:
+            trainer.start(data_value, name_value, method_value, epochs_value, steps_value, lr_value, r_value,
+                          length_value, vars_value, test_value, forgetting_value)
+        except Exception as error:  # a clear line in the tab; nothing started
+            return f"**Not started:** {error}", progress_html(trainer.job), gr.Timer(active=False)
+        return status_markdown(trainer.job), progress_html(trainer.job), gr.Timer(active=True)
+
+    def on_tick():
+        job = trainer.job
+        running = job.state == "running"
+        return status_markdown(job), progress_html(job), loss_frame(job), gr.Timer(active=running)
+
+    upload.upload(on_upload, upload, [data, status, upload], concurrency_limit=None)
+    start.click(on_start, [data, name, method, epochs, max_steps, learning_rate, lora_r, max_length, template_vars,
+                           test_size, forgetting],
+                [status, progress, timer], concurrency_limit=None)
+    cancel.click(lambda: trainer.cancel(), None, status, concurrency_limit=None)
+    timer.tick(on_tick, None, [status, progress, loss, timer], concurrency_limit=None)
+    return trainer
