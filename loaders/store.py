@@ -73,7 +73,7 @@ class DocumentStore:
                 warnings.simplefilter("ignore")
                 for field in ("metadata.source", "metadata.sha256"):
                     client.create_payload_index(collection, field, models.PayloadSchemaType.KEYWORD)
-            _relax_sync(client)  # the new collection has its own SQLite file
+            _tune_local(client)  # the new collection has its own SQLite file and vector matrix
         distance = client.get_collection(collection).config.params.vectors.distance
         self.vector_store = QdrantVectorStore(client=client, collection_name=collection, embedding=embeddings,
                                               distance=distance)
@@ -244,16 +244,22 @@ def open_client(settings):
             raise StoreError(f"the store {path} is in use by another process (the app?); stop it, "
                              "or point CHATAPP_QDRANT_URL at a Qdrant server") from None
         raise
-    _relax_sync(client)
+    _tune_local(client)
     return client
 
 
-def _relax_sync(client) -> None:
-    """Embedded Qdrant commits SQLite once per point, with a full fsync each time: on a busy disk that is
-    ~90 points/s. WAL with synchronous=NORMAL keeps the file consistent after a crash (a power cut may
-    lose the last few writes, which re-ingesting restores) and writes thousands of points a second.
-    qdrant-client exposes no setting for this, so it reaches its SQLite connections; on a layout it does
-    not know, nothing changes."""
+def _tune_local(client, search: bool = True) -> None:
+    """Two fixes for qdrant-client's embedded (local) mode, which exposes no setting for either; on a
+    layout this does not recognise, nothing changes. A server is not touched.
+
+    - Writes: it commits SQLite once per point with a full fsync each time (~90 points/s on a busy disk).
+      WAL with synchronous=NORMAL keeps the file consistent after a crash (a power cut may lose the last
+      few writes, which re-ingesting restores) and writes thousands of points a second.
+    - Search: it turns the query list into a float64 array, so a float32 vector matrix is copied to float64
+      on every query (~100 ms at 50k chunks). Keeping the matrix in float64, as qdrant-client itself does
+      after reopening a store, leaves one matrix-vector product (bench/results/ingest.md)."""
+    import numpy as np
+
     local = getattr(client, "_client", None)
     for collection in getattr(local, "collections", {}).values():
         connection = getattr(getattr(collection, "storage", None), "storage", None)
@@ -263,6 +269,11 @@ def _relax_sync(client) -> None:
                 connection.execute("PRAGMA synchronous=NORMAL")
             except Exception:  # read-only or an unexpected layout: keep qdrant-client's defaults
                 pass
+        vectors = getattr(collection, "vectors", None)
+        if search and isinstance(vectors, dict):
+            for name, matrix in vectors.items():
+                if isinstance(matrix, np.ndarray) and matrix.dtype == np.float32:
+                    vectors[name] = matrix.astype(np.float64)
 
 
 _STORES: dict[str, DocumentStore] = {}

@@ -77,7 +77,8 @@ def build_documents_tab(store, settings) -> None:
             log = gr.Textbox(label="Ingest log", lines=6, max_lines=20, interactive=False, elem_id="ingest-log")
         with gr.Column(scale=1):
             table = gr.Dataframe(value=lambda: source_rows(store), headers=COLUMNS, datatype=["str", "str", "str", "number"],
-                                 interactive=False, label="Stored sources", elem_id="sources-table")
+                                 interactive=False, label="Stored sources", elem_id="sources-table", wrap=True,
+                                 column_widths=["30%", "14%", "42%", "14%"])
             with gr.Row():
                 target = gr.Dropdown(choices=choices(), label="Source to delete", allow_custom_value=True,
                                      elem_id="delete-source", scale=3)

@@ -1,0 +1,109 @@
+"""The Documents tab in a real browser (Debian chromium via Playwright): upload, progress, list, delete."""
+from __future__ import annotations
+
+import shutil
+import socket
+from pathlib import Path
+
+import pytest
+
+pytestmark = [pytest.mark.browser, pytest.mark.slow]
+CHROMIUM = "/usr/bin/chromium"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def app(tmp_path_factory):
+    import gradio as gr
+
+    from chatapp.settings import Settings
+    from loaders.store import get_store
+    from loaders.ui import build_documents_tab
+
+    settings = Settings.from_env(data_dir=tmp_path_factory.mktemp("ui") / "data", max_upload_mb=1)
+    store = get_store(settings)
+    with gr.Blocks(title="Documents") as demo:
+        with gr.Tab("Documents"):
+            build_documents_tab(store, settings)
+    port = free_port()
+    demo.queue().launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
+    yield f"http://127.0.0.1:{port}", store
+    demo.close()
+    store.close()
+
+
+@pytest.fixture(scope="module")
+def page(app):
+    if not Path(CHROMIUM).exists():
+        pytest.skip("Debian chromium is not installed (make browser)")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        page.goto(app[0], wait_until="load")
+        page.wait_for_selector("#upload-files")
+        yield page
+        browser.close()
+
+
+def test_upload_several_files_with_bad_ones(app, page, corpus, tmp_path, artifacts):
+    url, store = app
+    html = tmp_path / "bbc-1.html"
+    shutil.copy(corpus / "html" / "bbc-1.html", html)
+    hostile = tmp_path / "hostile.html"  # its text must show as text: no live markup from documents
+    hostile.write_text("<html><head><title>Hostile</title></head><body><article><p>Plain words about pelicans "
+                       "&lt;img src=x onerror=alert(1)&gt; and more words about pelicans.</p></article></body></html>")
+    (tmp_path / "empty.json").write_text("")
+    big = tmp_path / "big.txt"
+    big.write_text("too big " * 200_000)  # 1.6 MB, over this app's 1 MB limit
+    transcript = corpus / "youtube" / "timedtext_sample.xml"
+    page.set_input_files("#upload-files input[type=file]", [str(html), str(hostile), str(tmp_path / "empty.json"),
+                                                             str(big), str(transcript)])
+    page.wait_for_timeout(1500)
+    page.click("#ingest-button")
+    log = page.locator("#ingest-log textarea")
+    page.wait_for_function("() => document.querySelector('#ingest-log textarea').value.includes('sources stored')",
+                           timeout=120_000)
+    text = log.input_value()
+    assert "ok     bbc-1.html: " in text
+    assert "ok     hostile.html: 1 chunks" in text
+    assert "ok     timedtext_sample.xml: 1 chunks" in text
+    assert "FAILED empty.json: empty file" in text
+    assert "FAILED big.txt: " in text and "over the 1 MB upload limit" in text
+    assert "3 of 5 sources stored" in text
+    table = page.locator("#sources-table")
+    table.get_by_text("bbc-1.html").first.wait_for(timeout=10_000)
+    assert "timedtext_sample.xml" in table.inner_text() and "empty.json" not in table.inner_text()
+    assert {e["source"] for e in store.list_sources()} == {"bbc-1.html", "hostile.html", "timedtext_sample.xml"}
+    page.screenshot(path=str(artifacts / "documents-tab-upload.png"), full_page=True)
+
+    # retrieved text is shown as text: the escaped <img> from the page stays characters on screen
+    page.click("text=Try a search")
+    page.fill("#search-query textarea", "pelicans")
+    page.click("#search-button")
+    page.wait_for_function("() => document.querySelector('#search-results textarea').value.includes('hostile.html')",
+                           timeout=30_000)
+    assert "<img src=x onerror=alert(1)>" in page.locator("#search-results textarea").input_value()
+    assert page.locator("img[src='x']").count() == 0
+
+
+def test_delete_a_source(app, page):
+    url, store = app
+    before = {e["source"] for e in store.list_sources()}
+    assert "timedtext_sample.xml" in before
+    box = page.locator("#delete-source input")
+    box.fill("timedtext_sample.xml")
+    box.press("Enter")
+    page.click("#delete-button")
+    page.wait_for_function("() => document.querySelector('#delete-log textarea').value.includes('Deleted')",
+                           timeout=30_000)
+    assert page.locator("#delete-log textarea").input_value() == "Deleted timedtext_sample.xml: 1 chunks."
+    assert {e["source"] for e in store.list_sources()} == before - {"timedtext_sample.xml"}
+    page.wait_for_function("() => !document.querySelector('#sources-table').innerText.includes('timedtext_sample.xml')",
+                           timeout=10_000)
