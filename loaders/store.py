@@ -11,6 +11,7 @@ leaves nothing behind (new chunks are written before old ones are removed, and r
 """
 from __future__ import annotations
 
+import hashlib
 import threading
 import uuid
 import warnings
@@ -121,6 +122,11 @@ class DocumentStore:
         by_source: dict[str, list[Document]] = {}
         for chunk in chunks:
             by_source.setdefault(chunk.metadata.get("source", ""), []).append(chunk)
+        for group in by_source.values():
+            if not group[0].metadata.get("sha256"):  # Documents made elsewhere: hash their text instead
+                digest = hashlib.sha256("\x00".join(c.page_content for c in group).encode()).hexdigest()
+                for chunk in group:
+                    chunk.metadata["sha256"] = digest
         return sum(self._replace(source, group, progress) for source, group in by_source.items())
 
     def _replace(self, source: str, chunks: list[Document], progress: Progress | None = None) -> int:

@@ -209,3 +209,17 @@ def test_cli_help_and_locked_store(store, settings):
     assert busy.returncode == 2
     assert busy.stderr.strip().startswith("error: the store") and "in use by another process" in busy.stderr
     assert "Traceback" not in busy.stderr
+
+
+def test_add_documents_made_elsewhere(store):
+    from langchain_core.documents import Document
+
+    note = [Document(page_content="The staging server restarts every night at two.", metadata={"source": "ops-note"})]
+    assert store.add(note) == 1
+    assert store.add(note) == 0  # same text: nothing new
+    changed = [Document(page_content="The staging server restarts every Sunday at four.", metadata={"source": "ops-note"})]
+    assert store.add(changed) == 1
+    hits = [d for d, _ in store.search("When does the staging server restart?", k=store.count())
+            if d.metadata["source"] == "ops-note"]
+    assert [d.page_content for d in hits] == [changed[0].page_content]
+    assert store.delete("ops-note") == 1
