@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import gradio as gr
 import pytest
 import torch
 from peft import LoraConfig, get_peft_model
@@ -14,6 +15,7 @@ from peft import LoraConfig, get_peft_model
 from chatapp import rag
 from chatapp.model import BASE, GenerationSettings, ModelRegistry, load_base
 from chatapp.settings import Settings
+from chatapp.ui import build_chat_tab
 
 ROOT = Path(__file__).resolve().parents[1]
 PDF = "attention-is-all-you-need.pdf"
@@ -118,6 +120,8 @@ def test_follow_up_is_made_standalone_before_retrieval(store, registry):
 def test_variants_switch_on_the_one_base_and_new_adapters_appear(store, registry, settings):
     question = "What optimizer was used to train the Transformer?"
     base_answer = rag.ask(question, [], store=store, registry=registry, generation=SHORT).raw
+    with gr.Blocks():
+        tab = build_chat_tab(settings, registry, store)
     model, _, _ = load_base(settings)
     lora = get_peft_model(model, LoraConfig(r=4, target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM"))
     generator = torch.Generator().manual_seed(0)
@@ -127,6 +131,10 @@ def test_variants_switch_on_the_one_base_and_new_adapters_appear(store, registry
                 param.add_(torch.randn(param.shape, generator=generator) * 0.5)
     lora.save_pretrained(settings.adapters_dir / "tiny-lora")
     assert "tiny-lora" in registry.variants()
+    # the Chat tab's picker, built before the adapter existed, rescans on focus: no restart needed
+    assert "tiny-lora" not in [value for _, value in tab["variant"].choices]
+    refreshed = tab["refresh_variants"](BASE)
+    assert [value for _, value in refreshed.choices] == [BASE, "tiny-lora"] and refreshed.value == BASE
 
     base_object = registry.base
     lora_answer = rag.ask(question, [], store=store, registry=registry, variant="tiny-lora", generation=SHORT).raw

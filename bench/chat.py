@@ -1,0 +1,300 @@
+"""Chat latency: time to first token and decode speed for a RAG question with a ~1,500-token prompt.
+
+    python bench/chat.py [--runs 3] [--max-new-tokens 64] [--out bench/results]
+
+CPU arm (always): the embedded SmolLM2-135M, the app's path (`chatapp.rag.answer`: retrieval from a
+scratch store holding the shared PDF, prompt, streaming) against plain `model.generate` on the same
+prompt tokens, in the same run.
+GPU arm (when CUDA is available): a random-weights model of the same shape, placed as the app places
+it (4-bit NF4 by default), the app's streaming path (`ModelRegistry.stream`) against plain `generate`.
+
+Targets: CPU first token <= 2 s and >= 15 tokens/s; GPU >= 10x plain generate for decode and first
+token <= 200 ms. Results go to OUT/chat-<device>.json and .txt.
+"""
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import argparse
+import json
+import platform
+import shutil
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import torch
+from transformers.generation.streamers import BaseStreamer
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from chatapp import prompts, rag  # noqa: E402
+from chatapp.model import BASE, GenerationSettings, ModelRegistry, base_folder  # noqa: E402
+from chatapp.settings import Settings  # noqa: E402
+
+PDF = ROOT.parent / "shared" / "corpus" / "pdf" / "attention-is-all-you-need.pdf"
+QUESTION = "How many warmup steps were used when training the Transformer, and what optimizer was used?"
+TARGET_PROMPT_TOKENS = 1500
+
+
+class Clock(BaseStreamer):
+    """Timestamps of each `put` from plain `generate`: the first is the prompt, then one per new token."""
+
+    def __init__(self):
+        self.times: list[float] = []
+
+    def put(self, value):
+        self.times.append(time.perf_counter())
+
+    def end(self):
+        pass
+
+
+def sync(device) -> None:
+    if str(device).startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def plain_generate(model, inputs: dict, new_tokens: int, **kwargs) -> dict:
+    """Plain `model.generate` (greedy, exactly `new_tokens` tokens): first token and decode rate.
+
+    It runs in a worker thread, as the app's generate does: on this 2-core machine, busy with other
+    work, generate in the main thread measured 5x slower decode than the same call in a worker thread
+    (OpenMP under contention), which would flatter the app path for the wrong reason.
+    """
+    clock = Clock()
+    sync(model.device)
+    start = time.perf_counter()
+
+    def run() -> None:
+        with torch.inference_mode():
+            model.generate(**inputs, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False,
+                           streamer=clock, pad_token_id=model.generation_config.pad_token_id, **kwargs)
+
+    worker = threading.Thread(target=run)
+    worker.start()
+    worker.join()
+    sync(model.device)
+    new = clock.times[1:]  # [0] is the prompt being handed over
+    return {"first_token_s": new[0] - start, "tokens": len(new),
+            "decode_tok_s": (len(new) - 1) / (new[-1] - new[0]) if len(new) > 1 else float("nan")}
+
+
+def timed_stream(pieces, tokenizer, start: float, growing: bool = False) -> dict:
+    """First-visible-text time and decode rate of a stream of text pieces, or of growing Answers."""
+    first = last = None
+    text = ""
+    for piece in pieces:
+        last = time.perf_counter()
+        text = piece.raw if growing else text + piece
+        if text and first is None:
+            first = last
+    tokens = len(tokenizer(text, add_special_tokens=False)["input_ids"])
+    return {"first_token_s": (first or last) - start, "tokens": tokens,
+            "decode_tok_s": (tokens - 1) / (last - first) if first and last > first and tokens > 1 else float("nan")}
+
+
+def median_row(rows: list[dict]) -> dict:
+    return {key: round(statistics.median(r[key] for r in rows), 3) for key in rows[0]}
+
+
+def diagnose(registry, inputs: dict, new_tokens: int) -> dict:
+    """Where the CPU time goes, and what the candidate fixes buy, on the same prompt in the same run."""
+    from torch.profiler import ProfilerActivity, profile
+
+    model = registry.base
+    with torch.inference_mode():
+        out = model(**inputs, use_cache=True, logits_to_keep=1)
+        step = {"input_ids": inputs["input_ids"][:, -1:], "past_key_values": out.past_key_values, "use_cache": True}
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            for _ in range(5):
+                model(**step)
+                out.past_key_values.crop(-1)  # drop the step just added: every step sees the same cache
+        with profile(activities=[ProfilerActivity.CPU]) as prefill_prof:
+            model(**inputs, logits_to_keep=1)
+
+    def shares(p) -> dict:
+        events = p.key_averages()
+        total = sum(e.self_cpu_time_total for e in events)
+        top = sorted(events, key=lambda e: e.self_cpu_time_total, reverse=True)[:4]
+        return {e.key: round(e.self_cpu_time_total / total, 3) for e in top}
+
+    static = plain_generate(model, inputs, new_tokens, cache_implementation="static")
+    bf16 = model.to(torch.bfloat16)
+    try:
+        bf16_row = plain_generate(bf16, inputs, new_tokens)
+    finally:
+        model.to(torch.float32)
+    return {"decode_step_self_time_share": shares(prof), "prefill_self_time_share": shares(prefill_prof),
+            "plain_generate_static_cache": static, "plain_generate_bf16": bf16_row}
+
+
+def choose_k(store, registry, settings, style: str) -> tuple[int, int]:
+    """The number of passages that brings the prompt closest to ~1,500 tokens."""
+    best = (1, 0)
+    for k in range(1, 13):
+        passages = rag.retrieve(store, QUESTION, k, 0.0)
+        count = registry.encode(prompts.answer_messages(QUESTION, [p.text for p in passages], style))["input_ids"].shape[1]
+        if abs(count - TARGET_PROMPT_TOKENS) < abs(best[1] - TARGET_PROMPT_TOKENS):
+            best = (k, count)
+        if count >= TARGET_PROMPT_TOKENS:
+            break
+    return best
+
+
+def environment() -> dict:
+    return {
+        "cpu": platform.processor() or platform.machine(),
+        "cores": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "load_average_1m_before": round(os.getloadavg()[0], 2),
+        "torch": torch.__version__,
+    }
+
+
+def cpu_arm(runs: int, max_new_tokens: int, style: str, with_diagnosis: bool) -> dict:
+    from loaders.store import get_store
+
+    data = Path(tempfile.mkdtemp(prefix="bench-chat-"))
+    try:
+        # score_threshold 0 so the prompt reaches the benchmark's size whatever the scores are
+        # the converted base is shared with the app's models folder, so it is not converted again here
+        settings = Settings.from_env(data_dir=data, score_threshold=0.0, models_dir=Settings.from_env().models_dir)
+        env = environment()
+        registry = ModelRegistry(settings).load()
+        store = get_store(settings)
+        store.ingest([str(PDF)])
+        k, prompt_tokens = choose_k(store, registry, settings, style)
+        generation = GenerationSettings(max_new_tokens=max_new_tokens)
+
+        start = time.perf_counter()
+        retrieved = rag.retrieve(store, QUESTION, k, 0.0)
+        retrieval_s = time.perf_counter() - start
+        inputs = registry.encode(prompts.answer_messages(QUESTION, [p.text for p in retrieved], style))
+
+        app_rows, plain_rows = [], []
+        for run in range(runs + 1):  # the first round warms up and is not counted
+            start = time.perf_counter()
+            app = timed_stream(
+                rag.answer(QUESTION, [], store=store, registry=registry, style=style, generation=generation,
+                           k=k, settings=settings),
+                registry.tokenizer, start, growing=True,
+            )
+            # the same number of tokens from plain generate, so decode rates compare like for like
+            plain = plain_generate(registry.base, inputs, max(app["tokens"], 2))
+            if run:
+                app_rows.append(app)
+                plain_rows.append(plain)
+            print(f"  run {run}{' (warm-up)' if not run else ''}: app {app}  plain {plain}", flush=True)
+        diagnosis = diagnose(registry, inputs, max(app_rows[0]["tokens"], 2)) if with_diagnosis else None
+        env["load_average_1m_after"] = round(os.getloadavg()[0], 2)
+        store.close()
+        return {"diagnosis": diagnosis,
+            "device": "cpu", "model": "SmolLM2-135M-Instruct (embedded)", "precision": registry.precision,
+            "style": style, "k": k, "prompt_tokens": prompt_tokens, "retrieval_s": round(retrieval_s, 3),
+            "runs": runs, "app": median_row(app_rows), "plain_generate": median_row(plain_rows),
+            "targets": {"first_token_s": 2.0, "decode_tok_s": 15.0}, "environment": env,
+        }
+    finally:
+        shutil.rmtree(data, ignore_errors=True)
+
+
+def gpu_arm(runs: int, max_new_tokens: int, precision: str) -> dict:
+    """Random weights of the embedded model's shape, so no hub download is needed."""
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    data = Path(tempfile.mkdtemp(prefix="bench-chat-gpu-"))
+    try:
+        source = base_folder(Settings.from_env())
+        folder = data / "random-smollm2-shape"
+        torch.manual_seed(0)
+        AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(source)).save_pretrained(folder)
+        AutoTokenizer.from_pretrained(source).save_pretrained(folder)
+        settings = Settings.from_env(data_dir=data, base_model=str(folder), precision=precision)
+        registry = ModelRegistry(settings).load()
+        # a ~1,500-token RAG prompt from real text: the PDF's pages as passages
+        from pypdf import PdfReader
+
+        pages = [page.extract_text() for page in PdfReader(PDF).pages]
+        passages = []
+        messages = prompts.answer_messages(QUESTION, passages, "cot")
+        while registry.encode(messages)["input_ids"].shape[1] < TARGET_PROMPT_TOKENS:
+            passages.append(pages[len(passages)][:1000])
+            messages = prompts.answer_messages(QUESTION, passages, "cot")
+        inputs = registry.encode(messages)
+        generation = GenerationSettings(max_new_tokens=max_new_tokens)
+        app_rows, plain_rows = [], []
+        for run in range(runs + 1):
+            sync(registry.device)
+            start = time.perf_counter()
+            app = timed_stream(registry.stream(messages, BASE, generation), registry.tokenizer, start)
+            plain = plain_generate(registry.base, inputs, max(app["tokens"], 2))
+            if run:
+                app_rows.append(app)
+                plain_rows.append(plain)
+            print(f"  run {run}{' (warm-up)' if not run else ''}: app {app}  plain {plain}", flush=True)
+        return {
+            "device": torch.cuda.get_device_name(), "model": "random weights, SmolLM2-135M shape",
+            "precision": registry.precision, "prompt_tokens": int(inputs["input_ids"].shape[1]), "runs": runs,
+            "app": median_row(app_rows), "plain_generate": median_row(plain_rows),
+            "decode_speedup_vs_plain": round(statistics.median(a["decode_tok_s"] for a in app_rows)
+                                             / statistics.median(p["decode_tok_s"] for p in plain_rows), 2),
+            "targets": {"first_token_s": 0.2, "decode_speedup_vs_plain": 10.0}, "torch": torch.__version__,
+        }
+    finally:
+        shutil.rmtree(data, ignore_errors=True)
+
+
+def report(result: dict) -> str:
+    app, plain = result["app"], result["plain_generate"]
+    lines = [
+        f"chat benchmark on {result['device']} — {result['model']}, {result['precision']}, "
+        f"{result['prompt_tokens']} prompt tokens, median of {result['runs']} runs",
+        f"  app path       first token {app['first_token_s']:.2f} s   decode {app['decode_tok_s']:.1f} tok/s   ({app['tokens']} tokens)",
+        f"  plain generate first token {plain['first_token_s']:.2f} s   decode {plain['decode_tok_s']:.1f} tok/s",
+        f"  targets        {result['targets']}",
+    ]
+    if result.get("diagnosis"):
+        lines.append(f"  diagnosis      {json.dumps(result['diagnosis'])}")
+    if "environment" in result:
+        lines.append(f"  environment    {result['environment']}")
+    return "\n".join(lines)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--runs", type=int, default=3, help="timed runs after one warm-up (default 3)")
+    parser.add_argument("--max-new-tokens", type=int, default=64, help="tokens to generate per run (default 64)")
+    parser.add_argument("--style", choices=list(prompts.STYLES), default="cot", help="prompt style (default cot)")
+    parser.add_argument("--gpu-precision", default="auto", help="precision for the GPU arm (default auto = 4-bit NF4)")
+    parser.add_argument("--diagnose", action="store_true",
+                        help="CPU: profile prefill and one decode step, and time static-cache and bf16 generate")
+    parser.add_argument("--skip-cpu", action="store_true", help="run only the GPU arm")
+    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results", help="results folder")
+    args = parser.parse_args()
+    args.out.mkdir(parents=True, exist_ok=True)
+    arms = []
+    if not args.skip_cpu:
+        print("CPU arm", flush=True)
+        arms.append(("cpu", cpu_arm(args.runs, args.max_new_tokens, args.style, args.diagnose)))
+    if torch.cuda.is_available():
+        print("GPU arm", flush=True)
+        arms.append(("gpu", gpu_arm(args.runs, args.max_new_tokens, args.gpu_precision)))
+    else:
+        print("GPU arm skipped: CUDA is not available", flush=True)
+    for name, result in arms:
+        text = report(result)
+        print(text)
+        (args.out / f"chat-{name}.json").write_text(json.dumps(result, indent=2) + "\n")
+        (args.out / f"chat-{name}.txt").write_text(text + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
