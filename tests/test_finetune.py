@@ -134,7 +134,7 @@ def test_defaults_need_only_data_and_name(tmp_path, monkeypatch):
 @pytest.fixture(scope="module")
 def lora_run(data_root, corpus):
     """LoRA on identity.json: 6 steps, evaluation and a checkpoint every 2, at most 1 checkpoint kept."""
-    config = run_config(data_root, corpus, "ada-lora", method="lora")
+    config = run_config(data_root, corpus, "ada-lora", method="lora", test_size=4)  # 4 held out: quick evals
     args = training_arguments(config, max_steps=6, learning_rate=2e-3, eval_strategy="steps", eval_steps=2,
                               save_total_limit=1, metric_for_best_model="eval_loss", **QUICK)
     path = train(config, args)
@@ -146,7 +146,7 @@ def test_lora_adapter_is_saved_with_its_card(lora_run, corpus):
     assert (path / "adapter_config.json").is_file() and (path / "adapter_model.safetensors").is_file()
     card = json.loads((path / "card.json").read_text())
     assert card["method"] == "lora" and card["hyperparameters"]["lora_r"] == 16
-    assert card["data"]["sha256"] and card["data"]["train_examples"] == 82 and card["data"]["test_examples"] == 9
+    assert card["data"]["sha256"] and card["data"]["train_examples"] == 87 and card["data"]["test_examples"] == 4
     assert card["training"]["tokens"] > 0 and card["training"]["tokens_per_second"] > 0
     assert card["training"]["peak_memory_mb"] > 0 and card["training"]["seconds"] > 0
     assert "eval_loss" in card["metrics"] and "eval_rougeL" in card["metrics"]
@@ -187,7 +187,7 @@ def test_adapter_reloads_with_peft_and_changes_answers(lora_run, data_root):
 
 def test_resume_from_checkpoint_continues_the_run(lora_run, data_root, corpus):
     config, args, _ = lora_run
-    config = run_config(data_root, corpus, "ada-lora", method="lora", overwrite=True)
+    config = run_config(data_root, corpus, "ada-lora", method="lora", test_size=4, overwrite=True)
     resumed = training_arguments(config, max_steps=8, learning_rate=2e-3, eval_strategy="steps", eval_steps=2,
                                  save_total_limit=1, output_dir=args.output_dir,
                                  resume_from_checkpoint=str(Path(args.output_dir) / "checkpoint-6"), **QUICK)
