@@ -262,6 +262,9 @@ class ModelRegistry:
                     model.generate(
                         **inputs,
                         **generation.to_generate_kwargs(),
+                        # The default dynamic cache re-concatenates every layer's K/V on each token
+                        # (56% of a CPU decode step at 1.5k tokens); a static cache writes in place.
+                        cache_implementation=None if variant in self._prompt_models else "static",
                         streamer=streamer,
                         pad_token_id=self.tokenizer.pad_token_id,
                         stopping_criteria=StoppingCriteriaList([_Cancelled(cancel)]),
