@@ -15,31 +15,12 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import argparse
-import importlib
 import logging
 import sys
 import threading
 import time
 
 log = logging.getLogger("chatapp.app")
-
-# (tab label, module, builder, arguments it takes from the app)
-TABS = [
-    ("Documents", "loaders.ui", "build_documents_tab", ("store", "settings")),
-    ("Fine-tune", "finetune.ui", "build_finetune_tab", ("settings", "registry")),
-    ("Arena", "eval.ui", "build_arena_tab", ("settings", "registry")),
-    ("Evaluate", "eval.ui", "build_eval_tab", ("settings", "registry")),
-]
-
-
-def tab_builder(module_name: str, function: str):
-    """The tab builder, or None with the reason logged (a package that has not landed, or is broken)."""
-    try:
-        return getattr(importlib.import_module(module_name), function)
-    except Exception as exc:  # ImportError, or an error inside the module: logged, never hidden
-        log.warning("tab %s.%s left out: %s: %s", module_name, function, type(exc).__name__, exc)
-        return None
-
 
 def parse_auth(value: str | None) -> tuple[str, str] | None:
     if not value:
@@ -54,17 +35,21 @@ def build_app(settings, registry, store):
     import gradio as gr
 
     from chatapp.ui import build_chat_tab
+    from eval.ui import build_arena_tab, build_eval_tab
+    from finetune.ui import build_finetune_tab
+    from loaders.ui import build_documents_tab
 
-    parts = {"settings": settings, "registry": registry, "store": store}
     with gr.Blocks(title="Chat with your documents") as demo:
         with gr.Tab("Chat"):
             build_chat_tab(settings, registry, store)
-        for label, module_name, function, args in TABS:
-            builder = tab_builder(module_name, function)
-            if builder is None:
-                continue
-            with gr.Tab(label):
-                builder(*(parts[name] for name in args))
+        with gr.Tab("Documents"):
+            build_documents_tab(store, settings)
+        with gr.Tab("Fine-tune"):
+            build_finetune_tab(settings, registry)
+        with gr.Tab("Arena"):
+            build_arena_tab(settings, registry)
+        with gr.Tab("Evaluate"):
+            build_eval_tab(settings, registry)
     # One generation at a time on the one model; other events (listing sources, votes) stay quick.
     demo.queue(default_concurrency_limit=1)
     return demo
