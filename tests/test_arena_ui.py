@@ -31,7 +31,7 @@ def make_tiny_adapter(settings) -> None:
     with torch.no_grad():
         for param in peft_model.parameters():
             if param.requires_grad:
-                param.add_(torch.randn(param.shape, generator=generator) * 0.05)
+                param.add_(torch.randn(param.shape, generator=generator) * 0.5)
     peft_model.save_pretrained(settings.adapters_dir / "tiny")
 
 
