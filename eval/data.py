@@ -76,23 +76,10 @@ def _json_records(path: Path) -> list[tuple[int, object]]:
     return records
 
 
-def fill_placeholders(value, variables: dict[str, str]):
-    """Replace {{key}} in every string of a record, as finetune does with --template_vars."""
-    if isinstance(value, str):
-        for key, replacement in variables.items():
-            value = value.replace("{{" + key + "}}", replacement)
-        return value
-    if isinstance(value, list):
-        return [fill_placeholders(v, variables) for v in value]
-    if isinstance(value, dict):
-        return {k: fill_placeholders(v, variables) for k, v in value.items()}
-    return value
-
-
 def read_examples(path: str | Path, variables: dict[str, str] | None = None) -> list[Example]:
     """Every record as an Example, read exactly as finetune reads it for training (its `to_example`),
     with {{key}} placeholders filled from `variables`. Errors name the file and line."""
-    from finetune.data import DatasetError, to_example
+    from finetune.data import DatasetError, fill_placeholders, to_example
 
     path = Path(path)
     if not path.is_file():

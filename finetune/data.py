@@ -66,7 +66,7 @@ def read_records(path: str | Path, variables: dict[str, str] | None = None) -> l
     examples = []
     for number, (record, where) in enumerate(records, start=1):
         try:
-            example = to_example(_fill(record, variables or {}))
+            example = to_example(fill_placeholders(record, variables or {}))
         except DatasetError as error:
             raise DatasetError(f"{path}: record {number}{where}: {error}") from None
         examples.append(example)
@@ -101,7 +101,8 @@ def _parse(path: Path, text: str) -> list[tuple[object, str]]:
     return records
 
 
-def _fill(value, variables: dict[str, str]):
+def fill_placeholders(value, variables: dict[str, str]):
+    """Replace {{key}} in every string of a record (--template_vars)."""
     if not variables:
         return value
     if isinstance(value, str):
@@ -109,9 +110,9 @@ def _fill(value, variables: dict[str, str]):
             value = value.replace("{{" + key + "}}", replacement)
         return value
     if isinstance(value, list):
-        return [_fill(v, variables) for v in value]
+        return [fill_placeholders(v, variables) for v in value]
     if isinstance(value, dict):
-        return {k: _fill(v, variables) for k, v in value.items()}
+        return {k: fill_placeholders(v, variables) for k, v in value.items()}
     return value
 
 
