@@ -1,7 +1,15 @@
-"""Shared fixtures: the real corpus, scratch data folders, one converted base model per session."""
+"""Shared fixtures: the real corpus, scratch data folders, one converted base model per session,
+and for the browser tests: Debian chromium, a free port, a Gradio page or the whole app.py served."""
 from __future__ import annotations
 
+import contextlib
 import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -9,6 +17,8 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 CORPUS = ROOT.parent / "shared" / "corpus"
 ARTIFACTS = ROOT / "tests" / "artifacts"
+CHROMIUM = Path("/usr/bin/chromium")  # Debian's; Playwright cannot download its own browser here
+NO_CHROMIUM = "Debian chromium is not installed: apt-get install -y chromium (make browser)"
 
 # The embedded GGUF is converted to safetensors once and shared by every scratch data folder,
 # so each test pays for its own data but not for a 30 s conversion.
@@ -37,3 +47,94 @@ def data_dir(tmp_path, monkeypatch) -> Path:
 def artifacts() -> Path:
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     return ARTIFACTS
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tests marked `browser` skip up front, before their app fixtures start, when chromium is missing."""
+    if CHROMIUM.exists():
+        return
+    skip = pytest.mark.skip(reason=NO_CHROMIUM)
+    for item in items:
+        if "browser" in item.keywords:
+            item.add_marker(skip)
+
+
+@pytest.fixture(scope="module")
+def browser():
+    """Debian chromium launched by Playwright, one per test module."""
+    if not CHROMIUM.exists():
+        pytest.skip(NO_CHROMIUM)
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=["--no-sandbox"])
+        yield browser
+        browser.close()
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def launch_blocks(demo) -> str:
+    """Serve a Gradio Blocks (queue on) on a free local port without blocking; returns its URL."""
+    port = free_port()
+    demo.queue().launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
+    return f"http://127.0.0.1:{port}"
+
+
+@contextlib.contextmanager
+def running_app(data: Path, timeout: float = 120, env: dict[str, str] | None = None) -> Iterator[str]:
+    """Start `python app.py` on a free port with `data` as CHATAPP_DATA_DIR (no login), wait until it
+    answers, yield its URL; stop it afterwards and print the end of its log (data/app.log)."""
+    port = free_port()
+    log = data / "app.log"
+    full_env = {**os.environ, "CHATAPP_DATA_DIR": str(data), "GRADIO_ANALYTICS_ENABLED": "False", "HF_HUB_OFFLINE": "1"}
+    full_env.pop("CHATAPP_AUTH", None)
+    full_env.update(env or {})
+    with open(log, "w") as out:
+        process = subprocess.Popen([sys.executable, "app.py", "--port", str(port)], cwd=ROOT, env=full_env,
+                                   stdout=out, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}/"
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            if process.poll() is not None:
+                pytest.fail(f"app.py exited with {process.returncode}:\n{log.read_text()[-3000:]}")
+            try:
+                with urllib.request.urlopen(url, timeout=2) as response:
+                    if response.status == 200:
+                        break
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                pytest.fail(f"app.py did not answer on {url} within {timeout:g} s:\n{log.read_text()[-3000:]}")
+            time.sleep(0.5)
+        yield url
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+        print(log.read_text()[-2000:])
+
+
+def make_tiny_adapter(settings, seed: int, scale: float, name: str = "tiny") -> None:
+    """A real LoRA adapter (r=2 on q/v) on the base, nudged off its no-op initialisation by seeded noise
+    times `scale` so its answers differ from the base; saved as settings.adapters_dir / name."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+
+    from chatapp.model import load_base
+
+    model, _, _ = load_base(settings)
+    peft_model = get_peft_model(model, LoraConfig(r=2, target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM"))
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for param in peft_model.parameters():
+            if param.requires_grad:
+                param.add_(torch.randn(param.shape, generator=generator) * scale)
+    peft_model.save_pretrained(settings.adapters_dir / name)

@@ -3,36 +3,11 @@ real tiny LoRA adapter: battle, vote, names revealed, leaderboard updated, two t
 from __future__ import annotations
 
 import re
-import socket
-from pathlib import Path
 
 import pytest
+from conftest import launch_blocks, make_tiny_adapter
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
-CHROMIUM = Path("/usr/bin/chromium")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def make_tiny_adapter(settings) -> None:
-    """LoRA r=2 on q/v, nudged off its no-op initialisation so its answers differ from the base."""
-    import torch
-    from peft import LoraConfig, get_peft_model
-
-    from chatapp.model import load_base
-
-    model, _, _ = load_base(settings)
-    peft_model = get_peft_model(model, LoraConfig(r=2, target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM"))
-    generator = torch.Generator().manual_seed(1)
-    with torch.no_grad():
-        for param in peft_model.parameters():
-            if param.requires_grad:
-                param.add_(torch.randn(param.shape, generator=generator) * 0.5)
-    peft_model.save_pretrained(settings.adapters_dir / "tiny")
 
 
 def launch_arena(settings):
@@ -46,21 +21,7 @@ def launch_arena(settings):
     with gr.Blocks() as demo:
         with gr.Tab("Arena"):
             build_arena_tab(settings, ModelRegistry(settings), store, GenerationSettings(max_new_tokens=10))
-    port = free_port()
-    demo.queue().launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
-    return demo, store, f"http://127.0.0.1:{port}"
-
-
-@pytest.fixture(scope="module")
-def browser():
-    if not CHROMIUM.exists():
-        pytest.skip("Debian chromium is missing: apt-get install -y chromium (make browser)")
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=["--no-sandbox"])
-        yield browser
-        browser.close()
+    return demo, store, launch_blocks(demo)
 
 
 def battle(page, prompt: str) -> tuple[str, str]:
@@ -83,7 +44,7 @@ def test_battle_vote_reveal_and_leaderboard(browser, tmp_path, artifacts):
     from chatapp.settings import Settings
 
     settings = Settings.from_env(data_dir=tmp_path / "data")
-    make_tiny_adapter(settings)
+    make_tiny_adapter(settings, seed=1, scale=0.5)
     demo, store, url = launch_arena(settings)
     try:
         page = browser.new_page(viewport={"width": 1280, "height": 1500})

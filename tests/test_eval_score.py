@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import make_tiny_adapter
 
 from eval.data import held_out_examples, read_examples
 from eval.score import answer_flags, error_analysis, paired_bootstrap, repeated_ngram_share
@@ -79,21 +80,10 @@ def test_paired_bootstrap_tells_a_real_difference_from_noise():
 @pytest.fixture(scope="module")
 def tiny_adapter_data(tmp_path_factory):
     """A scratch data folder with a real LoRA adapter (r=2), perturbed so it differs from the base."""
-    import torch
-    from peft import LoraConfig, get_peft_model
-
-    from chatapp.model import load_base
     from chatapp.settings import Settings
 
     settings = Settings.from_env(data_dir=tmp_path_factory.mktemp("score-data"))
-    model, _, _ = load_base(settings)
-    peft_model = get_peft_model(model, LoraConfig(r=2, target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM"))
-    generator = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        for param in peft_model.parameters():
-            if param.requires_grad:
-                param.add_(torch.randn(param.shape, generator=generator) * 0.2)
-    peft_model.save_pretrained(settings.adapters_dir / "tiny")
+    make_tiny_adapter(settings, seed=0, scale=0.2)
     return settings
 
 

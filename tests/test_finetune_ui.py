@@ -3,19 +3,11 @@ upload, start, progress and loss curve, the new variant in the registry; bad dat
 from __future__ import annotations
 
 import json
-import socket
-from pathlib import Path
 
 import pytest
+from conftest import launch_blocks
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
-CHROMIUM = Path("/usr/bin/chromium")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -31,24 +23,15 @@ def app(tmp_path_factory):
     with gr.Blocks() as demo:
         with gr.Tab("Fine-tune"):
             trainer = build_finetune_tab(settings, registry)
-    port = free_port()
-    demo.queue().launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
-    yield settings, registry, trainer, f"http://127.0.0.1:{port}"
+    yield settings, registry, trainer, launch_blocks(demo)
     demo.close()
 
 
 @pytest.fixture(scope="module")
-def page(app):
-    if not CHROMIUM.exists():
-        pytest.skip("Debian chromium is missing: apt-get install -y chromium (make browser)")
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=["--no-sandbox"])
-        page = browser.new_page()
-        page.goto(app[3], wait_until="load")
-        yield page
-        browser.close()
+def page(app, browser):
+    page = browser.new_page()
+    page.goto(app[3], wait_until="load")
+    return page
 
 
 def fill(page, elem_id: str, value) -> None:

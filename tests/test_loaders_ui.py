@@ -2,19 +2,11 @@
 from __future__ import annotations
 
 import shutil
-import socket
-from pathlib import Path
 
 import pytest
+from conftest import launch_blocks
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
-CHROMIUM = "/usr/bin/chromium"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -30,26 +22,17 @@ def app(tmp_path_factory):
     with gr.Blocks(title="Documents") as demo:
         with gr.Tab("Documents"):
             build_documents_tab(store, settings)
-    port = free_port()
-    demo.queue().launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
-    yield f"http://127.0.0.1:{port}", store
+    yield launch_blocks(demo), store
     demo.close()
     store.close()
 
 
 @pytest.fixture(scope="module")
-def page(app):
-    if not Path(CHROMIUM).exists():
-        pytest.skip("Debian chromium is not installed (make browser)")
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
-        page = browser.new_page(viewport={"width": 1400, "height": 1000})
-        page.goto(app[0], wait_until="load")
-        page.wait_for_selector("#upload-files")
-        yield page
-        browser.close()
+def page(app, browser):
+    page = browser.new_page(viewport={"width": 1400, "height": 1000})
+    page.goto(app[0], wait_until="load")
+    page.wait_for_selector("#upload-files")
+    return page
 
 
 def test_upload_several_files_with_bad_ones(app, page, corpus, tmp_path, artifacts):
