@@ -111,6 +111,8 @@ def cmd_ingest(store, settings, args) -> int:
 
 
 def cmd_search(store, settings, args) -> int:
+    from loaders.documents import place
+
     k = args.k or settings.top_k
     if k < 1:
         print("error: --k must be at least 1", file=sys.stderr)
@@ -126,11 +128,7 @@ def cmd_search(store, settings, args) -> int:
         if not hits:
             print("  (no documents stored yet: python -m loaders ingest PATH)")
         for rank, (doc, score) in enumerate(hits, 1):
-            where = doc.metadata.get("source", "?")
-            if doc.metadata.get("page"):
-                where += f" p.{doc.metadata['page']}"
-            elif doc.metadata.get("start") is not None:
-                where += f" @{_clock(doc.metadata['start'])}"
+            where = place(doc.metadata, page=" p.{}", start=lambda seconds: f" @{_clock(seconds)}")
             text = " ".join(doc.page_content.split())
             print(f"{rank}. [{score:.3f}] {where}\n   {text[:300]}{'…' if len(text) > 300 else ''}")
     return 0

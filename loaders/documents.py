@@ -54,6 +54,17 @@ def source_key(source: str | Path) -> str:
     return str(source).strip() if is_url(source) else Path(source).name
 
 
+def place(metadata: dict, *, page: str, start: Callable[[float], str]) -> str:
+    """Where a stored chunk is, for people: its source, then `page` formatted with its PDF page, or for a
+    transcript passage `start(seconds)`. The wording is the caller's (the CLI and the tab word it differently)."""
+    where = metadata.get("source", "?")
+    if metadata.get("page"):
+        return where + page.format(metadata["page"])
+    if metadata.get("start") is not None:
+        return where + start(metadata["start"])
+    return where
+
+
 def expand(sources: Iterable[str | Path]) -> list[str | Path]:
     """Folders walked (sorted, hidden files and unsupported types skipped); files and URLs kept as given."""
     out: list[str | Path] = []

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import os
 
-from loaders.documents import SUPPORTED, source_key
+from loaders.documents import SUPPORTED, place, source_key
 
 COLUMNS = ["source", "kind", "title", "chunks"]
 
@@ -48,11 +48,7 @@ def search_text(store, query: str, k: int) -> str:
         return "No documents stored yet."
     out = []
     for rank, (doc, score) in enumerate(hits, 1):
-        where = doc.metadata.get("source", "?")
-        if doc.metadata.get("page"):
-            where += f", page {doc.metadata['page']}"
-        elif doc.metadata.get("start") is not None:
-            where += f", at {doc.metadata['start']:.0f} s"
+        where = place(doc.metadata, page=", page {}", start=lambda seconds: f", at {seconds:.0f} s")
         out.append(f"[{rank}] {where}  (similarity {score:.3f})\n{doc.page_content.strip()}")
     return "\n\n".join(out)
 
