@@ -20,20 +20,10 @@ MAX_PASSAGE_CHARS = 1500
 
 
 def passages(store) -> list[dict]:
-    """Every stored chunk as {text, source, page}, in a stable order (by source, then position)."""
-    found = []
-    offset = None
-    while True:  # the store exposes no chunk iterator, so page through its Qdrant collection
-        points, offset = store.client.scroll(store.collection, limit=1024, offset=offset, with_payload=True,
-                                             with_vectors=False)
-        for point in points:
-            payload = point.payload or {}
-            meta = payload.get("metadata") or {}
-            if (payload.get("page_content") or "").strip():
-                found.append({"text": payload["page_content"], "source": meta.get("source"), "page": meta.get("page"),
-                              "order": (str(meta.get("source")), str(point.id))})
-        if offset is None:
-            break
+    """Every stored chunk with text as {text, source, page}, in a stable order (by source, then chunk id)."""
+    found = [{"text": doc.page_content, "source": doc.metadata.get("source"), "page": doc.metadata.get("page"),
+              "order": (str(doc.metadata.get("source")), doc.id)}
+             for doc in store.chunks() if doc.page_content.strip()]
     return sorted(found, key=lambda p: p["order"])
 
 

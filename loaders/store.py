@@ -17,7 +17,7 @@ import uuid
 import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import Callable, Iterable, Iterator
 
 from langchain_core.documents import Document
 
@@ -201,6 +201,23 @@ class DocumentStore:
                 if offset is None:
                     break
         return sorted(found.values(), key=lambda e: e["source"].lower())
+
+    def chunks(self) -> Iterator[Document]:
+        """Every stored chunk as a LangChain Document (its text, its metadata, id = its point id), in the
+        collection's id order. Pages of 1024 are read under the store's lock, which is not held between
+        pages: a chunk written or deleted meanwhile may or may not be seen."""
+        content, metadata = self.vector_store.content_payload_key, self.vector_store.metadata_payload_key
+        offset = None
+        while True:
+            with self._lock:
+                points, offset = self.client.scroll(self.collection, limit=1024, offset=offset, with_payload=True,
+                                                    with_vectors=False)
+            for point in points:
+                payload = point.payload or {}
+                yield Document(page_content=payload.get(content) or "", metadata=payload.get(metadata) or {},
+                               id=str(point.id))
+            if offset is None:
+                return
 
     def count(self) -> int:
         with self._lock:

@@ -73,6 +73,19 @@ def test_chunk_ids_are_deterministic(store):
     assert meta["_id"] == chunk_id(meta["source"], meta["sha256"], meta["chunk"])
 
 
+def test_chunks_yields_every_stored_chunk_as_a_document(store):
+    chunks = list(store.chunks())
+    assert len(chunks) == store.count() == len({doc.id for doc in chunks})
+    per_source: dict[str, int] = {}
+    for doc in chunks:
+        per_source[doc.metadata["source"]] = per_source.get(doc.metadata["source"], 0) + 1
+    assert per_source == {e["source"]: e["chunks"] for e in store.list_sources()}
+    assert all(doc.page_content.strip() for doc in chunks)
+    assert all(doc.id == chunk_id(doc.metadata["source"], doc.metadata["sha256"], doc.metadata["chunk"])
+               for doc in chunks)
+    assert any(doc.metadata.get("page") == 1 for doc in chunks if doc.metadata["source"] == PDF)
+
+
 def test_reingest_unchanged_adds_nothing(store, corpus):
     before = store.count()
     results = store.ingest([corpus / "pdf" / PDF, corpus / "html"/ "ars-1.html"])
