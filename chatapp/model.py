@@ -16,6 +16,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
+from filelock import FileLock
 from transformers import (
     AutoModelForCausalLM,
     AutoTokenizer,
@@ -75,26 +76,31 @@ def base_folder(settings: Settings) -> str:
     target = Path(settings.models_dir) / EMBEDDED_FOLDER
     if (target / "config.json").exists():
         return str(target)
-    gguf = embedded_gguf_path()
-    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.bfloat16)
-    # The weights are already dequantised; the GGUF quantiser left on the model only blocks saving
-    # and would make the saved folder look pre-quantised.
-    model.hf_quantizer = None
-    for attr in ("quantization_config", "_pre_quantization_dtype"):
-        if hasattr(model.config, attr):
-            delattr(model.config, attr)
-    model.generation_config.pad_token_id = tokenizer.pad_token_id
-    # Written beside the target and renamed, so an interrupted conversion never leaves a half folder.
-    partial = target.with_name(target.name + f".partial-{os.getpid()}")
-    shutil.rmtree(partial, ignore_errors=True)
-    model.save_pretrained(partial)
-    tokenizer.save_pretrained(partial)
     target.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        partial.rename(target)
-    except OSError:  # another process finished first
+    # One conversion at a time across processes (app, CLIs, test workers sharing CHATAPP_MODELS_DIR):
+    # the others wait here, then find the folder made and load it instead of converting again.
+    with FileLock(target.with_name(target.name + ".lock")):
+        if (target / "config.json").exists():
+            return str(target)
+        gguf = embedded_gguf_path()
+        tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+        model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.bfloat16)
+        # The weights are already dequantised; the GGUF quantiser left on the model only blocks saving
+        # and would make the saved folder look pre-quantised.
+        model.hf_quantizer = None
+        for attr in ("quantization_config", "_pre_quantization_dtype"):
+            if hasattr(model.config, attr):
+                delattr(model.config, attr)
+        model.generation_config.pad_token_id = tokenizer.pad_token_id
+        # Written beside the target and renamed, so an interrupted conversion never leaves a half folder.
+        partial = target.with_name(target.name + f".partial-{os.getpid()}")
         shutil.rmtree(partial, ignore_errors=True)
+        model.save_pretrained(partial)
+        tokenizer.save_pretrained(partial)
+        try:
+            partial.rename(target)
+        except OSError:  # a folder left by an older, unlocked conversion
+            shutil.rmtree(partial, ignore_errors=True)
     return str(target)
 
 
