@@ -123,7 +123,7 @@ def test_defaults_need_only_data_and_name(tmp_path, monkeypatch):
     args = training_arguments(config)
     assert Path(args.output_dir) == tmp_path / "runs" / "n"
     assert config.resolved_method() == ("qlora" if torch.cuda.is_available() else "lora")
-    assert args.learning_rate == 2e-4 and args.num_train_epochs == 3
+    assert args.learning_rate == 1e-3 and args.num_train_epochs == 3
     assert args.load_best_model_at_end and args.metric_for_best_model == "eval_loss" and not args.greater_is_better
 
 
