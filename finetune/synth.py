@@ -13,9 +13,14 @@ from pathlib import Path
 from chatapp.model import GenerationSettings, ModelRegistry
 from chatapp.settings import Settings
 
-INSTRUCTION = ("Read the passage, then write one question that the passage answers and the answer, "
-               "in exactly this form:\nQuestion: <question>\nAnswer: <answer>\n\nPassage:\n{passage}")
-PAIR = re.compile(r"question\s*:\s*(?P<q>.+?)\s*answer\s*:\s*(?P<a>.+)", re.IGNORECASE | re.DOTALL)
+# The 135M model follows this "Question: / Answer:" form well for the question but often stops at
+# "Answer:" (4 of 6 corpus passages), and asked for a question alone it mostly writes no question at all;
+# so the question comes from this form, and a missing answer is asked for on its own.
+PAIR_INSTRUCTION = ("Read the passage, then write one question that the passage answers and the answer, "
+                    "in exactly this form:\nQuestion: <question>\nAnswer: <answer>\n\nPassage:\n{passage}")
+ANSWER_INSTRUCTION = ("Answer the question using only the passage. Reply with the answer only.\n\n"
+                      "Passage:\n{passage}\n\nQuestion: {question}")
+PAIR = re.compile(r"question\s*:\s*(?P<q>[^\n]+)(?:\s*answer\s*:(?P<a>.*))?", re.IGNORECASE | re.DOTALL)
 MAX_PASSAGE_CHARS = 1500
 
 
@@ -27,18 +32,28 @@ def passages(store) -> list[dict]:
     return sorted(found, key=lambda p: p["order"])
 
 
-def parse_pair(text: str) -> tuple[str, str] | None:
-    match = PAIR.search(text)
+def parse_pair(text: str) -> tuple[str | None, str | None]:
+    """(question, answer) from a reply in PAIR_INSTRUCTION's form; either is None when unusable."""
+    match = PAIR.search(text or "")
     if not match:
-        return None
-    question, answer = match["q"].strip(), match["a"].strip()
-    question = question.splitlines()[0].strip() if question else ""
+        return None, None
+    question = match["q"].strip()
+    # "How does the passage answer the question?" teaches nothing: it must be about the content.
+    if len(question) <= 5 or not question.endswith("?") or re.search(r"\b(passage|question)\b", question, re.I):
+        question = None
+    return question, parse_answer(match["a"] or "")
+
+
+def parse_answer(text: str) -> str | None:
+    answer = re.sub(r"^\s*answer\s*:\s*", "", text or "", flags=re.IGNORECASE).strip()
     lines = [line.strip() for line in answer.splitlines() if line.strip()]
+    if not lines or re.match(r"question\s*:", lines[0], re.I):  # empty, or straight on to another question
+        return None
     if len(lines) >= 4 and len(set(lines)) <= len(lines) / 2:  # a small model looping on one line
         return None
-    if len(question) <= 5 or not answer or "question" in question.lower():
-        return None
-    return question, answer
+    # Cut off by the token limit mid-sentence: keep the whole sentences, if there are any.
+    cut = re.match(r"(?s)(.*[.!?])\s", answer + " ")
+    return cut.group(1).strip() if cut and not answer.endswith((".", "!", "?")) else answer
 
 
 def _key(question: str) -> str:
@@ -51,6 +66,20 @@ def spread(items: list, count: int) -> list:
         return list(items)
     step = len(items) / count
     return [items[int(i * step)] for i in range(count)]
+
+
+def write_pair(registry: ModelRegistry, passage: str, variant: str, generation: GenerationSettings,
+               seen: set[str]) -> tuple[str, str] | None:
+    """A new question the passage answers and its answer from the passage; None if the model gave none."""
+    question, answer = parse_pair(registry.generate(
+        [{"role": "user", "content": PAIR_INSTRUCTION.format(passage=passage)}], variant, generation))
+    if question is None or _key(question) in seen:
+        return None
+    if answer is None:
+        answer = parse_answer(registry.generate(
+            [{"role": "user", "content": ANSWER_INSTRUCTION.format(passage=passage, question=question)}],
+            variant, generation))
+    return (question, answer) if answer else None
 
 
 def synthesize(out: str | Path, n: int, variant: str = "base", max_new_tokens: int = 160,
@@ -71,10 +100,8 @@ def synthesize(out: str | Path, n: int, variant: str = "base", max_new_tokens: i
         if len(pairs) >= n:
             break
         tried += 1
-        reply = registry.generate([{"role": "user", "content": INSTRUCTION.format(
-            passage=chunk["text"][:MAX_PASSAGE_CHARS])}], variant, generation)
-        pair = parse_pair(reply)
-        if pair and _key(pair[0]) not in seen:
+        pair = write_pair(registry, chunk["text"][:MAX_PASSAGE_CHARS], variant, generation, seen)
+        if pair:
             seen.add(_key(pair[0]))
             record = {"instruction": pair[0], "input": "", "output": pair[1], "source": chunk["source"]}
             if chunk["page"] is not None:

@@ -49,3 +49,17 @@ def test_synth_writes_sourced_pairs_without_repeated_questions(data_dir, corpus,
 
     examples = read_records(out)
     assert len(examples) == len(records)
+
+
+def test_pair_parsing_keeps_real_questions_and_whole_sentences():
+    from finetune.synth import parse_answer, parse_pair
+
+    assert parse_pair("Question: How many layers does the encoder have?\nAnswer: Six layers [1].") == (
+        "How many layers does the encoder have?", "Six layers [1].")
+    # the small model often stops at "Answer:": the question is kept, the answer is asked for separately
+    assert parse_pair("Question: What optimizer was used?\n\nAnswer:") == ("What optimizer was used?", None)
+    assert parse_pair("Question: How does the passage answer the question?\nAnswer: It does.")[0] is None
+    assert parse_pair("The Transformer is a model.") == (None, None)
+    assert parse_answer("Answer: It uses Adam. The learning rate then var") == "It uses Adam."
+    assert parse_answer("Question: Another one?") is None
+    assert parse_answer("same\nsame\nsame\nsame") is None
