@@ -176,7 +176,8 @@ def cpu_arm(runs: int, max_new_tokens: int, style: str, with_diagnosis: bool) ->
         start = time.perf_counter()
         retrieved = rag.retrieve(store, QUESTION, k, 0.0)
         retrieval_s = time.perf_counter() - start
-        inputs = registry.encode(prompts.answer_messages(QUESTION, [p.text for p in retrieved], style))
+        inputs = registry.encode(prompts.answer_messages(QUESTION, [p.text for p in retrieved], style),
+                                 prompts.reply_prefix(style))
 
         app_rows, plain_rows = [], []
         for run in range(runs + 1):  # the first round warms up and is not counted

@@ -21,6 +21,8 @@ from transformers import (
     AutoModelForCausalLM,
     AutoTokenizer,
     BitsAndBytesConfig,
+    LogitsProcessor,
+    LogitsProcessorList,
     StoppingCriteria,
     StoppingCriteriaList,
     TextIteratorStreamer,
@@ -164,6 +166,36 @@ class _Cancelled(StoppingCriteria):
         return self.event.is_set()
 
 
+class _NoEndBefore(LogitsProcessor):
+    """Keeps a reply from ending before `text` is in it: where the model would stop (end-of-sequence is its
+    top choice), `text` is written on a new line instead and generation goes on; until then the end token
+    cannot be sampled. Batch size 1, as the app generates."""
+
+    def __init__(self, tokenizer, text: str, prompt_length: int, eos_ids: list[int]):
+        self.tokenizer, self.text, self.prompt_length = tokenizer, text, prompt_length
+        self.forced = tokenizer("\n" + text, add_special_tokens=False)["input_ids"]
+        self.eos = torch.tensor(eos_ids)
+        self.queue: list[int] = []
+        self.seen = False
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        if self.seen:
+            return scores
+        if not self.queue:
+            if int(scores[0].argmax()) not in self.eos:
+                scores[:, self.eos] = float("-inf")
+                return scores
+            written = self.tokenizer.decode(input_ids[0, self.prompt_length:], skip_special_tokens=True)
+            if self.text.lower() in written.lower():
+                self.seen = True
+                return scores
+            self.queue = list(self.forced)
+        forced = torch.full_like(scores, float("-inf"))
+        forced[:, self.queue.pop(0)] = 0
+        self.seen = not self.queue
+        return forced
+
+
 class ModelRegistry:
     """One base model in memory; adapters attach to it with PEFT's multi-adapter API.
 
@@ -242,20 +274,30 @@ class ModelRegistry:
         return contextlib.nullcontext()
 
     # -- generation ----------------------------------------------------------------------------
-    def encode(self, messages: list[dict]) -> dict:
+    def encode(self, messages: list[dict], reply_prefix: str = "") -> dict:
+        """Token ids of the chat, ending where the assistant's reply starts (after `reply_prefix`, if any)."""
         self.load()
-        batch = self.tokenizer.apply_chat_template(
-            messages, add_generation_prompt=True, return_tensors="pt", return_dict=True
-        )
+        text = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+        batch = self.tokenizer(text + reply_prefix, add_special_tokens=False, return_tensors="pt")
         return {k: v.to(self.device) for k, v in batch.items()}
 
     def stream(
-        self, messages: list[dict], variant: str = BASE, generation: GenerationSettings | None = None
+        self, messages: list[dict], variant: str = BASE, generation: GenerationSettings | None = None,
+        *, reply_prefix: str = "", required: str | None = None,
     ) -> Iterator[str]:
-        """Yield text pieces as the model produces them. Closing the iterator stops generation."""
+        """Yield text pieces as the model produces them. Closing the iterator stops generation.
+
+        `reply_prefix` starts the reply for the model (and is part of the text yielded, with the first new
+        piece); `required` is text the reply may not end without (see _NoEndBefore).
+        """
         generation = generation or GenerationSettings()
         model = self._model_for(variant)
-        inputs = self.encode(messages)
+        inputs = self.encode(messages, reply_prefix)
+        processors = LogitsProcessorList()
+        if required:
+            eos = model.generation_config.eos_token_id
+            eos = [eos] if isinstance(eos, int) else list(eos or [self.tokenizer.eos_token_id])
+            processors.append(_NoEndBefore(self.tokenizer, required, inputs["input_ids"].shape[1], eos))
         streamer = TextIteratorStreamer(self.tokenizer, skip_prompt=True, skip_special_tokens=True)
         cancel = threading.Event()
         error: list[BaseException] = []
@@ -272,6 +314,7 @@ class ModelRegistry:
                         # (56% of a CPU decode step at 1.5k tokens); a static cache writes in place.
                         cache_implementation=None if variant in self._prompt_models else "static",
                         streamer=streamer,
+                        logits_processor=processors,
                         pad_token_id=self.tokenizer.pad_token_id,
                         stopping_criteria=StoppingCriteriaList([_Cancelled(cancel)]),
                     )
@@ -281,18 +324,21 @@ class ModelRegistry:
 
         thread = threading.Thread(target=run, daemon=True)
         thread.start()
+        pending = reply_prefix  # sent with the first new piece, so it never looks like a generated token
         try:
             for piece in streamer:
                 if piece:
-                    yield piece
+                    yield pending + piece
+                    pending = ""
         finally:
             cancel.set()
             thread.join()
         if error:
             raise error[0]
 
-    def generate(self, messages: list[dict], variant: str = BASE, generation: GenerationSettings | None = None) -> str:
-        return "".join(self.stream(messages, variant, generation))
+    def generate(self, messages: list[dict], variant: str = BASE, generation: GenerationSettings | None = None,
+                 **reply) -> str:
+        return "".join(self.stream(messages, variant, generation, **reply))
 
     def _lora_names(self) -> set[str]:
         return set(self._lora.peft_config) if self._lora is not None else set()

@@ -114,6 +114,18 @@ def answer_messages(question: str, passages: list[str], style: str = "cot") -> l
     return messages
 
 
+def reply_prefix(style: str) -> str:
+    """Text the model's reply starts with. For chain-of-thought it opens the reasoning the way the worked
+    example does: left to itself, the 135M model skipped straight to an answer on every corpus question
+    tried; started with "Passage [" it names the passage it reads, then gives its final answer."""
+    return "Passage [" if style == "cot" else ""
+
+
+def required_text(style: str) -> str | None:
+    """Text a reply may not end without: the chain-of-thought answer must come after its reasoning."""
+    return FINAL_MARKER if style == "cot" else None
+
+
 def small_talk_messages(question: str, history: list[dict] | None = None) -> list[dict]:
     return [{"role": "system", "content": SMALL_TALK_SYSTEM}, *(history or [])[-4:], {"role": "user", "content": question}]
 

@@ -236,7 +236,9 @@ def answer(
         yield result
         return
     messages = prompts.answer_messages(query, [s.text for s in retrieved], style)
-    yield from _stream_into(result, registry.stream(messages, variant, generation), style, retrieved)
+    pieces = registry.stream(messages, variant, generation, reply_prefix=prompts.reply_prefix(style),
+                             required=prompts.required_text(style))
+    yield from _stream_into(result, pieces, style, retrieved)
 
 
 def _stream_into(result: Answer, pieces: Iterator[str], style: str, retrieved: list[Source]) -> Iterator[Answer]:

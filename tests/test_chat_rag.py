@@ -12,7 +12,7 @@ import pytest
 import torch
 from peft import LoraConfig, get_peft_model
 
-from chatapp import rag
+from chatapp import prompts, rag
 from chatapp.model import BASE, GenerationSettings, ModelRegistry, load_base
 from chatapp.settings import Settings
 from chatapp.ui import build_chat_tab
@@ -72,6 +72,8 @@ def test_warmup_question_is_answered_with_page_seven_cited(store, registry, sett
     assert all(s.score >= settings.score_threshold for s in final.retrieved)
     pages = {(s.source, s.page) for s in final.sources}
     assert (PDF, 7) in pages  # "We used warmup_steps = 4000." is on page 7
+    # chain-of-thought (the default style): reasoning kept apart from the final answer
+    assert final.reasoning.startswith("Passage [") and prompts.FINAL_MARKER in final.raw
     record = final.to_json()
     assert set(record) >= {"answer", "reasoning", "sources"}
     assert {"source", "page", "text", "score"} <= set(record["sources"][0])

@@ -109,3 +109,13 @@ def test_four_bit_nf4_on_cpu(settings):
 def test_bad_precision_is_rejected(settings):
     with pytest.raises(ValueError, match="precision must be one of"):
         load_base(settings, precision="3bit")
+
+
+def test_reply_prefix_is_continued_and_required_text_is_written_before_the_end(registry):
+    plain = registry.generate(QUESTION, BASE, GenerationSettings(max_new_tokens=48))
+    assert "Final answer:" not in plain  # the model does not write it by itself ...
+    reply = registry.generate(QUESTION, BASE, GenerationSettings(max_new_tokens=48),
+                              reply_prefix="Let me think.", required="Final answer:")
+    assert reply.startswith("Let me think.")
+    assert "Final answer:" in reply  # ... so it was written where the model would have stopped
+    assert reply.split("Final answer:", 1)[1].strip()  # and the model went on to answer

@@ -110,3 +110,9 @@ def test_the_embedded_model_answers_from_the_passage(registry, optimizer_page, s
     parsed = prompts.parse_reply(reply, style)
     assert "Adam" in parsed.answer
     assert prompts.FINAL_MARKER.lower() not in parsed.answer.lower()
+
+
+def test_only_chain_of_thought_starts_the_reply_and_requires_a_final_answer():
+    assert prompts.reply_prefix("cot") == "Passage [" and prompts.required_text("cot") == prompts.FINAL_MARKER
+    for style in ("direct", "one-shot", "few-shot"):
+        assert prompts.reply_prefix(style) == "" and prompts.required_text(style) is None
