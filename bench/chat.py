@@ -86,8 +86,11 @@ def plain_generate(model, inputs: dict, new_tokens: int, **kwargs) -> dict:
             "decode_tok_s": (len(new) - 1) / (new[-1] - new[0]) if len(new) > 1 else float("nan")}
 
 
-def timed_stream(pieces, tokenizer, start: float, growing: bool = False) -> dict:
-    """First-visible-text time and decode rate of a stream of text pieces, or of growing Answers."""
+def timed_stream(pieces, tokenizer, start: float, growing: bool = False, prefix: str = "") -> dict:
+    """First-visible-text time and decode rate of a stream of text pieces, or of growing Answers.
+
+    `prefix` is reply text the app wrote for the model (it arrives with the first generated piece):
+    its tokens are not counted as decoded."""
     first = last = None
     text = ""
     for piece in pieces:
@@ -95,7 +98,7 @@ def timed_stream(pieces, tokenizer, start: float, growing: bool = False) -> dict
         text = piece.raw if growing else text + piece
         if text and first is None:
             first = last
-    tokens = len(tokenizer(text, add_special_tokens=False)["input_ids"])
+    tokens = len(tokenizer(text.removeprefix(prefix), add_special_tokens=False)["input_ids"])
     return {"first_token_s": (first or last) - start, "tokens": tokens,
             "decode_tok_s": (tokens - 1) / (last - first) if first and last > first and tokens > 1 else float("nan")}
 
@@ -185,7 +188,7 @@ def cpu_arm(runs: int, max_new_tokens: int, style: str, with_diagnosis: bool) ->
             app = timed_stream(
                 rag.answer(QUESTION, [], store=store, registry=registry, style=style, generation=generation,
                            k=k, settings=settings),
-                registry.tokenizer, start, growing=True,
+                registry.tokenizer, start, growing=True, prefix=prompts.reply_prefix(style),
             )
             # the same number of tokens from plain generate, so decode rates compare like for like
             plain = plain_generate(registry.base, inputs, max(app["tokens"], 2))
