@@ -50,20 +50,19 @@ def artifacts() -> Path:
 
 
 def pytest_collection_modifyitems(config, items):
-    """Tests marked `browser` skip up front, before their app fixtures start, when chromium is missing."""
+    """Tests marked `browser`, or using the `browser` fixture, skip up front (before their app fixtures
+    start) when chromium is missing."""
     if CHROMIUM.exists():
         return
     skip = pytest.mark.skip(reason=NO_CHROMIUM)
     for item in items:
-        if "browser" in item.keywords:
+        if "browser" in item.keywords or "browser" in getattr(item, "fixturenames", ()):
             item.add_marker(skip)
 
 
 @pytest.fixture(scope="module")
 def browser():
-    """Debian chromium launched by Playwright, one per test module."""
-    if not CHROMIUM.exists():
-        pytest.skip(NO_CHROMIUM)
+    """Debian chromium launched by Playwright, one per test module (skipped without it: see above)."""
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as p:
