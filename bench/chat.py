@@ -143,7 +143,8 @@ def choose_k(store, registry, settings, style: str) -> tuple[int, int]:
     best = (1, 0)
     for k in range(1, 13):
         passages = rag.retrieve(store, QUESTION, k, 0.0)
-        count = registry.encode(prompts.answer_messages(QUESTION, [p.text for p in passages], style))["input_ids"].shape[1]
+        messages = prompts.answer_messages(QUESTION, [p.text for p in passages], style)
+        count = registry.encode(messages, prompts.reply_prefix(style))["input_ids"].shape[1]
         if abs(count - TARGET_PROMPT_TOKENS) < abs(best[1] - TARGET_PROMPT_TOKENS):
             best = (k, count)
         if count >= TARGET_PROMPT_TOKENS:
