@@ -6,6 +6,8 @@ here knows about retrieval or prompts.
 """
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import importlib.util
 import json
 import os
@@ -127,9 +129,32 @@ def quantization_config(precision: str) -> BitsAndBytesConfig | None:
     return None
 
 
+def keep_freed_memory() -> bool:
+    """Let glibc keep freed activation buffers for reuse instead of returning them to the OS.
+
+    By default every activation over 128 KB is a fresh mmap, so a 1,500-token CPU prefill of the 135M
+    model touched ~850 MB of new pages (about 210k page faults) and ran ~10% slower; with these limits
+    it takes almost none. PyTorch's CPU tuning guide reaches for jemalloc/tcmalloc for the same reason;
+    mallopt needs no extra library. The cost is that the process keeps its peak heap. No-op off glibc.
+    """
+    name = ctypes.util.find_library("c")
+    try:
+        libc = ctypes.CDLL(name) if name else None
+        mallopt = libc.mallopt if libc else None
+    except (OSError, AttributeError):
+        return False
+    if mallopt is None:
+        return False
+    M_TRIM_THRESHOLD, M_TOP_PAD, M_MMAP_THRESHOLD = -1, -2, -3
+    return bool(mallopt(M_MMAP_THRESHOLD, 32 * 2**20)  # glibc's largest allowed value
+                and mallopt(M_TRIM_THRESHOLD, 2**31 - 1) and mallopt(M_TOP_PAD, 64 * 2**20))
+
+
 def load_base(settings: Settings, precision: str | None = None, device: str | None = None):
     """(model, tokenizer, precision) with the base placed as the settings ask."""
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if device == "cpu":
+        keep_freed_memory()
     precision = resolve_precision(precision or settings.precision, device)
     name = base_folder(settings)
     tokenizer = AutoTokenizer.from_pretrained(name)
