@@ -221,6 +221,29 @@ class _NoEndBefore(LogitsProcessor):
         return forced
 
 
+class _TokenStreamer(TextIteratorStreamer):
+    """Hands over each token's text as soon as it is decoded.
+
+    TextIteratorStreamer holds text back until a space, so a reply starting "Passage [4] says" shows
+    nothing for its first three tokens (~0.15 s on CPU). Byte-level BPE text never changes once
+    decoded, so the only thing to hold back is a character split across tokens (decoded as U+FFFD).
+    """
+
+    def put(self, value: torch.Tensor) -> None:
+        if self.skip_prompt and self.next_tokens_are_prompt:
+            self.next_tokens_are_prompt = False
+            return
+        self.token_cache.extend(value.reshape(-1).tolist())
+        text = self.tokenizer.decode(self.token_cache, **self.decode_kwargs)
+        if text.endswith("\ufffd"):
+            return
+        self.on_finalized_text(text[self.print_len:])
+        if text.endswith("\n"):  # start afresh, so decoding stays short on long replies
+            self.token_cache, self.print_len = [], 0
+        else:
+            self.print_len = len(text)
+
+
 class ModelRegistry:
     """One base model in memory; adapters attach to it with PEFT's multi-adapter API.
 
@@ -323,7 +346,8 @@ class ModelRegistry:
             eos = model.generation_config.eos_token_id
             eos = [eos] if isinstance(eos, int) else list(eos or [self.tokenizer.eos_token_id])
             processors.append(_NoEndBefore(self.tokenizer, required, inputs["input_ids"].shape[1], eos))
-        streamer = TextIteratorStreamer(self.tokenizer, skip_prompt=True, skip_special_tokens=True)
+        streamer = _TokenStreamer(self.tokenizer, skip_prompt=True, skip_special_tokens=True,
+                                  clean_up_tokenization_spaces=False)
         cancel = threading.Event()
         error: list[BaseException] = []
 

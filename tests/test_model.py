@@ -52,6 +52,9 @@ def test_base_answers_and_streams_in_pieces(registry):
     pieces = list(registry.stream(QUESTION, BASE, SHORT))
     assert len(pieces) > 1
     assert "Paris" in "".join(pieces)
+    # a piece per token, not per word: the first text shows as soon as the first token is decoded
+    tokens = registry.tokenizer("".join(pieces), add_special_tokens=False)["input_ids"]
+    assert len(pieces) >= len(tokens) - 1
     info = registry.info()
     assert info["precision"] == "32bit" and info["device"] == "cpu"
     assert 400 < info["footprint_mb"] < 700  # 135M parameters in fp32
