@@ -40,6 +40,18 @@ from chatapp.settings import Settings  # noqa: E402
 
 PDF = ROOT.parent / "shared" / "corpus" / "pdf" / "attention-is-all-you-need.pdf"
 QUESTION = "How many warmup steps were used when training the Transformer, and what optimizer was used?"
+# A different question each CPU run: the app reuses the K/V of a prompt prefix it has seen, so asking the
+# same question again would time a near-empty prefill. Different questions share only what real ones do.
+QUESTIONS = [
+    QUESTION,
+    "What BLEU score did the big Transformer model get on English-to-German translation?",
+    "How many attention heads and layers does the base model use?",
+    "How long did it take to train the big model, and on what hardware?",
+    "What is the dimension of the keys and values in multi-head attention?",
+    "Which regularization methods were used during training?",
+    "How does self-attention compare with recurrent layers in computational complexity?",
+    "What were the results on English constituency parsing?",
+]
 TARGET_PROMPT_TOKENS = 1500
 
 
@@ -69,6 +81,8 @@ def plain_generate(model, inputs: dict, new_tokens: int, **kwargs) -> dict:
     (OpenMP under contention), which would flatter the app path for the wrong reason.
     """
     clock = Clock()
+    attention = model.config._attn_implementation
+    model.set_attn_implementation("sdpa")  # transformers' own attention, not the app's prefix-aware one
     sync(model.device)
     start = time.perf_counter()
 
@@ -80,6 +94,7 @@ def plain_generate(model, inputs: dict, new_tokens: int, **kwargs) -> dict:
     worker = threading.Thread(target=run)
     worker.start()
     worker.join()
+    model.set_attn_implementation(attention)
     sync(model.device)
     new = clock.times[1:]  # [0] is the prompt being handed over
     return {"first_token_s": new[0] - start, "tokens": len(new),
@@ -138,12 +153,12 @@ def diagnose(registry, inputs: dict, new_tokens: int) -> dict:
             "plain_generate_static_cache": static, "plain_generate_bf16": bf16_row}
 
 
-def choose_k(store, registry, settings, style: str) -> tuple[int, int]:
+def choose_k(store, registry, question: str, style: str) -> tuple[int, int]:
     """The number of passages that brings the prompt closest to ~1,500 tokens."""
     best = (1, 0)
     for k in range(1, 13):
-        passages = rag.retrieve(store, QUESTION, k, 0.0)
-        messages = prompts.answer_messages(QUESTION, [p.text for p in passages], style)
+        passages = rag.retrieve(store, question, k, 0.0)
+        messages = prompts.answer_messages(question, [p.text for p in passages], style)
         count = registry.encode(messages, prompts.reply_prefix(style))["input_ids"].shape[1]
         if abs(count - TARGET_PROMPT_TOKENS) < abs(best[1] - TARGET_PROMPT_TOKENS):
             best = (k, count)
@@ -174,20 +189,19 @@ def cpu_arm(runs: int, max_new_tokens: int, style: str, with_diagnosis: bool) ->
         registry = ModelRegistry(settings).load()
         store = get_store(settings)
         store.ingest([str(PDF)])
-        k, prompt_tokens = choose_k(store, registry, settings, style)
         generation = GenerationSettings(max_new_tokens=max_new_tokens)
-
-        start = time.perf_counter()
-        retrieved = rag.retrieve(store, QUESTION, k, 0.0)
-        retrieval_s = time.perf_counter() - start
-        inputs = registry.encode(prompts.answer_messages(QUESTION, [p.text for p in retrieved], style),
-                                 prompts.reply_prefix(style))
-
-        app_rows, plain_rows = [], []
+        app_rows, plain_rows, prompt_sizes, reused = [], [], [], []
         for run in range(runs + 1):  # the first round warms up and is not counted
+            question = QUESTIONS[run % len(QUESTIONS)]
+            k, prompt_tokens = choose_k(store, registry, question, style)
+            start = time.perf_counter()
+            retrieved = rag.retrieve(store, question, k, 0.0)
+            retrieval_s = time.perf_counter() - start
+            inputs = registry.encode(prompts.answer_messages(question, [p.text for p in retrieved], style),
+                                     prompts.reply_prefix(style))
             start = time.perf_counter()
             app = timed_stream(
-                rag.answer(QUESTION, [], store=store, registry=registry, style=style, generation=generation,
+                rag.answer(question, [], store=store, registry=registry, style=style, generation=generation,
                            k=k, settings=settings),
                 registry.tokenizer, start, growing=True, prefix=prompts.reply_prefix(style),
             )
@@ -196,13 +210,17 @@ def cpu_arm(runs: int, max_new_tokens: int, style: str, with_diagnosis: bool) ->
             if run:
                 app_rows.append(app)
                 plain_rows.append(plain)
-            print(f"  run {run}{' (warm-up)' if not run else ''}: app {app}  plain {plain}", flush=True)
+                prompt_sizes.append(prompt_tokens)
+                reused.append(registry.last_reused_tokens)
+            print(f"  run {run}{' (warm-up)' if not run else ''}: {prompt_tokens} prompt tokens, "
+                  f"{registry.last_reused_tokens} reused, retrieval {retrieval_s:.3f} s: app {app}  plain {plain}",
+                  flush=True)
         diagnosis = diagnose(registry, inputs, max(app_rows[0]["tokens"], 2)) if with_diagnosis else None
         env["load_average_1m_after"] = round(os.getloadavg()[0], 2)
         store.close()
         return {"diagnosis": diagnosis,
             "device": "cpu", "model": "SmolLM2-135M-Instruct (embedded)", "precision": registry.precision,
-            "style": style, "k": k, "prompt_tokens": prompt_tokens, "retrieval_s": round(retrieval_s, 3),
+            "style": style, "prompt_tokens": prompt_sizes, "reused_prompt_tokens": reused,
             "runs": runs, "app": median_row(app_rows), "plain_generate": median_row(plain_rows),
             "targets": {"first_token_s": 2.0, "decode_tok_s": 15.0}, "environment": env,
         }
@@ -236,6 +254,7 @@ def gpu_arm(runs: int, max_new_tokens: int, precision: str) -> dict:
         generation = GenerationSettings(max_new_tokens=max_new_tokens)
         app_rows, plain_rows = [], []
         for run in range(runs + 1):
+            registry.forget_prompts()  # every run repeats the prompt: time the whole prefill, not a reuse
             sync(registry.device)
             start = time.perf_counter()
             app = timed_stream(registry.stream(messages, BASE, generation), registry.tokenizer, start)
@@ -258,11 +277,17 @@ def gpu_arm(runs: int, max_new_tokens: int, precision: str) -> dict:
 
 def report(result: dict) -> str:
     app, plain = result["app"], result["plain_generate"]
+    tokens = result["prompt_tokens"]
+    tokens = f"{min(tokens)}-{max(tokens)}" if isinstance(tokens, list) else tokens
     lines = [
         f"chat benchmark on {result['device']} — {result['model']}, {result['precision']}, "
-        f"{result['prompt_tokens']} prompt tokens, median of {result['runs']} runs",
+        f"{tokens} prompt tokens, median of {result['runs']} runs",
         f"  app path       first token {app['first_token_s']:.2f} s   decode {app['decode_tok_s']:.1f} tok/s   ({app['tokens']} tokens)",
         f"  plain generate first token {plain['first_token_s']:.2f} s   decode {plain['decode_tok_s']:.1f} tok/s",
+    ]
+    if "reused_prompt_tokens" in result:
+        lines.append(f"  app reused the K/V of {result['reused_prompt_tokens']} prompt tokens from earlier questions")
+    lines += [
         f"  targets        {result['targets']}",
     ]
     if result.get("diagnosis"):
@@ -274,7 +299,8 @@ def report(result: dict) -> str:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--runs", type=int, default=3, help="timed runs after one warm-up (default 3)")
+    parser.add_argument("--runs", type=int, default=5,
+                        help=f"timed runs after one warm-up, at most {len(QUESTIONS) - 1} (default 5)")
     parser.add_argument("--max-new-tokens", type=int, default=64, help="tokens to generate per run (default 64)")
     parser.add_argument("--style", choices=list(prompts.STYLES), default="cot", help="prompt style (default cot)")
     parser.add_argument("--gpu-precision", default="auto", help="precision for the GPU arm (default auto = 4-bit NF4)")
@@ -283,6 +309,8 @@ def main() -> int:
     parser.add_argument("--skip-cpu", action="store_true", help="run only the GPU arm")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results", help="results folder")
     args = parser.parse_args()
+    if not 1 <= args.runs < len(QUESTIONS):
+        parser.error(f"--runs must be 1 to {len(QUESTIONS) - 1}: each CPU run asks a question not asked before")
     args.out.mkdir(parents=True, exist_ok=True)
     arms = []
     if not args.skip_cpu:

@@ -13,6 +13,7 @@ import json
 import os
 import shutil
 import threading
+import weakref
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -20,15 +21,20 @@ from pathlib import Path
 import torch
 from filelock import FileLock
 from transformers import (
+    AttentionInterface,
+    AttentionMaskInterface,
     AutoModelForCausalLM,
     AutoTokenizer,
     BitsAndBytesConfig,
     LogitsProcessor,
     LogitsProcessorList,
+    StaticCache,
     StoppingCriteria,
     StoppingCriteriaList,
     TextIteratorStreamer,
 )
+from transformers.integrations.sdpa_attention import sdpa_attention_forward
+from transformers.masking_utils import sdpa_mask
 
 from chatapp.settings import EMBEDDED_BASE, Settings
 
@@ -173,6 +179,67 @@ def load_base(settings: Settings, precision: str | None = None, device: str | No
 
 
 # ---------------------------------------------------------------------------------------------
+# Reusing the KV of a prompt prefix seen before (system prompt, worked examples, a regenerated question)
+
+PREFIX_ATTENTION = "sdpa_after_prefix"
+REUSE_MIN_TOKENS = 64  # shorter shared prefixes save less than copying them costs
+REMEMBERED_PROMPTS = 4  # ~46 KB of KV a token for the 135M model: four 1.5k-token prompts are ~270 MB
+_checked_mask: tuple = (lambda: None, 0)
+
+
+def _offset_causal(mask: torch.Tensor | None, queries: int) -> int:
+    """How many cached positions come before the queries, if `mask` is exactly causal after them (one
+    sequence, no padding); else 0. The answer is kept for the mask object, which every layer shares."""
+    global _checked_mask
+    if mask is None or queries < 2 or mask.dtype != torch.bool or mask.dim() != 4 or mask.shape[0] != 1:
+        return 0
+    if _checked_mask[0]() is mask:
+        return _checked_mask[1]
+    keys = int(mask[0, 0, -1].sum())
+    past = keys - queries
+    causal = torch.ones(queries, keys, dtype=torch.bool, device=mask.device).tril(past)
+    if past <= 0 or not torch.equal(mask[0, 0, :, :keys], causal) or bool(mask[0, 0, :, keys:].any()):
+        past = 0
+    _checked_mask = (weakref.ref(mask), past)
+    return past
+
+
+def _sdpa_after_prefix(module, query, key, value, attention_mask, **kwargs):
+    """SDPA that stays on the causal kernel when a prompt continues a cached prefix.
+
+    With fewer queries than keys, transformers hands SDPA an explicit mask, and the CPU kernel then
+    computes every block: slower than running the whole prompt from scratch. Queries padded in front
+    to the keys' length make it a plain causal problem again; the padding rows cost about
+    (prefix/prompt)^2 of the attention, and are dropped. Every other case is transformers' SDPA as is.
+    """
+    past = _offset_causal(attention_mask, query.shape[2])
+    if not past:
+        return sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
+    kwargs.pop("is_causal", None)
+    keys = past + query.shape[2]
+    padded = torch.cat([query.new_zeros(*query.shape[:2], past, query.shape[3]), query], dim=2)
+    out, weights = sdpa_attention_forward(module, padded, key[:, :, :keys], value[:, :, :keys], None,
+                                          is_causal=True, **kwargs)
+    return out[:, past:], weights  # out is (batch, queries, heads, dim)
+
+
+AttentionInterface.register(PREFIX_ATTENTION, _sdpa_after_prefix)
+AttentionMaskInterface.register(PREFIX_ATTENTION, sdpa_mask)
+
+
+@dataclass
+class _PromptKV:
+    variant: str
+    ids: list[int]
+    layers: list[tuple[torch.Tensor, torch.Tensor]]
+
+
+def _shared_length(a: list[int], b: list[int]) -> int:
+    n = min(len(a), len(b))
+    return next((i for i in range(n) if a[i] != b[i]), n)
+
+
+# ---------------------------------------------------------------------------------------------
 # Variants: base + adapters on disk, all on the one base in memory
 
 
@@ -261,12 +328,16 @@ class ModelRegistry:
         self.precision = None
         self._lora = None  # PeftModel holding every LoRA-family adapter
         self._prompt_models: dict[str, object] = {}
+        self._remembered: list[_PromptKV] = []  # newest last
+        self.last_reused_tokens = 0  # prompt tokens the last generation took from an earlier prompt
 
     # -- loading -------------------------------------------------------------------------------
     def load(self) -> "ModelRegistry":
         with self._load_lock:
             if self.base is None:
                 self.base, self.tokenizer, self.precision = load_base(self.settings)
+                if self.base.config._attn_implementation == "sdpa":
+                    self.base.set_attn_implementation(PREFIX_ATTENTION)
         return self
 
     @property
@@ -341,6 +412,7 @@ class ModelRegistry:
         generation = generation or GenerationSettings()
         model = self._model_for(variant)
         inputs = self.encode(messages, reply_prefix)
+        ids = inputs["input_ids"][0].tolist()
         processors = LogitsProcessorList()
         if required:
             eos = model.generation_config.eos_token_id
@@ -356,17 +428,23 @@ class ModelRegistry:
                 with self.generate_lock, self._context(variant), torch.inference_mode():
                     if variant in self._lora_names():
                         self._lora.set_adapter(variant)
+                    # The default dynamic cache re-concatenates every layer's K/V on each token (56% of a
+                    # CPU decode step at 1.5k tokens); a static cache writes in place. Prompt-tuning
+                    # variants prepend virtual tokens, so they keep transformers' own cache.
+                    cache = None
+                    if variant not in self._prompt_models:
+                        cache = self._cache_for(model, variant, ids, generation.max_new_tokens)
                     model.generate(
                         **inputs,
                         **generation.to_generate_kwargs(),
-                        # The default dynamic cache re-concatenates every layer's K/V on each token
-                        # (56% of a CPU decode step at 1.5k tokens); a static cache writes in place.
-                        cache_implementation=None if variant in self._prompt_models else "static",
+                        past_key_values=cache,
                         streamer=streamer,
                         logits_processor=processors,
                         pad_token_id=self.tokenizer.pad_token_id,
                         stopping_criteria=StoppingCriteriaList([_Cancelled(cancel)]),
                     )
+                    if cache is not None:
+                        self._remember(variant, ids, cache)
             except BaseException as exc:  # surfaced in the caller's thread below
                 error.append(exc)
                 streamer.end()
@@ -388,6 +466,37 @@ class ModelRegistry:
     def generate(self, messages: list[dict], variant: str = BASE, generation: GenerationSettings | None = None,
                  **reply) -> str:
         return "".join(self.stream(messages, variant, generation, **reply))
+
+    def _cache_for(self, model, variant: str, ids: list[int], max_new_tokens: int) -> StaticCache:
+        """A static cache for this prompt, holding the K/V of the longest prefix it shares with a prompt
+        this variant ran before (at least REUSE_MIN_TOKENS), so that part is not computed again.
+        The last prompt token is always run: its logits give the first new token."""
+        cache = StaticCache(config=model.config, max_cache_len=len(ids) + int(max_new_tokens))
+        shared, best = 0, None
+        for entry in self._remembered:
+            if entry.variant == variant:
+                length = min(_shared_length(entry.ids, ids), len(ids) - 1)
+                if length > shared:
+                    shared, best = length, entry
+        if best is not None and shared >= REUSE_MIN_TOKENS:
+            for index, (keys, values) in enumerate(best.layers):
+                cache.update(keys[:, :, :shared], values[:, :, :shared], index)
+            self.last_reused_tokens = shared
+        else:
+            self.last_reused_tokens = 0
+        return cache
+
+    def _remember(self, variant: str, ids: list[int], cache: StaticCache) -> None:
+        """Keep this prompt's K/V (not the reply's) for the next prompts that start the same way."""
+        if len(ids) < REUSE_MIN_TOKENS or not cache.layers or not getattr(cache.layers[0], "is_initialized", False):
+            return
+        layers = [(layer.keys[:, :, :len(ids)].clone(), layer.values[:, :, :len(ids)].clone()) for layer in cache.layers]
+        self._remembered = [e for e in self._remembered if not (e.variant == variant and e.ids == ids)]
+        self._remembered = [*self._remembered, _PromptKV(variant, ids, layers)][-REMEMBERED_PROMPTS:]
+
+    def forget_prompts(self) -> None:
+        """Drop remembered prompt K/V, so the next generation computes its whole prompt."""
+        self._remembered = []
 
     def _lora_names(self) -> set[str]:
         return set(self._lora.peft_config) if self._lora is not None else set()

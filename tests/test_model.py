@@ -9,7 +9,8 @@ import pytest
 import torch
 from peft import LoraConfig, PromptTuningConfig, TaskType, get_peft_model
 
-from chatapp.model import BASE, GenerationSettings, ModelRegistry, base_folder, load_base
+from chatapp import prompts
+from chatapp.model import BASE, GenerationSettings, ModelRegistry, _offset_causal, base_folder, load_base
 from chatapp.settings import Settings
 
 QUESTION = [{"role": "user", "content": "What is the capital of France?"}]
@@ -134,3 +135,42 @@ def test_cpu_prefill_reuses_freed_memory_instead_of_faulting_in_new_pages(regist
         registry.base(input_ids=ids, logits_to_keep=1)
         faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
     assert faults < 10_000, faults
+
+
+def test_offset_causal_masks_are_recognised_and_padded_ones_are_not():
+    mask = torch.ones(5, 8, dtype=torch.bool).tril(3)[None, None]  # 5 queries after 3 cached positions
+    assert _offset_causal(mask, 5) == 3
+    static = torch.zeros(1, 1, 5, 12, dtype=torch.bool)  # a static cache's unused tail stays masked
+    static[..., :8] = mask
+    assert _offset_causal(static, 5) == 3
+    padded = mask.clone()
+    padded[..., 0] = False  # a left-padded sequence is not plain causal
+    assert _offset_causal(padded, 5) == 0
+    assert _offset_causal(None, 5) == 0 and _offset_causal(mask[..., -1:, :], 1) == 0
+    assert _offset_causal(torch.ones(5, 5, dtype=torch.bool).tril()[None, None], 5) == 0  # nothing cached
+
+
+def test_a_prompt_that_starts_like_an_earlier_one_reuses_its_prefix_and_answers_the_same(settings, registry, corpus):
+    page = (corpus / "html" / "bbc-1.html").read_text()[:3000]
+    first = prompts.answer_messages("What is this page about?", [page], "cot")
+    second = prompts.answer_messages("Who is named on this page?", [page], "cot")
+    ids = [registry.encode(m, "Passage [")["input_ids"][0].tolist() for m in (first, second)]
+    shared = next(i for i, (a, b) in enumerate(zip(*ids)) if a != b)
+    assert shared > 200  # system prompt, worked example and the page come before the question
+    reply = dict(reply_prefix="Passage [", required=prompts.FINAL_MARKER)
+
+    registry.forget_prompts()
+    registry.generate(first, BASE, SHORT, **reply)
+    assert registry.last_reused_tokens == 0
+    reused = registry.generate(second, BASE, SHORT, **reply)
+    assert registry.last_reused_tokens == shared
+    registry.forget_prompts()
+    assert registry.generate(second, BASE, SHORT, **reply) == reused  # same tokens as computing it all
+    assert registry.last_reused_tokens == 0
+
+    # the K/V depends on the variant's weights, so one variant never reuses another's
+    save_adapter(settings, "reuse-lora", LoraConfig(r=4, target_modules="all-linear", task_type="CAUSAL_LM"))
+    registry.generate(second, "reuse-lora", SHORT, **reply)
+    assert registry.last_reused_tokens == 0
+    registry.generate(second, "reuse-lora", SHORT, **reply)  # asked again (regenerate): all but the last token
+    assert registry.last_reused_tokens == len(ids[1]) - 1
