@@ -167,12 +167,25 @@ def choose_k(store, registry, question: str, style: str) -> tuple[int, int]:
     return best
 
 
+def reference_gflops() -> float:
+    """fp32 GFLOPS of one prefill-shaped matmul (1,424 x 576 x 1,536). This shared VM's speed drifts by
+    a third over an hour, so the state it was in is printed beside the times it gave."""
+    x, w = torch.randn(1424, 576), torch.randn(1536, 576)
+    for _ in range(3):
+        torch.nn.functional.linear(x, w)
+    start = time.perf_counter()
+    for _ in range(20):
+        torch.nn.functional.linear(x, w)
+    return round(20 * 2 * 1424 * 576 * 1536 / (time.perf_counter() - start) / 1e9)
+
+
 def environment() -> dict:
     return {
         "cpu": platform.processor() or platform.machine(),
         "cores": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
         "load_average_1m_before": round(os.getloadavg()[0], 2),
+        "matmul_gflops_before": reference_gflops(),
         "torch": torch.__version__,
     }
 
@@ -217,6 +230,7 @@ def cpu_arm(runs: int, max_new_tokens: int, style: str, with_diagnosis: bool) ->
                   flush=True)
         diagnosis = diagnose(registry, inputs, max(app_rows[0]["tokens"], 2)) if with_diagnosis else None
         env["load_average_1m_after"] = round(os.getloadavg()[0], 2)
+        env["matmul_gflops_after"] = reference_gflops()
         store.close()
         return {"diagnosis": diagnosis,
             "device": "cpu", "model": "SmolLM2-135M-Instruct (embedded)", "precision": registry.precision,
