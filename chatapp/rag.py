@@ -102,14 +102,27 @@ def _as_float(value) -> float | None:
         return None
 
 
-def retrieve(store, query: str, k: int, threshold: float) -> list[Source]:
+def retrieve(store, query: str | list[str], k: int, threshold: float) -> list[Source]:
     """Passages scoring at least `threshold`, numbered for the prompt.
 
-    The best passage is numbered last so it sits right before the question: the 135M model leans
-    on what it read most recently (on the shared PDF this turned "3 layers" into the right "6").
+    Several queries (a follow-up as asked and as rewritten) are merged by reciprocal rank fusion, as
+    LangChain's EnsembleRetriever does, so each query's best passages make the top k (pooling by cosine
+    let the as-asked "What values did it use for beta1 and beta2?" push the optimizer page out); ties go
+    to the earlier query. A passage shows its best score. The best passage is numbered last so it sits
+    right before the question: the 135M model leans on what it read most recently (on the shared PDF
+    this turned "3 layers" into the right "6").
     """
-    hits = [(doc, float(score)) for doc, score in store.search(query, k) if float(score) >= threshold]
-    hits.sort(key=lambda hit: hit[1])
+    fused: dict[tuple, list] = {}  # key -> [doc, best score, fused rank score, first query's position]
+    queries = list(dict.fromkeys([query] if isinstance(query, str) else query))
+    for position, text in enumerate(queries):
+        hits = [(doc, float(score)) for doc, score in store.search(text, k) if float(score) >= threshold]
+        for rank, (doc, score) in enumerate(sorted(hits, key=lambda hit: -hit[1]), 1):
+            key = (str((doc.metadata or {}).get("source")), (doc.metadata or {}).get("page"), doc.page_content)
+            entry = fused.setdefault(key, [doc, score, 0.0, position])
+            entry[1] = max(entry[1], score)
+            entry[2] += 1 / (60 + rank)
+    ranked = sorted(fused.values(), key=lambda e: (e[2], -e[3], e[1]))
+    hits = [(doc, score) for doc, score, _, _ in ranked[-k:]]
     sources = []
     for number, (doc, score) in enumerate(hits, 1):
         meta = doc.metadata or {}
@@ -156,7 +169,8 @@ def standalone_question(question: str, history: list[dict], registry) -> str:
 
     The small model's rewrite is checked: a reply that is empty, runs on, or keeps no word of the
     question falls back to the previous question joined with this one, which still retrieves the
-    conversation's topic.
+    conversation's topic. The rewrite is not always a question (the 135M model often answers instead);
+    it is still searched with, like a hypothetical answer, but only put to the model when it is one.
     """
     previous = [t["content"] for t in history if t["role"] == "user"]
     if not previous:
@@ -228,9 +242,13 @@ def answer(
         yield from _stream_into(result, registry.stream(prompts.small_talk_messages(question, turns), variant, generation), "direct", [])
         return
 
-    query = standalone_question(question, turns, registry) if turns else question
-    retrieved = retrieve(store, query, k or settings.top_k, settings.score_threshold)
-    result = Answer(question, standalone_question=query, retrieved=retrieved)
+    searched = standalone_question(question, turns, registry) if turns else question
+    # Searched as asked too, so a question that already stood alone keeps its own passages when the small
+    # model's rewrite drags the previous topic in. The model is given the rewrite only when it is one
+    # question: shown a statement, or two questions, it answers those instead.
+    query = searched if searched.count("?") == 1 and searched.rstrip().endswith("?") else question
+    retrieved = retrieve(store, [question, searched], k or settings.top_k, settings.score_threshold)
+    result = Answer(question, standalone_question=searched, retrieved=retrieved)
     if not retrieved:
         result.status, result.answer, result.raw, result.done = "no_context", NO_CONTEXT_REPLY, NO_CONTEXT_REPLY, True
         yield result

@@ -119,6 +119,20 @@ def test_follow_up_is_made_standalone_before_retrieval(store, registry):
     assert any(s.page == 7 for s in final.retrieved)  # section 5.3 Optimizer, with β1 = 0.9, β2 = 0.98
 
 
+def test_a_question_that_stands_alone_keeps_its_passages_after_another_topic(store, registry):
+    """Seen in the browser: after the encoder question, the 135M model's rewrite of the warmup question
+    dragged the encoder in, and retrieval returned page 3 instead of page 7."""
+    history = [
+        {"role": "user", "content": "How many layers does the encoder have?"},
+        {"role": "assistant", "content": "The encoder has 6 layers [4]."},
+    ]
+    final = rag.ask("How many warmup steps were used in training?", history, store=store, registry=registry,
+                    generation=SHORT)
+    assert final.status == "answered"
+    best = final.retrieved[-1]  # numbered last: the passage ranked first, right before the question
+    assert best.page == 7, [(s.page, s.score) for s in final.retrieved]
+
+
 def test_variants_switch_on_the_one_base_and_new_adapters_appear(store, registry, settings):
     question = "What optimizer was used to train the Transformer?"
     base_answer = rag.ask(question, [], store=store, registry=registry, generation=SHORT).raw
