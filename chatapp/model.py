@@ -143,13 +143,9 @@ def keep_freed_memory() -> bool:
     it takes almost none. PyTorch's CPU tuning guide reaches for jemalloc/tcmalloc for the same reason;
     mallopt needs no extra library. The cost is that the process keeps its peak heap. No-op off glibc.
     """
-    name = ctypes.util.find_library("c")
     try:
-        libc = ctypes.CDLL(name) if name else None
-        mallopt = libc.mallopt if libc else None
-    except (OSError, AttributeError):
-        return False
-    if mallopt is None:
+        mallopt = ctypes.CDLL(ctypes.util.find_library("c")).mallopt
+    except (OSError, AttributeError, TypeError):  # no C library found, or not glibc
         return False
     M_TRIM_THRESHOLD, M_TOP_PAD, M_MMAP_THRESHOLD = -1, -2, -3
     return bool(mallopt(M_MMAP_THRESHOLD, 32 * 2**20)  # glibc's largest allowed value
