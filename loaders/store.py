@@ -15,6 +15,7 @@ import hashlib
 import threading
 import uuid
 import warnings
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
@@ -101,19 +102,28 @@ class DocumentStore:
         items = expand([sources] if isinstance(sources, (str, Path)) else sources)
         results: list[IngestResult] = []
         report = progress or (lambda fraction, message: None)
-        for n, item in enumerate(items):
-            key = source_key(item)
-            lo, hi = n / len(items), (n + 1) / len(items)
-            report(lo, f"reading {key}")
-            try:
-                chunks = split(load(item, jq=jq), self.chunk_size, self.chunk_overlap)
-                added = self._replace(key, chunks, lambda f, msg: report(lo + (hi - lo) * f, msg))
-                results.append(IngestResult(key, True, len(chunks), added))
-            except LoadError as err:
-                results.append(IngestResult(key, False, error=err.reason))
-            except Exception as err:  # keep the batch going; the user gets a line, not a traceback
-                results.append(IngestResult(key, False, error=f"{type(err).__name__}: {' '.join(str(err).split())}"))
-            report(hi, results[-1].summary())
+
+        def read(item) -> list[Document]:
+            return split(load(item, jq=jq), self.chunk_size, self.chunk_overlap)
+
+        # Reading (pypdf, trafilatura) is one thread of Python that leaves the other core idle, so the next
+        # source is read while this one is embedded. One ahead at most: memory stays one source's worth.
+        with ThreadPoolExecutor(1, thread_name_prefix="ingest-read") as reader:
+            upcoming = reader.submit(read, items[0]) if items else None
+            for n, item in enumerate(items):
+                key = source_key(item)
+                lo, hi = n / len(items), (n + 1) / len(items)
+                report(lo, f"reading {key}")
+                reading, upcoming = upcoming, reader.submit(read, items[n + 1]) if n + 1 < len(items) else None
+                try:
+                    chunks = reading.result()
+                    added = self._replace(key, chunks, lambda f, msg: report(lo + (hi - lo) * f, msg))
+                    results.append(IngestResult(key, True, len(chunks), added))
+                except LoadError as err:
+                    results.append(IngestResult(key, False, error=err.reason))
+                except Exception as err:  # keep the batch going; the user gets a line, not a traceback
+                    results.append(IngestResult(key, False, error=f"{type(err).__name__}: {' '.join(str(err).split())}"))
+                report(hi, results[-1].summary())
         return results
 
     def add(self, documents: list[Document], progress: Progress | None = None) -> int:
