@@ -256,9 +256,9 @@ def gpu_arm(runs: int, max_new_tokens: int, precision: str) -> dict:
         settings = Settings.from_env(data_dir=data, base_model=str(folder), precision=precision)
         registry = ModelRegistry(settings).load()
         # a ~1,500-token RAG prompt from real text: the PDF's pages as passages
-        from pypdf import PdfReader
+        from loaders.documents import load
 
-        pages = [page.extract_text() for page in PdfReader(PDF).pages]
+        pages = [page.page_content for page in load(PDF)]
         passages = []
         messages = prompts.answer_messages(QUESTION, passages, "cot")
         while registry.encode(messages)["input_ids"].shape[1] < TARGET_PROMPT_TOKENS:

@@ -9,9 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import html as htmllib
-import io
 import json
-import logging
 import re
 import threading
 import xml.etree.ElementTree as ET
@@ -21,9 +19,6 @@ from typing import Callable, Iterable
 from urllib.parse import parse_qs, urlparse
 
 from langchain_core.documents import Document
-
-# pypdf logs recoverable damage ("EOF marker not found") as warnings; we report errors ourselves.
-logging.getLogger("pypdf").setLevel(logging.ERROR)
 
 KINDS = {
     ".pdf": "pdf",
@@ -151,31 +146,37 @@ def split(docs: list[Document], chunk_size: int = 1000, chunk_overlap: int = 150
 
 # --- formats -------------------------------------------------------------------------------------
 
+_PDFIUM = threading.Lock()  # PDFium is not thread-safe, not even across documents (pypdfium2's docs)
+_PDFIUM_TEXT = str.maketrans({"\r": None, "\x02": "-", "\ufffe": "-"})  # CRLF lines; hyphens at line ends
+
+
 def _pdf(data: bytes, name: str, base: dict) -> list[Document]:
-    from pypdf import PdfReader
-    from pypdf.errors import DependencyError, EmptyFileError, FileNotDecryptedError, PdfReadError, PdfStreamError
+    # PDFium (pypdfium2) rather than pypdf: 0.22 s against 1.3 s for the 15-page corpus paper, cleaner
+    # text (no ligature glyphs), and it recovers a damaged cross-reference table as viewers do.
+    import pypdfium2 as pdfium
 
     if not data.lstrip()[:5].startswith(b"%PDF"):
         raise LoadError(name, "not a PDF (the file does not start with %PDF)")
-    try:
-        reader = PdfReader(io.BytesIO(data))
-        if reader.is_encrypted:
-            try:  # owner-password-only PDFs open with the empty user password, as in any viewer
-                opened = reader.decrypt("")
-            except (DependencyError, NotImplementedError):
-                opened = 0
-            if not opened:
-                raise LoadError(name, "encrypted PDF (it needs a password); save an unencrypted copy and retry")
-        title = (reader.metadata.title if reader.metadata else None) or Path(name).stem
-        pages = [page.extract_text() or "" for page in reader.pages]
-    except LoadError:
-        raise
-    except FileNotDecryptedError:
-        raise LoadError(name, "encrypted PDF (it needs a password); save an unencrypted copy and retry") from None
-    except EmptyFileError:
-        raise LoadError(name, "empty file") from None
-    except (PdfStreamError, PdfReadError, ValueError, KeyError, TypeError) as err:
-        raise LoadError(name, f"truncated or corrupt PDF ({err})") from None
+    with _PDFIUM:
+        try:
+            document = pdfium.PdfDocument(data)  # owner-password-only PDFs open, as in any viewer
+        except pdfium.PdfiumError as err:
+            if "password" in str(err).lower():
+                raise LoadError(name, "encrypted PDF (it needs a password); save an unencrypted copy and retry") from None
+            reason = str(err).replace("Failed to load document ", "").strip(" .()")
+            raise LoadError(name, f"truncated or corrupt PDF ({reason})") from None
+        try:
+            title = document.get_metadata_dict().get("Title") or Path(name).stem
+            pages = []
+            for page in document:
+                text_page = page.get_textpage()
+                pages.append(text_page.get_text_range().translate(_PDFIUM_TEXT))
+                text_page.close()
+                page.close()
+        except pdfium.PdfiumError as err:
+            raise LoadError(name, f"truncated or corrupt PDF ({err})") from None
+        finally:
+            document.close()  # here, under the lock, rather than by a finaliser in some other thread
     if not any(text.strip() for text in pages):
         raise LoadError(name, "PDF has no extractable text (scanned images need OCR first)")
     return [Document(page_content=text, metadata={**base, "title": str(title).strip(), "page": number})

@@ -4,6 +4,7 @@ from __future__ import annotations
 import collections
 import io
 import json
+import random
 import re
 import time
 from pathlib import Path
@@ -219,9 +220,18 @@ def test_truncated_pdf(tmp_path, pdf_bytes):
 
 
 def test_corrupt_pdf(tmp_path, pdf_bytes):
-    # damaged cross-reference keywords: pypdf cannot find where the objects are
-    (tmp_path / "corrupt.pdf").write_bytes(pdf_bytes.replace(b"xref", b"x\x00ef"))
+    # a real header over bytes that are no PDF structure at all: nothing to recover
+    noise = random.Random(0).randbytes(len(pdf_bytes) - 20)
+    (tmp_path / "corrupt.pdf").write_bytes(pdf_bytes[:20] + noise)
     assert bad(tmp_path / "corrupt.pdf").startswith("corrupt.pdf: truncated or corrupt PDF")
+
+
+def test_damaged_cross_reference_is_recovered(tmp_path, pdf_bytes):
+    # damaged "xref" keywords: the objects are still there, and PDFium rebuilds the table as viewers do
+    (tmp_path / "damaged.pdf").write_bytes(pdf_bytes.replace(b"xref", b"x\x00ef"))
+    docs = load(tmp_path / "damaged.pdf")
+    assert [d.metadata["page"] for d in docs] == list(range(1, 16))
+    assert "warmup_steps = 4000" in docs[6].page_content
 
 
 def test_encrypted_pdf(tmp_path, corpus):
@@ -229,6 +239,14 @@ def test_encrypted_pdf(tmp_path, corpus):
     writer.encrypt("s3cret")
     writer.write(tmp_path / "locked.pdf")
     assert bad(tmp_path / "locked.pdf").startswith("locked.pdf: encrypted PDF")
+
+
+def test_owner_password_only_pdf_opens(tmp_path, corpus):
+    # restrictions without a user password: any viewer opens it, and so do we
+    writer = pypdf.PdfWriter(clone_from=corpus / "pdf" / "attention-is-all-you-need.pdf")
+    writer.encrypt(user_password="", owner_password="owner-only")
+    writer.write(tmp_path / "restricted.pdf")
+    assert len(load(tmp_path / "restricted.pdf")) == 15
 
 
 def test_invalid_json_names_the_line(tmp_path, corpus):
