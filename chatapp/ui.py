@@ -18,6 +18,8 @@ log = logging.getLogger("chatapp.ui")
 
 STYLE_CHOICES = [(label, key) for key, label in prompts.STYLES.items()]
 EMPTY_SOURCES = '<div class="chat-sources-empty">Sources for the latest answer appear here.</div>'
+# Shown while an answer streams, so the last answer's sources never sit beside the new one.
+PENDING_SOURCES = '<div class="chat-sources-empty">Sources appear when this answer is complete.</div>'
 
 
 def model_line(registry) -> str:
@@ -101,7 +103,7 @@ def build_chat_tab(settings: Settings, registry, store) -> dict:
         # The chatbot holds escaped text; the model and the retriever get it back as typed.
         prior = [{**turn, "content": html.unescape(turn["content"])} for turn in rag.text_history(history)]
         history.append({"role": "user", "content": html.escape(message)})
-        yield history, "", gr.skip(), gr.skip()
+        yield history, "", PENDING_SOURCES, gr.skip()
         try:
             latest = None
             for latest in rag.answer(

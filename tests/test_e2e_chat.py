@@ -48,3 +48,9 @@ def test_upload_ask_and_see_the_cited_page(app_url, browser, corpus, artifacts):
     answer = page.locator("#chatbot [data-testid='bot']").last.inner_text()
     assert answer.strip()
     expect(page.locator("#model-info")).to_contain_text("precision")
+
+    # A second question: while it streams, the first answer's sources are not shown beside it
+    page.locator("#chat-input textarea").fill("How many layers does the encoder have?")
+    page.locator("#chat-send").click()
+    expect(sources).to_contain_text("Sources appear when this answer is complete", timeout=30_000)
+    expect(sources).to_contain_text("p. 3", timeout=180_000)
