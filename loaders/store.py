@@ -106,7 +106,7 @@ class DocumentStore:
         def read(item) -> list[Document]:
             return split(load(item, jq=jq), self.chunk_size, self.chunk_overlap)
 
-        # Reading (pypdf, trafilatura) is one thread of Python that leaves the other core idle, so the next
+        # Reading (PDF text, trafilatura) runs on one thread and leaves the other core idle, so the next
         # source is read while this one is embedded. One ahead at most: memory stays one source's worth.
         with ThreadPoolExecutor(1, thread_name_prefix="ingest-read") as reader:
             upcoming = reader.submit(read, items[0]) if items else None
