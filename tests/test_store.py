@@ -111,6 +111,17 @@ def test_changed_source_replaces_its_chunks(store, corpus, tmp_path):
     assert store.delete("page.html") == second.chunks
 
 
+def test_reingest_with_another_chunk_size_leaves_no_stale_chunks(store, corpus):
+    # same bytes, split smaller then larger again: the larger split's ids all exist from the smaller one
+    source = corpus / "html" / "bbc-1.html"
+    small = DocumentStore(store.client, store.collection, store.embeddings, chunk_size=400, chunk_overlap=50)
+    smaller = small.ingest([source])[0]
+    again = store.ingest([source])[0]
+    assert smaller.added == smaller.chunks > again.chunks == again.added
+    assert {e["source"]: e["chunks"] for e in store.list_sources()}["bbc-1.html"] == again.chunks
+    assert store.ingest([source])[0].added == 0
+
+
 def test_delete_a_source(store, corpus, tmp_path):
     notes = tmp_path / "notes.md"
     notes.write_text("# Notes\n\nThe quarterly report is due on the third Friday of March.\n")
