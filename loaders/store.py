@@ -145,9 +145,10 @@ class DocumentStore:
         if not chunks:
             return 0
         sha = chunks[0].metadata.get("sha256") or ""
-        for chunk in chunks:
+        for index, chunk in enumerate(chunks):
             chunk.metadata["source"] = source
-        ids = [chunk_id(source, sha, chunk.metadata.get("chunk", i)) for i, chunk in enumerate(chunks)]
+            chunk.metadata.setdefault("chunk", index)  # split() numbers them; the clean-up below relies on it
+        ids = [chunk_id(source, sha, chunk.metadata["chunk"]) for chunk in chunks]
         with self._lock:
             # Looked up by id, not counted by filter: embedded Qdrant counts with a Python pass over every
             # point (~1 s at 50k chunks), so a new source now costs one such pass (the delete below), not two.
@@ -168,8 +169,11 @@ class DocumentStore:
                 raise
             # Whatever else this source has goes only after the new version is in: other bytes, or the same
             # bytes split differently before (a changed chunk size leaves chunks past the new last index).
+            # A range rather than the id list: embedded Qdrant would hash the whole list for every point.
+            current = models.Filter(must=[_match("metadata.sha256", sha), models.FieldCondition(
+                key="metadata.chunk", range=models.Range(lt=len(chunks)))])
             self.client.delete(self.collection, points_selector=models.FilterSelector(filter=models.Filter(
-                must=[_match("metadata.source", source)], must_not=[models.HasIdCondition(has_id=ids)])))
+                must=[_match("metadata.source", source)], must_not=[current])))
         if progress:
             progress(1.0, f"stored {source}: {len(chunks)} chunks")
         return len(chunks)
