@@ -17,9 +17,16 @@ from chatapp.settings import Settings
 log = logging.getLogger("chatapp.ui")
 
 STYLE_CHOICES = [(label, key) for key, label in prompts.STYLES.items()]
-EMPTY_SOURCES = '<div class="chat-sources-empty">Sources for the latest answer appear here.</div>'
+
+
+def _sources_note(text: str) -> str:
+    """The sources panel when it lists no passage: one line saying why."""
+    return f'<div class="chat-sources-empty">{text}</div>'
+
+
+EMPTY_SOURCES = _sources_note("Sources for the latest answer appear here.")
 # Shown while an answer streams, so the last answer's sources never sit beside the new one.
-PENDING_SOURCES = '<div class="chat-sources-empty">Sources appear when this answer is complete.</div>'
+PENDING_SOURCES = _sources_note("Sources appear when this answer is complete.")
 
 
 def model_line(registry) -> str:
@@ -35,9 +42,9 @@ def sources_html(answer: rag.Answer | None) -> str:
     if answer is None:
         return EMPTY_SOURCES
     if answer.status == "small_talk":
-        return '<div class="chat-sources-empty">No sources: small talk.</div>'
+        return _sources_note("No sources: small talk.")
     if not answer.sources:
-        return '<div class="chat-sources-empty">No sources: nothing in the documents scored above the relevance threshold.</div>'
+        return _sources_note("No sources: nothing in the documents scored above the relevance threshold.")
     items = []
     for source in answer.sources:
         where = f" · {html.escape(source.location)}" if source.location else ""
