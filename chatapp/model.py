@@ -11,10 +11,12 @@ import ctypes.util
 import importlib.util
 import json
 import os
+import queue
 import shutil
 import threading
 import weakref
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -307,6 +309,30 @@ class _TokenStreamer(TextIteratorStreamer):
             self.print_len = len(text)
 
 
+class _ModelThread:
+    """One daemon thread running submitted calls in order. Not a ThreadPoolExecutor: its workers are not
+    daemons, so quitting the app mid-answer would wait for the whole generation to finish."""
+
+    def __init__(self):
+        self._calls: queue.SimpleQueue = queue.SimpleQueue()
+        self.thread = threading.Thread(target=self._serve, name="chatapp-model", daemon=True)
+        self.thread.start()
+
+    def submit(self, fn: Callable, /, *args, **kwargs) -> Future:
+        future: Future = Future()
+        self._calls.put((future, fn, args, kwargs))
+        return future
+
+    def _serve(self) -> None:
+        while True:
+            future, fn, args, kwargs = self._calls.get()
+            if future.set_running_or_notify_cancel():
+                try:
+                    future.set_result(fn(*args, **kwargs))
+                except BaseException as exc:
+                    future.set_exception(exc)
+
+
 class ModelRegistry:
     """One base model in memory; adapters attach to it with PEFT's multi-adapter API.
 
@@ -318,7 +344,13 @@ class ModelRegistry:
     def __init__(self, settings: Settings | None = None):
         self.settings = settings or Settings.from_env()
         self._load_lock = threading.Lock()
-        self.generate_lock = threading.Lock()  # one generation at a time on the one model
+        # Every torch op of the model (load, adapters, generation) runs on this one thread, which also
+        # makes it one generation at a time. On CPU, OpenMP (libgomp) keeps a pool of threads for each
+        # thread that ever ran a parallel op, as long as that thread lives; with two pools on two cores it
+        # throttles its spin-wait, every op then waits for a futex wake-up, and decode measured 16 instead
+        # of 23 tokens/s when the base was loaded on one thread and generated on another (a new one each
+        # answer, as before). The caller's threads only tokenize.
+        self._worker = _ModelThread()
         self.base = None
         self.tokenizer = None
         self.precision = None
@@ -327,11 +359,19 @@ class ModelRegistry:
         self._remembered: list[_PromptKV] = []  # newest last
         self.last_reused_tokens = 0  # prompt tokens the last generation took from an earlier prompt
 
+    # -- the model's thread ----------------------------------------------------------------------
+    def call(self, fn: Callable, /, *args, **kwargs):
+        """Run `fn(*args, **kwargs)` on the model's thread (see __init__), after any generation in
+        progress, and return its result. Benchmarks time plain `generate` this way, beside the app's."""
+        if threading.current_thread() is self._worker.thread:
+            return fn(*args, **kwargs)
+        return self._worker.submit(fn, *args, **kwargs).result()
+
     # -- loading -------------------------------------------------------------------------------
     def load(self) -> "ModelRegistry":
         with self._load_lock:
             if self.base is None:
-                self.base, self.tokenizer, self.precision = load_base(self.settings)
+                self.base, self.tokenizer, self.precision = self.call(load_base, self.settings)
                 if self.base.config._attn_implementation == "sdpa":
                     self.base.set_attn_implementation(PREFIX_ATTENTION)
         return self
@@ -406,22 +446,21 @@ class ModelRegistry:
         piece); `required` is text the reply may not end without (see _NoEndBefore).
         """
         generation = generation or GenerationSettings()
-        model = self._model_for(variant)
         inputs = self.encode(messages, reply_prefix)
         ids = inputs["input_ids"][0].tolist()
-        processors = LogitsProcessorList()
-        if required:
-            eos = model.generation_config.eos_token_id
-            eos = [eos] if isinstance(eos, int) else list(eos or [self.tokenizer.eos_token_id])
-            processors.append(_NoEndBefore(self.tokenizer, required, inputs["input_ids"].shape[1], eos))
         streamer = _TokenStreamer(self.tokenizer, skip_prompt=True, skip_special_tokens=True,
                                   clean_up_tokenization_spaces=False)
         cancel = threading.Event()
-        error: list[BaseException] = []
 
-        def run() -> None:
+        def run() -> None:  # on the model's thread
             try:
-                with self.generate_lock, self._context(variant), torch.inference_mode():
+                model = self._model_for(variant)
+                processors = LogitsProcessorList()
+                if required:
+                    eos = model.generation_config.eos_token_id
+                    eos = [eos] if isinstance(eos, int) else list(eos or [self.tokenizer.eos_token_id])
+                    processors.append(_NoEndBefore(self.tokenizer, required, len(ids), eos))
+                with self._context(variant), torch.inference_mode():
                     if variant in self._lora_names():
                         self._lora.set_adapter(variant)
                     # The default dynamic cache re-concatenates every layer's K/V on each token (56% of a
@@ -441,12 +480,11 @@ class ModelRegistry:
                     )
                     if cache is not None:
                         self._remember(variant, ids, cache)
-            except BaseException as exc:  # surfaced in the caller's thread below
-                error.append(exc)
+            except BaseException:  # raised in the caller's thread by result() below
                 streamer.end()
+                raise
 
-        thread = threading.Thread(target=run, daemon=True)
-        thread.start()
+        running = self._worker.submit(run)
         pending = reply_prefix  # sent with the first new piece, so it never looks like a generated token
         try:
             for piece in streamer:
@@ -455,9 +493,9 @@ class ModelRegistry:
                     pending = ""
         finally:
             cancel.set()
-            thread.join()
-        if error:
-            raise error[0]
+            error = running.exception()  # waits until the model's thread is done with this generation
+        if error is not None:
+            raise error
 
     def generate(self, messages: list[dict], variant: str = BASE, generation: GenerationSettings | None = None,
                  **reply) -> str:

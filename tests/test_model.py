@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import resource
+import threading
 import time
 
 import pytest
@@ -86,6 +87,24 @@ def test_new_adapters_appear_without_restart_and_switch_on_one_base(settings, re
     assert registry.base is base_object  # never reloaded
 
 
+def test_every_generation_runs_on_the_one_model_thread_whoever_asks(registry):
+    """On CPU a second thread running torch ops starts a second OpenMP pool, which slows every op
+    (chatapp.model.ModelRegistry); so the model's work stays on one thread, whichever thread asks."""
+    seen = set()
+    hook = registry.base.register_forward_pre_hook(lambda module, args: seen.add(threading.get_ident()))
+    try:
+        registry.generate(QUESTION, BASE, SHORT)
+        callers = [threading.Thread(target=registry.generate, args=(QUESTION, BASE, SHORT)) for _ in range(2)]
+        for caller in callers:
+            caller.start()
+        for caller in callers:
+            caller.join()
+    finally:
+        hook.remove()
+    assert seen == {registry._worker.thread.ident}
+    assert registry.call(threading.get_ident) == registry._worker.thread.ident
+
+
 def test_unknown_variant_is_a_clear_error(registry):
     with pytest.raises(KeyError, match="unknown variant 'nope'"):
         registry.generate(QUESTION, "nope", SHORT)
@@ -97,8 +116,8 @@ def test_closing_the_stream_stops_generation(registry):
     start = time.perf_counter()
     stream.close()
     assert time.perf_counter() - start < 2.0
-    assert registry.generate_lock.acquire(timeout=1.0)  # released for the next request
-    registry.generate_lock.release()
+    # the model's thread is free for the next request
+    assert registry._worker.submit(lambda: "free").result(timeout=1.0) == "free"
 
 
 def test_four_bit_nf4_on_cpu(settings):
