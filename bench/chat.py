@@ -1,6 +1,6 @@
 """Chat latency: time to first token and decode speed for a RAG question with a ~1,500-token prompt.
 
-    python bench/chat.py [--runs 3] [--max-new-tokens 64] [--out bench/results]
+    python bench/chat.py [--runs 5] [--max-new-tokens 64] [--cpu-precision 16bit] [--out bench/results]
 
 CPU arm (always): the embedded SmolLM2-135M, the app's path (`chatapp.rag.answer`: retrieval from a
 scratch store holding the shared PDF, prompt, streaming) against plain `model.generate` on the same
@@ -9,7 +9,7 @@ GPU arm (when CUDA is available): a random-weights model of the same shape, plac
 it (4-bit NF4 by default), the app's streaming path (`ModelRegistry.stream`) against plain `generate`.
 
 Targets: CPU first token <= 2 s and >= 15 tokens/s; GPU >= 10x plain generate for decode and first
-token <= 200 ms. Results go to OUT/chat-<device>.json and .txt.
+token <= 200 ms. Results go to OUT/chat-<device>.json and .txt (chat-cpu-16bit.* for --cpu-precision 16bit).
 """
 from __future__ import annotations
 
@@ -24,7 +24,6 @@ import shutil
 import statistics
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
@@ -37,6 +36,7 @@ sys.path.insert(0, str(ROOT))
 from chatapp import prompts, rag  # noqa: E402
 from chatapp.model import BASE, GenerationSettings, ModelRegistry, base_folder  # noqa: E402
 from chatapp.settings import Settings  # noqa: E402
+from machine import matrix_units  # noqa: E402  (bench/machine.py, beside this script)
 
 PDF = ROOT.parent / "shared" / "corpus" / "pdf" / "attention-is-all-you-need.pdf"
 QUESTION = "How many warmup steps were used when training the Transformer, and what optimizer was used?"
@@ -73,29 +73,30 @@ def sync(device) -> None:
         torch.cuda.synchronize()
 
 
-def plain_generate(model, inputs: dict, new_tokens: int, **kwargs) -> dict:
+def plain_generate(registry, model, inputs: dict, new_tokens: int, **kwargs) -> dict:
     """Plain `model.generate` (greedy, exactly `new_tokens` tokens): first token and decode rate.
 
-    It runs in a worker thread, as the app's generate does: on this 2-core machine, busy with other
-    work, generate in the main thread measured 5x slower decode than the same call in a worker thread
-    (OpenMP under contention), which would flatter the app path for the wrong reason.
+    It runs on the registry's model thread, where the app's generation runs too: on CPU, torch ops
+    from a second thread would start a second OpenMP pool, which slows every op on both (see
+    chatapp.model.ModelRegistry), and busy cores made main-thread generate 5x slower than a worker
+    thread's in an earlier run, which would flatter either arm for the wrong reason.
     """
     clock = Clock()
-    attention = model.config._attn_implementation
-    model.set_attn_implementation("sdpa")  # transformers' own attention, not the app's prefix-aware one
-    sync(model.device)
-    start = time.perf_counter()
 
     def run() -> None:
-        with torch.inference_mode():
-            model.generate(**inputs, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False,
-                           streamer=clock, pad_token_id=model.generation_config.pad_token_id, **kwargs)
+        attention = model.config._attn_implementation
+        model.set_attn_implementation("sdpa")  # transformers' own attention, not the app's prefix-aware one
+        try:
+            with torch.inference_mode():
+                model.generate(**inputs, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False,
+                               streamer=clock, pad_token_id=model.generation_config.pad_token_id, **kwargs)
+        finally:
+            model.set_attn_implementation(attention)
+            sync(model.device)
 
-    worker = threading.Thread(target=run)
-    worker.start()
-    worker.join()
-    model.set_attn_implementation(attention)
     sync(model.device)
+    start = time.perf_counter()
+    registry.call(run)
     new = clock.times[1:]  # [0] is the prompt being handed over
     return {"first_token_s": new[0] - start, "tokens": len(new),
             "decode_tok_s": (len(new) - 1) / (new[-1] - new[0]) if len(new) > 1 else float("nan")}
@@ -124,9 +125,14 @@ def median_row(rows: list[dict]) -> dict:
 
 def diagnose(registry, inputs: dict, new_tokens: int) -> dict:
     """Where the CPU time goes, and what the candidate fixes buy, on the same prompt in the same run."""
+    profiles = registry.call(profile_steps, registry.base, inputs)
+    return {**profiles, "plain_generate_static_cache": plain_generate(registry, registry.base, inputs, new_tokens,
+                                                                      cache_implementation="static")}
+
+
+def profile_steps(model, inputs: dict) -> dict:
     from torch.profiler import ProfilerActivity, profile
 
-    model = registry.base
     with torch.inference_mode():
         out = model(**inputs, use_cache=True, logits_to_keep=1)
         step = {"input_ids": inputs["input_ids"][:, -1:], "past_key_values": out.past_key_values, "use_cache": True}
@@ -143,14 +149,22 @@ def diagnose(registry, inputs: dict, new_tokens: int) -> dict:
         top = sorted(events, key=lambda e: e.self_cpu_time_total, reverse=True)[:4]
         return {e.key: round(e.self_cpu_time_total / total, 3) for e in top}
 
-    static = plain_generate(model, inputs, new_tokens, cache_implementation="static")
-    bf16 = model.to(torch.bfloat16)
-    try:
-        bf16_row = plain_generate(bf16, inputs, new_tokens)
-    finally:
-        model.to(torch.float32)
-    return {"decode_step_self_time_share": shares(prof), "prefill_self_time_share": shares(prefill_prof),
-            "plain_generate_static_cache": static, "plain_generate_bf16": bf16_row}
+    return {"decode_step_self_time_share": shares(prof), "prefill_self_time_share": shares(prefill_prof)}
+
+
+def perplexity(model, tokenizer, pages: list[str], windows: int = 6, length: int = 512) -> float:
+    """Perplexity on `windows` spans of `length` tokens of real text, so a precision's speed is shown beside
+    what it does to the model."""
+    import math
+
+    ids = tokenizer("\n".join(pages), return_tensors="pt")["input_ids"].to(model.device)
+    total, count = 0.0, 0
+    with torch.inference_mode():
+        for start in range(0, windows * length, length):
+            span = ids[:, start:start + length]
+            total += model(input_ids=span, labels=span).loss.item() * (span.shape[1] - 1)
+            count += span.shape[1] - 1
+    return round(math.exp(total / count), 3)
 
 
 def choose_k(store, registry, question: str, style: str) -> tuple[int, int]:
@@ -179,27 +193,31 @@ def reference_gflops() -> float:
     return round(20 * 2 * 1424 * 576 * 1536 / (time.perf_counter() - start) / 1e9)
 
 
-def environment() -> dict:
+def environment(run) -> dict:
+    """`run` calls a function on the model's thread, so the reference matmul starts no second OpenMP pool."""
     return {
         "cpu": platform.processor() or platform.machine(),
+        "matrix_units": matrix_units(),
         "cores": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
         "load_average_1m_before": round(os.getloadavg()[0], 2),
-        "matmul_gflops_before": reference_gflops(),
+        "matmul_gflops_before": run(reference_gflops),
         "torch": torch.__version__,
     }
 
 
-def cpu_arm(runs: int, max_new_tokens: int, style: str, with_diagnosis: bool) -> dict:
+def cpu_arm(runs: int, max_new_tokens: int, style: str, with_diagnosis: bool, precision: str) -> dict:
     from loaders.store import get_store
 
     data = Path(tempfile.mkdtemp(prefix="bench-chat-"))
     try:
         # score_threshold 0 so the prompt reaches the benchmark's size whatever the scores are
         # the converted base is shared with the app's models folder, so it is not converted again here
-        settings = Settings.from_env(data_dir=data, score_threshold=0.0, models_dir=Settings.from_env().models_dir)
-        env = environment()
-        registry = ModelRegistry(settings).load()
+        settings = Settings.from_env(data_dir=data, score_threshold=0.0, models_dir=Settings.from_env().models_dir,
+                                     precision=precision)
+        registry = ModelRegistry(settings)
+        env = environment(registry.call)
+        registry.load()
         store = get_store(settings)
         store.ingest([str(PDF)])
         generation = GenerationSettings(max_new_tokens=max_new_tokens)
@@ -219,7 +237,7 @@ def cpu_arm(runs: int, max_new_tokens: int, style: str, with_diagnosis: bool) ->
                 registry.tokenizer, start, growing=True, prefix=prompts.reply_prefix(style),
             )
             # the same number of tokens from plain generate, so decode rates compare like for like
-            plain = plain_generate(registry.base, inputs, max(app["tokens"], 2))
+            plain = plain_generate(registry, registry.base, inputs, max(app["tokens"], 2))
             if run:
                 app_rows.append(app)
                 plain_rows.append(plain)
@@ -229,10 +247,14 @@ def cpu_arm(runs: int, max_new_tokens: int, style: str, with_diagnosis: bool) ->
                   f"{registry.last_reused_tokens} reused, retrieval {retrieval_s:.3f} s: app {app}  plain {plain}",
                   flush=True)
         diagnosis = diagnose(registry, inputs, max(app_rows[0]["tokens"], 2)) if with_diagnosis else None
+        from loaders.documents import load
+
+        quality = {"perplexity_on_the_pdf_3072_tokens": registry.call(
+            perplexity, registry.base, registry.tokenizer, [page.page_content for page in load(PDF)])}
         env["load_average_1m_after"] = round(os.getloadavg()[0], 2)
-        env["matmul_gflops_after"] = reference_gflops()
+        env["matmul_gflops_after"] = registry.call(reference_gflops)
         store.close()
-        return {"diagnosis": diagnosis,
+        return {"diagnosis": diagnosis, "quality": quality,
             "device": "cpu", "model": "SmolLM2-135M-Instruct (embedded)", "precision": registry.precision,
             "style": style, "prompt_tokens": prompt_sizes, "reused_prompt_tokens": reused,
             "runs": runs, "app": median_row(app_rows), "plain_generate": median_row(plain_rows),
@@ -272,7 +294,7 @@ def gpu_arm(runs: int, max_new_tokens: int, precision: str) -> dict:
             sync(registry.device)
             start = time.perf_counter()
             app = timed_stream(registry.stream(messages, BASE, generation), registry.tokenizer, start)
-            plain = plain_generate(registry.base, inputs, max(app["tokens"], 2))
+            plain = plain_generate(registry, registry.base, inputs, max(app["tokens"], 2))
             if run:
                 app_rows.append(app)
                 plain_rows.append(plain)
@@ -304,6 +326,8 @@ def report(result: dict) -> str:
     lines += [
         f"  targets        {result['targets']}",
     ]
+    if "quality" in result:
+        lines.append(f"  quality        {result['quality']}")
     if result.get("diagnosis"):
         lines.append(f"  diagnosis      {json.dumps(result['diagnosis'])}")
     if "environment" in result:
@@ -317,9 +341,11 @@ def main() -> int:
                         help=f"timed runs after one warm-up, at most {len(QUESTIONS) - 1} (default 5)")
     parser.add_argument("--max-new-tokens", type=int, default=64, help="tokens to generate per run (default 64)")
     parser.add_argument("--style", choices=list(prompts.STYLES), default="cot", help="prompt style (default cot)")
+    parser.add_argument("--cpu-precision", default="auto",
+                        help="precision for the CPU arm (default auto = the app's 32-bit; 16bit is bf16)")
     parser.add_argument("--gpu-precision", default="auto", help="precision for the GPU arm (default auto = 4-bit NF4)")
     parser.add_argument("--diagnose", action="store_true",
-                        help="CPU: profile prefill and one decode step, and time static-cache and bf16 generate")
+                        help="CPU: profile prefill and one decode step, and time static-cache generate")
     parser.add_argument("--skip-cpu", action="store_true", help="run only the GPU arm")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results", help="results folder")
     args = parser.parse_args()
@@ -329,7 +355,8 @@ def main() -> int:
     arms = []
     if not args.skip_cpu:
         print("CPU arm", flush=True)
-        arms.append(("cpu", cpu_arm(args.runs, args.max_new_tokens, args.style, args.diagnose)))
+        name = "cpu" if args.cpu_precision == "auto" else f"cpu-{args.cpu_precision}"
+        arms.append((name, cpu_arm(args.runs, args.max_new_tokens, args.style, args.diagnose, args.cpu_precision)))
     if torch.cuda.is_available():
         print("GPU arm", flush=True)
         arms.append(("gpu", gpu_arm(args.runs, args.max_new_tokens, args.gpu_precision)))

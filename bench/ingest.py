@@ -42,6 +42,8 @@ sys.path.insert(0, str(ROOT))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 warnings.filterwarnings("ignore")
 
+from machine import matrix_units  # noqa: E402  (bench/machine.py, beside this script)
+
 CORPUS = ROOT.parent / "shared" / "corpus"
 CHUNK_SIZE, CHUNK_OVERLAP = 1000, 150
 
@@ -217,7 +219,7 @@ def main() -> None:
     rng = random.Random(0)
     work = Path(tempfile.mkdtemp(prefix="bench-ingest-"))
     report: dict = {"machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version(),
-                                "loadavg_start": loadavg()}}
+                                "matrix_units": matrix_units(), "loadavg_start": loadavg()}}
     try:
         from loaders.store import _tune_local
 
@@ -289,7 +291,8 @@ def markdown(r: dict) -> str:
     i, q = r["ingest"], r["quality"]
     lines = [
         "# Ingestion and search benchmark (bench/ingest.py)", "",
-        f"Machine: {r['machine']['cpus']} CPUs, {r['machine']['platform']}, Python {r['machine']['python']}; "
+        f"Machine: {r['machine']['cpus']} CPUs ({', '.join(r['machine']['matrix_units']) or 'no int8/bf16 matrix units'}), "
+        f"{r['machine']['platform']}, Python {r['machine']['python']}; "
         f"load average {r['machine']['loadavg_start']} at start, {r['machine'].get('loadavg_end', '?')} at end "
         "(the machine is shared: absolute numbers move with the load, the ratios less).", "",
         "## Ingestion (load, split, embed, write to embedded Qdrant on disk)", "",
