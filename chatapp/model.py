@@ -480,7 +480,7 @@ class ModelRegistry:
                     )
                     if cache is not None:
                         self._remember(variant, ids, cache)
-            except BaseException:  # raised in the caller's thread by result() below
+            except BaseException:  # handed to the caller's thread by running.exception() below
                 streamer.end()
                 raise
 
@@ -493,7 +493,8 @@ class ModelRegistry:
                     pending = ""
         finally:
             cancel.set()
-            error = running.exception()  # waits until the model's thread is done with this generation
+            # A generation still queued behind another never starts; else wait until the model's thread is done.
+            error = None if running.cancel() else running.exception()
         if error is not None:
             raise error
 
