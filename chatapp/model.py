@@ -472,7 +472,7 @@ class ModelRegistry:
                     model.generate(
                         **inputs,
                         **generation.to_generate_kwargs(),
-                        past_key_values=cache,
+                        cache=cache,
                         streamer=streamer,
                         logits_processor=processors,
                         pad_token_id=self.tokenizer.pad_token_id,
