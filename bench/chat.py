@@ -181,10 +181,11 @@ def choose_k(store, registry, question: str, style: str) -> tuple[int, int]:
     return best
 
 
-def reference_gflops() -> float:
-    """fp32 GFLOPS of one prefill-shaped matmul (1,424 x 576 x 1,536). This shared VM's speed drifts by
-    a third over an hour, so the state it was in is printed beside the times it gave."""
-    x, w = torch.randn(1424, 576), torch.randn(1536, 576)
+def reference_gflops(dtype: torch.dtype = torch.float32) -> float:
+    """GFLOPS of one prefill-shaped matmul (1,424 x 576 x 1,536). This shared VM's speed drifts by a third
+    over an hour, so the state it was in is printed beside the times it gave; bf16 against fp32 shows
+    what the CPU's matrix units give the 16bit setting."""
+    x, w = torch.randn(1424, 576, dtype=dtype), torch.randn(1536, 576, dtype=dtype)
     for _ in range(3):
         torch.nn.functional.linear(x, w)
     start = time.perf_counter()
@@ -202,6 +203,7 @@ def environment(run) -> dict:
         "torch_threads": torch.get_num_threads(),
         "load_average_1m_before": round(os.getloadavg()[0], 2),
         "matmul_gflops_before": run(reference_gflops),
+        "bf16_matmul_gflops_before": run(reference_gflops, torch.bfloat16),
         "torch": torch.__version__,
     }
 

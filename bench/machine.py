@@ -8,8 +8,8 @@ MATRIX_FLAGS = ("avx512_vnni", "avx512_bf16", "amx_bf16", "amx_int8")
 
 def matrix_units() -> list[str]:
     """The CPU's int8/bf16 matrix instructions. They decide what the int8 embedder and a bf16 model gain:
-    with AMX, ONNX Runtime's int8 embedder ran 4.5x sentence-transformers' fp32 (2.6x on a machine of an
-    earlier session) and bf16 matmuls ~8x fp32's."""
+    with AMX, ONNX Runtime's int8 embedder ran 4.2x sentence-transformers' fp32 (2.6x on a machine of an
+    earlier session), and bf16 matmuls several times fp32's (bench/chat.py prints both rates)."""
     try:
         flags = next(line for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("flags"))
     except (OSError, StopIteration):
