@@ -2,10 +2,11 @@
 
 On CPU the model runs through ONNX Runtime with its BERT graph fusions and int8 weights (per channel):
 bench/ingest.py measured that at 2.6x the texts per second of sentence-transformers in fp32 on 2 cores
-without AMX and 4.2x with it (ORT's int8 kernels use the matrix units; more when the cores are contended), with a mean cosine of 0.994 to the fp32 vectors and the
-same top-4 for ~92% of them (bench/results/ingest.md). Each text is its own run (no padding), one
-thread per core. The ONNX file is made once from the model's own weights (torch.onnx export, then
-onnxruntime's optimizer and quantizer, then two graph edits below) and cached under the models folder.
+without AMX and 4.2x with it (ORT's int8 kernels use the matrix units; more when the cores are
+contended), with a mean cosine of 0.994 to the fp32 vectors and the same top-4 for ~92% of them
+(bench/results/ingest.md). Each text is its own run (no padding), one thread per core. The ONNX file
+is made once from the model's own weights (torch.onnx export, then onnxruntime's optimizer and
+quantizer, then two graph edits below) and cached under the models folder.
 With a CUDA GPU, with backend "torch", or when a model cannot be exported, sentence-transformers itself
 runs the model.
 
