@@ -1,26 +1,36 @@
-"""What a fine-tuning run is: our options (`FinetuneConfig`) plus TRL's `SFTConfig` (which extends
-Hugging Face `TrainingArguments`), both turned into command-line flags by `HfArgumentParser`.
+"""What a fine-tuning run is: our options (`FinetuneConfig`) plus TRL's config for the method's trainer
+(`SFTConfig`, `DPOConfig` or `ORPOConfig`, each extending Hugging Face `TrainingArguments`), both
+turned into command-line flags by `HfArgumentParser`.
 
 Every TrainingArguments option keeps its usual name, meaning and help text; only a few defaults
 change so that `--data FILE --name NAME` alone gives a sensible small run on the embedded model.
 """
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 import torch
-from transformers import HfArgumentParser
-from trl import SFTConfig
+from transformers import HfArgumentParser, TrainingArguments
+from trl import DPOConfig, SFTConfig
+
+# ORPO lives in trl.experimental, which warns on import; the card records the method, and the README says
+# ORPO's API may change with TRL, so the notice would only repeat that on every run.
+os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
+from trl.experimental.orpo import ORPOConfig  # noqa: E402
 
 from chatapp.settings import Settings
 
-METHODS = ("auto", "qlora", "lora", "prompt-tuning")
+METHODS = ("auto", "qlora", "lora", "prompt-tuning", "dpo", "orpo")
+PREFERENCE_METHODS = ("dpo", "orpo")  # preference objectives; their adapter follows the auto rule (qlora on CUDA)
 # Learning rates that work for each method when --learning_rate is not given. LoRA: 1e-3, because the
 # QLoRA paper's 2e-4 (tuned for 7B+ bases) never taught the 135M embedded model a new fact in the identity
 # proof (bench/results/finetune-identity-proof.md) and 1e-3 did; soft prompts need a much larger step,
 # PEFT's prompt-tuning examples use 3e-2.
-DEFAULT_LEARNING_RATE = {"qlora": 1e-3, "lora": 1e-3, "prompt-tuning": 3e-2}
+# DPO/ORPO: 2e-4 for a LoRA adapter, not TRL's 1e-6 (set for full fine-tuning of large models) -- with LoRA
+# on the 135M model a few dozen pairs move the answers only at this size of step.
+DEFAULT_LEARNING_RATE = {"qlora": 1e-3, "lora": 1e-3, "prompt-tuning": 3e-2, "dpo": 2e-4, "orpo": 2e-4}
 GENERAL_INSTRUCTIONS = Path(__file__).resolve().parents[2] / "shared" / "corpus" / "finetune" / "alpaca_en_demo.json"
 
 
@@ -28,12 +38,18 @@ GENERAL_INSTRUCTIONS = Path(__file__).resolve().parents[2] / "shared" / "corpus"
 class FinetuneConfig:
     """Options of `python -m finetune` beyond TrainingArguments."""
 
-    data: str = field(metadata={"help": "Training data: Alpaca records (instruction/input/output) or conversations "
-                                        "(`messages` role/content, or ShareGPT `conversations` from/value), JSON or JSONL."})
     name: str = field(metadata={"help": "Name of the adapter: saved to DATA/adapters/NAME and shown as a chat variant."})
+    data: str | None = field(default=None, metadata={
+        "help": "Training data, JSON or JSONL. SFT: Alpaca records (instruction/input/output) or conversations "
+                "(`messages` role/content, or ShareGPT `conversations` from/value). dpo/orpo: TRL's preference "
+                "format, prompt/chosen/rejected as text or message lists. Not needed with --from_arena."})
     method: str = field(default="auto", metadata={
-        "help": "qlora (4-bit NF4 base + LoRA), lora (full-precision base + LoRA) or prompt-tuning (soft prompt). "
-                "auto = qlora on CUDA, lora on CPU.", "choices": list(METHODS)})
+        "help": "qlora (4-bit NF4 base + LoRA), lora (full-precision base + LoRA), prompt-tuning (soft prompt), "
+                "dpo (TRL DPOTrainer on preference pairs) or orpo (TRL ORPOTrainer). auto = qlora on CUDA, lora on "
+                "CPU; dpo and orpo train a LoRA adapter on the same base (4-bit on CUDA).", "choices": list(METHODS)})
+    from_arena: bool = field(default=False, metadata={
+        "help": "dpo/orpo: build the pairs from the arena's votes (winner's answer chosen, loser's rejected; ties and "
+                "'both bad' skipped), read through the arena's export. The pairs are written to the run folder."})
     base: str | None = field(default=None, metadata={
         "help": "Base model: 'embedded' (SmolLM2-135M-Instruct), a Hugging Face id or a local folder. "
                 "Default: CHATAPP_BASE_MODEL, else embedded."})
@@ -65,11 +81,29 @@ class FinetuneConfig:
             raise ValueError(f"--method must be one of {', '.join(METHODS)}, not {self.method!r}")
         if not self.name or "/" in self.name or self.name.startswith(".") or self.name == "base":
             raise ValueError(f"--name {self.name!r} is not a usable adapter name (no '/', no leading '.', not 'base')")
+        if self.from_arena and self.method not in PREFERENCE_METHODS:
+            raise ValueError("--from_arena makes preference pairs: use it with --method dpo or --method orpo")
+        if self.from_arena and self.data:
+            raise ValueError("give --data FILE or --from_arena, not both")
+        if not self.from_arena and not self.data:
+            raise ValueError("--data FILE is required" + (" (or --from_arena)" if self.preference else ""))
+
+    @property
+    def preference(self) -> bool:
+        return self.method in PREFERENCE_METHODS
 
     def resolved_method(self) -> str:
+        """The training method: qlora, lora, prompt-tuning, dpo or orpo (auto resolved by device)."""
         if self.method != "auto":
             return self.method
         return "qlora" if torch.cuda.is_available() else "lora"
+
+    def adapter_method(self) -> str:
+        """The adapter and base precision: qlora, lora or prompt-tuning. Preference methods follow auto."""
+        method = self.resolved_method()
+        if method in PREFERENCE_METHODS:
+            return "qlora" if torch.cuda.is_available() else "lora"
+        return method
 
     def variables(self) -> dict[str, str]:
         if not self.template_vars:
@@ -85,18 +119,17 @@ class FinetuneConfig:
 
 
 @dataclass
-class TrainConfig(SFTConfig):
-    """SFTConfig with defaults for a small adapter run (help texts of unchanged options are the library's)."""
+class SmallRunDefaults:
+    """Defaults for a small adapter run shared by every method's TRL config (help texts of unchanged
+    options are the library's). Listed first in each config's bases, so these fields replace TRL's."""
 
     output_dir: str | None = field(default=None, metadata={"help": "Checkpoints and logs. Default: DATA/runs/NAME."})
     num_train_epochs: float = field(default=3.0, metadata={"help": "Total number of training epochs."})
     learning_rate: float | None = field(default=None, metadata={
-        "help": "Initial learning rate. Default by method: 1e-3 for qlora/lora, 3e-2 for prompt-tuning."})
+        "help": "Initial learning rate. Default by method: 1e-3 for qlora/lora, 3e-2 for prompt-tuning, "
+                "2e-4 for dpo/orpo."})
     max_length: int | None = field(default=512, metadata={
         "help": "Maximum tokens per example (longer ones are truncated); with packing, the length of a packed row."})
-    packing: bool | None = field(default=None, metadata={
-        "help": "Pack examples into rows of max_length with per-example position ids, so no example attends to "
-                "another. Default: on with CUDA, off on CPU (padding to the longest example in the batch)."})
     logging_steps: float = field(default=5, metadata={"help": "Log every X update steps."})
     eval_strategy: str = field(default="epoch", metadata={"help": "When to evaluate: no, steps or epoch."})
     save_strategy: str = field(default="epoch", metadata={"help": "When to save checkpoints: no, steps, epoch or best."})
@@ -118,23 +151,60 @@ class TrainConfig(SFTConfig):
         "help": "Optimizer. Default: paged_adamw_8bit for qlora on CUDA, adamw_torch otherwise."})
 
     def __post_init__(self) -> None:
-        if self.bf16 is None:
+        if self.bf16 is None:  # TRL's default is bf16 everywhere, which CPUs without bf16 units run slowly
             self.bf16 = bool(torch.cuda.is_available() and torch.cuda.is_bf16_supported()) and not self.fp16
         super().__post_init__()
 
 
-def parser() -> HfArgumentParser:
-    return HfArgumentParser((FinetuneConfig, TrainConfig), description=(
-        "Fine-tune the chat model on a dataset and save the result as an adapter "
-        "(a chat variant in the app). Every Hugging Face TrainingArguments option is accepted."))
+@dataclass
+class TrainConfig(SmallRunDefaults, SFTConfig):
+    """SFTConfig with the small-run defaults."""
+
+    packing: bool | None = field(default=None, metadata={
+        "help": "Pack examples into rows of max_length with per-example position ids, so no example attends to "
+                "another. Default: on with CUDA, off on CPU (padding to the longest example in the batch)."})
 
 
-def parse(argv: list[str] | None = None) -> tuple[FinetuneConfig, TrainConfig]:
+@dataclass
+class DPOTrainConfig(SmallRunDefaults, DPOConfig):
+    """DPOConfig with the small-run defaults (beta, loss_type and the rest keep TRL's)."""
+
+
+@dataclass
+class ORPOTrainConfig(SmallRunDefaults, ORPOConfig):
+    """ORPOConfig with the small-run defaults."""
+
+
+CONFIG_CLASSES = {"dpo": DPOTrainConfig, "orpo": ORPOTrainConfig}  # everything else: TrainConfig (SFT)
+
+
+def config_class(method: str) -> type:
+    return CONFIG_CLASSES.get(method, TrainConfig)
+
+
+def parser(method: str = "auto") -> HfArgumentParser:
+    return HfArgumentParser((FinetuneConfig, config_class(method)), description=(
+        "Fine-tune the chat model on a dataset and save the result as an adapter (a chat variant in the app). "
+        "Every Hugging Face TrainingArguments option is accepted, and with --method dpo/orpo every option of "
+        "TRL's DPOConfig/ORPOConfig (beta, loss_type, ...); see --method dpo --help."))
+
+
+def _method_in(argv: list[str]) -> str:
+    """The --method value in argv (the config class, and so the accepted flags, depend on it)."""
+    for i, arg in enumerate(argv):
+        if arg == "--method" and i + 1 < len(argv):
+            return argv[i + 1]
+        if arg.startswith("--method="):
+            return arg.split("=", 1)[1]
+    return "auto"
+
+
+def parse(argv: list[str] | None = None) -> tuple[FinetuneConfig, TrainingArguments]:
     """Parse flags into both configs, filling the defaults that depend on the run (name, method, device)."""
     import sys
 
     argv = sys.argv[1:] if argv is None else list(argv)
-    values = vars(parser().parse_args(argv))
+    values = vars(parser(_method_in(argv)).parse_args(argv))
     config = FinetuneConfig(**{f.name: values.pop(f.name) for f in fields(FinetuneConfig)})
     # Only options the user typed count as choices; the rest get defaults that depend on the run.
     typed = {a[2:].split("=", 1)[0].replace("-", "_") for a in argv if a.startswith("--")}
@@ -142,11 +212,13 @@ def parse(argv: list[str] | None = None) -> tuple[FinetuneConfig, TrainConfig]:
     return config, training_arguments(config, **{k: v for k, v in values.items() if k in typed})
 
 
-def training_arguments(config: FinetuneConfig, **chosen) -> TrainConfig:
-    """TrainConfig for a run. `chosen` are TrainingArguments values the user set; the others get defaults
-    that fit the run (output_dir under DATA/runs/NAME, learning rate and optimizer by method, ...)."""
+def training_arguments(config: FinetuneConfig, **chosen) -> TrainingArguments:
+    """The method's config for a run (TrainConfig, DPOTrainConfig or ORPOTrainConfig). `chosen` are values
+    the user set; the others get defaults that fit the run (output_dir under DATA/runs/NAME, learning rate
+    and optimizer by method, ...)."""
     method = config.resolved_method()
-    known = {f.name for f in fields(TrainConfig) if f.init}
+    cls = config_class(method)
+    known = {f.name for f in fields(cls) if f.init}
     unknown = set(chosen) - known
     if unknown:
         raise ValueError(f"unknown training options: {', '.join(sorted(unknown))}")
@@ -158,8 +230,9 @@ def training_arguments(config: FinetuneConfig, **chosen) -> TrainConfig:
     if values.get("learning_rate") is None:
         values["learning_rate"] = DEFAULT_LEARNING_RATE[method]
     if values.get("optim") is None:
-        values["optim"] = "paged_adamw_8bit" if method == "qlora" and torch.cuda.is_available() else "adamw_torch"
-    if values.get("packing") is None:
+        qlora = config.adapter_method() == "qlora" and torch.cuda.is_available()
+        values["optim"] = "paged_adamw_8bit" if qlora else "adamw_torch"
+    if cls is TrainConfig and values.get("packing") is None:
         values["packing"] = torch.cuda.is_available() and method != "prompt-tuning"
     if method == "prompt-tuning" and values["packing"]:
         raise ValueError("packing does not work with prompt tuning (the soft prompt is prepended to every row); "
@@ -178,4 +251,4 @@ def training_arguments(config: FinetuneConfig, **chosen) -> TrainConfig:
         values["save_steps"] = values["eval_steps"]
     metric = values.get("metric_for_best_model", "eval_loss")
     values.setdefault("greater_is_better", metric not in (None, "loss", "eval_loss"))
-    return TrainConfig(**values)
+    return cls(**values)
