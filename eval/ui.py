@@ -26,6 +26,12 @@ VOTE_IDS = ("vote-a", "vote-b", "vote-tie", "vote-bad")
 VOTE_WORDS = {"model_a": "A is better", "model_b": "B is better", "tie": "Tie", "tie (bothbad)": "Both are bad"}
 LEADERBOARD_HEADERS = ["Rank", "Model", "BT rating", "BT 95% CI", "Elo", "Elo 95% CI", "Battles", "Wins/Ties/Losses",
                        "Style-controlled BT", "Style rank"]
+# From this many decisive votes the tab offers to train a variant on them (finetune --method dpo --from_arena
+# skips ties and "both bad" the same way); fewer pairs teach a LoRA adapter nothing measurable.
+TRAIN_FROM_VOTES = 8
+TRAIN_HINT = ("**Train a variant from {n} votes:** in the **Fine-tune** tab pick method *dpo* and tick *From arena "
+              "votes*, or run `python -m finetune --method dpo --from_arena --name NAME`. Each vote's winning answer "
+              "is the chosen one and the losing answer the rejected one; ties and “both bad” are skipped.")
 STYLE_ROUNDS = 200  # bootstrap rounds of the style fit in the tab: ~0.4 s per vote instead of ~2 s at 1000
 
 NEED_ADAPTER = """**The arena needs at least two variants, and only `{found}` exists.**
@@ -83,6 +89,12 @@ def leaderboard_rows(store: ArenaStore) -> list[list]:
             for r in rows]
 
 
+def train_hint(store: ArenaStore) -> str:
+    """'Train a variant from N votes' once there are enough decisive votes, else nothing."""
+    n = sum(b.winner in ("model_a", "model_b") for b in store.battles())
+    return TRAIN_HINT.format(n=n) if n >= TRAIN_FROM_VOTES else ""
+
+
 def _win_plot(store: ArenaStore):
     battles = [asdict(b) for b in store.battles()]
     if not battles:
@@ -133,6 +145,7 @@ def build_arena_tab(settings, registry, store: ArenaStore | None = None, generat
                          elem_id="leaderboard")
     plot = gr.Plot(lambda: _win_plot(store), label="Pairwise win rate (row beats column)", elem_id="arena-winrate")
     refresh = gr.Button("Refresh leaderboard", size="sm", elem_id="arena-refresh")
+    hint = gr.Markdown(lambda: train_hint(store), elem_id="arena-train-hint")
 
     locked = [gr.update(interactive=False)] * len(vote_buttons)
 
@@ -178,15 +191,16 @@ def build_arena_tab(settings, registry, store: ArenaStore | None = None, generat
             battle = {**battle, "voted": True}
             message = (f"**Model A** was **{battle['model_a']}**, **Model B** was **{battle['model_b']}**. "
                        f"You voted: {VOTE_WORDS[winner]}. Vote saved; type a new prompt for the next battle.")
-            return (battle, message, *locked, leaderboard_rows(store), _win_plot(store))
+            return (battle, message, *locked, leaderboard_rows(store), _win_plot(store), train_hint(store))
         return vote
 
     for button, winner in zip(vote_buttons, VOTES.values()):
-        button.click(make_vote(winner), [battle_state], [battle_state, reveal, *vote_buttons, board, plot],
+        button.click(make_vote(winner), [battle_state], [battle_state, reveal, *vote_buttons, board, plot, hint],
                      concurrency_limit=None)  # SQLite serialises writers; votes need not queue behind generation
-    refresh.click(lambda: (leaderboard_rows(store), _win_plot(store), intro()), None, [board, plot, info])
+    refresh.click(lambda: (leaderboard_rows(store), _win_plot(store), intro(), train_hint(store)), None,
+                  [board, plot, info, hint])
     return {"prompt": prompt, "go": go, "answer_a": answer_a, "answer_b": answer_b, "votes": vote_buttons,
-            "reveal": reveal, "leaderboard": board, "plot": plot, "state": battle_state}
+            "reveal": reveal, "leaderboard": board, "plot": plot, "state": battle_state, "train_hint": hint}
 
 
 def build_eval_tab(settings, registry) -> dict:
