@@ -31,6 +31,9 @@ PREFERENCE_METHODS = ("dpo", "orpo")  # preference objectives; their adapter fol
 # DPO/ORPO: 2e-4 for a LoRA adapter, not TRL's 1e-6 (set for full fine-tuning of large models) -- with LoRA
 # on the 135M model a few dozen pairs move the answers only at this size of step.
 DEFAULT_LEARNING_RATE = {"qlora": 1e-3, "lora": 1e-3, "prompt-tuning": 3e-2, "dpo": 2e-4, "orpo": 2e-4}
+# Epochs by dataset size: a fixed 3 epochs gave 82 identity records 33 steps, which never taught the new name
+# (bench/results/finetune-identity-proof.md); small sets need more passes, large ones fewer.
+TARGET_STEPS, MIN_EPOCHS, MAX_EPOCHS = 80, 3, 30
 GENERAL_INSTRUCTIONS = Path(__file__).resolve().parents[2] / "shared" / "corpus" / "finetune" / "alpaca_en_demo.json"
 
 
@@ -67,13 +70,14 @@ class FinetuneConfig:
         "help": "Fill {{key}} placeholders in the data, e.g. 'name=Ada,author=Lovelace Labs'."})
     test_size: float = field(default=0.1, metadata={
         "help": "Share (0-1) or number (>=1) of examples held out for evaluation; the split is reproducible with --seed."})
-    eval_generate_samples: int = field(default=8, metadata={
+    eval_generate_samples: int = field(default=4, metadata={
         "help": "Held-out examples whose generated answers are scored with ROUGE-L at each evaluation (0 = off)."})
-    eval_max_new_tokens: int = field(default=64, metadata={"help": "Token limit for the answers generated in evaluation."})
+    # Short and few: greedy generation dominates a small CPU run's evaluation time.
+    eval_max_new_tokens: int = field(default=48, metadata={"help": "Token limit for the answers generated in evaluation."})
     forgetting_data: str | None = field(default=str(GENERAL_INSTRUCTIONS) if GENERAL_INSTRUCTIONS.exists() else None, metadata={
         "help": "General instructions (any accepted format) for the catastrophic-forgetting check: ROUGE-L of base "
                 "and adapter on records not trained on, written to card.json. Empty string = skip."})
-    forgetting_samples: int = field(default=20, metadata={"help": "Records used by the forgetting check."})
+    forgetting_samples: int = field(default=10, metadata={"help": "Records used by the forgetting check."})
     overwrite: bool = field(default=False, metadata={"help": "Replace an existing adapter with the same name."})
 
     def __post_init__(self) -> None:
@@ -124,7 +128,9 @@ class SmallRunDefaults:
     options are the library's). Listed first in each config's bases, so these fields replace TRL's."""
 
     output_dir: str | None = field(default=None, metadata={"help": "Checkpoints and logs. Default: DATA/runs/NAME."})
-    num_train_epochs: float = field(default=3.0, metadata={"help": "Total number of training epochs."})
+    num_train_epochs: float = field(default=0.0, metadata={
+        "help": "Total number of training epochs. Default 0 = chosen by dataset size: enough epochs for about "
+                f"{TARGET_STEPS} optimizer steps, at least {MIN_EPOCHS} and at most {MAX_EPOCHS} (see --max_steps)."})
     learning_rate: float | None = field(default=None, metadata={
         "help": "Initial learning rate. Default by method: 1e-3 for qlora/lora, 3e-2 for prompt-tuning, "
                 "2e-4 for dpo/orpo."})
@@ -180,6 +186,17 @@ CONFIG_CLASSES = {"dpo": DPOTrainConfig, "orpo": ORPOTrainConfig}  # everything 
 
 def config_class(method: str) -> type:
     return CONFIG_CLASSES.get(method, TrainConfig)
+
+
+def resolve_epochs(args, n_train: int) -> bool:
+    """Set num_train_epochs by dataset size when it was left at 0 and no max_steps is set (returns whether
+    it did): the fewest epochs that give TARGET_STEPS optimizer steps, within [MIN_EPOCHS, MAX_EPOCHS]."""
+    if args.num_train_epochs > 0 or (args.max_steps and args.max_steps > 0):
+        return False
+    per_step = args.per_device_train_batch_size * args.gradient_accumulation_steps * max(args.world_size, 1)
+    steps_per_epoch = max(1, -(-n_train // per_step))
+    args.num_train_epochs = float(min(MAX_EPOCHS, max(MIN_EPOCHS, -(-TARGET_STEPS // steps_per_epoch))))
+    return True
 
 
 def parser(method: str = "auto") -> HfArgumentParser:

@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 from chatapp.model import base_folder
-from finetune.config import FinetuneConfig
+from finetune.config import FinetuneConfig, resolve_epochs
 from finetune.data import DatasetError, Example, Preference, read_preferences, split, to_preference_dataset
 from finetune.train import (Cancelled, RunLog, _load_model, _log_to, _peak_memory_mb, _say, adapter_path,
                             check_run_length, peft_config_for, score_examples, sha256)
@@ -133,6 +133,8 @@ def train_preference(config: FinetuneConfig, args, callbacks: list | tuple = (),
         config.data = str(write_pairs(found.pairs, output_dir / "arena-pairs.jsonl"))
     pairs = read_preferences(config.data, config.variables())
     train_pairs, test_pairs = split(pairs, config.test_size, args.seed)
+    if resolve_epochs(args, len(train_pairs)):
+        _say(f"epochs by dataset size: {args.num_train_epochs:g} for {len(train_pairs)} pairs")
     check_run_length(len(train_pairs), args, unit="pairs")
     handler = _log_to(Path(args.logging_dir or output_dir)) if main else None
     try:

@@ -22,7 +22,7 @@ import torch
 from transformers import AutoModelForCausalLM, BitsAndBytesConfig, TrainerCallback
 
 from chatapp.model import base_folder, load_base, quantization_config
-from finetune.config import FinetuneConfig, TrainConfig, training_arguments
+from finetune.config import FinetuneConfig, TrainConfig, resolve_epochs, training_arguments
 from finetune.data import DatasetError, Example, read_records, split, summarize, to_dataset
 
 log = logging.getLogger("finetune")
@@ -304,6 +304,8 @@ def train(config: FinetuneConfig, args: TrainConfig | None = None, callbacks: li
         raise FileExistsError(f"adapter '{config.name}' already exists at {target}; pick another --name or --overwrite")
     examples = read_records(config.data, config.variables())
     train_examples, test_examples = split(examples, config.test_size, args.seed)
+    if resolve_epochs(args, len(train_examples)):
+        _say(f"epochs by dataset size: {args.num_train_epochs:g} for {len(train_examples)} examples")
     planned = check_run_length(len(train_examples), args)
     main = args.process_index == 0
     output_dir = Path(args.output_dir)
