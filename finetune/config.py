@@ -79,6 +79,20 @@ class FinetuneConfig:
                 "and adapter on records not trained on, written to card.json. Empty string = skip."})
     forgetting_samples: int = field(default=10, metadata={"help": "Records used by the forgetting check."})
     overwrite: bool = field(default=False, metadata={"help": "Replace an existing adapter with the same name."})
+    data_fractions: str | None = field(default=None, metadata={
+        "help": "How much data is enough: e.g. 0.25,0.5,1 trains one adapter per share of the training records "
+                "(NAME-25pct, ...; the held-out records stay the same) and prints held-out ROUGE-L against records."})
+    train_fraction: float = field(default=1.0, metadata={
+        "help": "Train on this share (0-1] of the training records, taken after the held-out split."})
+
+    def fractions(self) -> list[float]:
+        try:
+            values = [float(v) for v in (self.data_fractions or "").split(",") if v.strip()]
+        except ValueError:
+            raise ValueError(f"--data_fractions needs numbers in (0, 1], got {self.data_fractions!r}") from None
+        if not values or any(not 0 < v <= 1 for v in values):
+            raise ValueError(f"--data_fractions needs numbers in (0, 1], got {self.data_fractions!r}")
+        return sorted(set(values))
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
@@ -89,6 +103,8 @@ class FinetuneConfig:
             raise ValueError("--from_arena makes preference pairs: use it with --method dpo or --method orpo")
         if self.from_arena and self.data:
             raise ValueError("give --data FILE or --from_arena, not both")
+        if self.data_fractions and self.preference:
+            raise ValueError("--data_fractions works with SFT methods (lora, qlora, prompt-tuning), not dpo/orpo")
         if not self.from_arena and not self.data:
             raise ValueError("--data FILE is required" + (" (or --from_arena)" if self.preference else ""))
 

@@ -304,6 +304,8 @@ def train(config: FinetuneConfig, args: TrainConfig | None = None, callbacks: li
         raise FileExistsError(f"adapter '{config.name}' already exists at {target}; pick another --name or --overwrite")
     examples = read_records(config.data, config.variables())
     train_examples, test_examples = split(examples, config.test_size, args.seed)
+    if config.train_fraction < 1:  # the first share of the seeded training order; the held-out set is unchanged
+        train_examples = train_examples[: max(1, round(len(train_examples) * config.train_fraction))]
     if resolve_epochs(args, len(train_examples)):
         _say(f"epochs by dataset size: {args.num_train_epochs:g} for {len(train_examples)} examples")
     planned = check_run_length(len(train_examples), args)
@@ -366,6 +368,7 @@ def train(config: FinetuneConfig, args: TrainConfig | None = None, callbacks: li
             },
             "data": {"file": str(Path(config.data).resolve()), "sha256": sha256(Path(config.data)),
                      "template_vars": config.variables(), "train_examples": len(train_examples),
+                     "train_fraction": config.train_fraction,
                      "test_examples": len(test_examples), "test_size": config.test_size,
                      "summary": asdict(summary)},
             "training": {"seconds": round(seconds, 1), "steps": trainer.state.global_step,
@@ -392,3 +395,24 @@ def train(config: FinetuneConfig, args: TrainConfig | None = None, callbacks: li
 
             transformers.utils.logging.remove_handler(handler)
             handler.close()
+
+
+def train_fractions(config: FinetuneConfig, args: TrainConfig | None = None) -> list[dict]:
+    """--data_fractions: one adapter per share of the training records (NAME-25pct, ...), the same held-out
+    records for all; returns [{fraction, records, adapter, eval_rougeL, eval_loss}] in fraction order."""
+    import copy
+    import dataclasses
+
+    rows = []
+    for fraction in config.fractions():
+        name = f"{config.name}-{round(fraction * 100)}pct"
+        run_config = dataclasses.replace(config, name=name, train_fraction=fraction, data_fractions=None)
+        run_args = copy.deepcopy(args or training_arguments(run_config))
+        run_args.output_dir = str(Path(run_args.output_dir).with_name(name))
+        run_args.logging_dir = run_args.output_dir
+        _say(f"--data_fractions: training {name} on {fraction:g} of the records")
+        path = train(run_config, run_args)
+        card = json.loads((path / "card.json").read_text())
+        rows.append({"fraction": fraction, "records": card["data"]["train_examples"], "adapter": name,
+                     "eval_rougeL": card["metrics"].get("eval_rougeL"), "eval_loss": card["metrics"].get("eval_loss")})
+    return rows
