@@ -295,12 +295,3 @@ def read_preferences(path: str | Path, variables: dict[str, str] | None = None) 
         except DatasetError as error:
             raise DatasetError(f"{path}: record {number}{where}: {error}") from None
     return pairs
-
-
-def is_preference_file(path: str | Path) -> bool:
-    """Whether a dataset file's first record is a preference pair (has chosen and rejected)."""
-    try:
-        records = _parse(Path(path), Path(path).read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, DatasetError):
-        return False
-    return bool(records) and isinstance(records[0][0], dict) and {"chosen", "rejected"} <= set(records[0][0])

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from chatapp.datasets import (DatasetError, Example, Preference, fill_placeholders, is_preference_file,  # noqa: F401
-                              read_preferences, read_records, split, to_example, to_preference)
+from chatapp.datasets import (DatasetError, Example, Preference, fill_placeholders, read_preferences,  # noqa: F401
+                              read_records, split, to_example, to_preference)
 
 
 @dataclass
