@@ -135,3 +135,24 @@ def test_dpo_from_arena_moves_a_tiny_adapter_towards_the_chosen_answers(tmp_path
              - sequence_logp(tuned_model, tokenizer, p.prompt, p.rejected) for p in pairs]
     assert all(t > b for t, b in zip(tuned, base)), (base, tuned)
     assert sum(tuned) / len(tuned) > sum(base) / len(base) + 2.0
+
+
+def test_method_picks_trl_config_and_flags_are_checked(tmp_path, monkeypatch):
+    from finetune.config import DPOTrainConfig, FinetuneConfig, ORPOTrainConfig, TrainConfig, parse
+
+    monkeypatch.setenv("CHATAPP_DATA_DIR", str(tmp_path))
+    config, args = parse(["--method", "dpo", "--from_arena", "--name", "v", "--beta", "0.3"])
+    assert isinstance(args, DPOTrainConfig) and args.beta == 0.3 and args.learning_rate == 2e-4
+    assert config.adapter_method() == ("qlora" if torch.cuda.is_available() else "lora")
+    assert not args.gradient_checkpointing and args.num_train_epochs == 0  # our small-run defaults, not TRL's
+    assert isinstance(parse(["--method", "orpo", "--data", "p.jsonl", "--name", "v"])[1], ORPOTrainConfig)
+    assert isinstance(parse(["--data", "d.json", "--name", "v"])[1], TrainConfig)
+    for kwargs, reason in ((dict(method="lora", from_arena=True), "use it with --method dpo"),
+                           (dict(method="dpo", from_arena=True, data="p.jsonl"), "not both"),
+                           (dict(method="dpo"), r"--data FILE is required \(or --from_arena\)"),
+                           (dict(method="dpo", data="p.jsonl", data_fractions="0.5,1"), "not dpo/orpo")):
+        with pytest.raises(ValueError, match=reason):
+            FinetuneConfig(name="v", **kwargs)
+    with pytest.raises(ValueError, match=r"numbers in \(0, 1\]"):
+        FinetuneConfig(name="v", data="d.json", data_fractions="0,2").fractions()
+    assert FinetuneConfig(name="v", data="d.json", data_fractions="1,0.25,0.5").fractions() == [0.25, 0.5, 1.0]
