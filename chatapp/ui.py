@@ -108,9 +108,11 @@ def answer_messages(answer: rag.Answer) -> list[dict]:
         )
     if answer.answer or answer.done:
         text = html.escape(answer.answer or "(no answer)")
+        said = f"The model wrote: “{html.escape(answer.model_answer)}”; the source is quoted instead." if answer.model_answer else ""
         if answer.done and answer.unsupported:
-            said = f" The model wrote: “{html.escape(answer.model_answer)}”; the source is quoted instead." if answer.model_answer else ""
-            text += f"\n\n⚠ Not in any source: {html.escape(', '.join(answer.unsupported))}.{said}"
+            text += f"\n\n⚠ Not in any source: {html.escape(', '.join(answer.unsupported))}. {said}".rstrip()
+        elif answer.done and said:
+            text += f"\n\n⚠ {said}"
         messages.append({"role": "assistant", "content": text})
     return messages
 

@@ -41,7 +41,7 @@ def test_drop_a_pdf_ask_at_once_and_see_the_quote_on_its_page(app_url, browser, 
     try:
         expect(sources).to_contain_text("p. 8", timeout=240_000)
         expect(sources.locator(".chat-quote").first).to_contain_text("0.1")
-        expect(sources.locator("mark").first).to_contain_text("label smoothing")
+        expect(sources.locator("mark", has_text="label smoothing").first).to_be_attached()
         sources.locator(".chat-page summary").first.click()
         picture = sources.locator("img.chat-page-image").first
         expect(picture).to_be_visible()
@@ -67,6 +67,7 @@ def test_drop_a_pdf_ask_at_once_and_see_the_quote_on_its_page(app_url, browser, 
 def test_asking_before_any_document_is_stored_points_to_the_documents_tab(browser, tmp_path):
     from playwright.sync_api import expect
 
+    (tmp_path / "empty-data").mkdir()
     with running_app(tmp_path / "empty-data") as url:
         page = browser.new_page()
         page.goto(url, wait_until="load")
