@@ -41,9 +41,8 @@ class Example:
         return self.prompt[-1]["content"]
 
 
-def read_records(path: str | Path, variables: dict[str, str] | None = None) -> list[Example]:
-    """Every record of a dataset file as an Example; the first bad record raises DatasetError."""
-    path = Path(path)
+def _records_of(path: Path) -> list:
+    """The file's records with where each one is, or DatasetError: missing, empty, or holding none."""
     if not path.is_file():
         raise DatasetError(f"{path}: no such file")
     text = path.read_text(encoding="utf-8")
@@ -52,6 +51,13 @@ def read_records(path: str | Path, variables: dict[str, str] | None = None) -> l
     records = _parse(path, text)
     if not records:
         raise DatasetError(f"{path}: no records")
+    return records
+
+
+def read_records(path: str | Path, variables: dict[str, str] | None = None) -> list[Example]:
+    """Every record of a dataset file as an Example; the first bad record raises DatasetError."""
+    path = Path(path)
+    records = _records_of(path)
     examples = []
     for number, (record, where) in enumerate(records, start=1):
         try:
@@ -280,14 +286,7 @@ def to_preference(record) -> Preference:
 def read_preferences(path: str | Path, variables: dict[str, str] | None = None) -> list[Preference]:
     """Every record of a preference file (JSON array or JSONL); the first bad record raises DatasetError."""
     path = Path(path)
-    if not path.is_file():
-        raise DatasetError(f"{path}: no such file")
-    text = path.read_text(encoding="utf-8")
-    if not text.strip():
-        raise DatasetError(f"{path}: the file is empty")
-    records = _parse(path, text)
-    if not records:
-        raise DatasetError(f"{path}: no records")
+    records = _records_of(path)
     pairs = []
     for number, (record, where) in enumerate(records, start=1):
         try:

@@ -15,13 +15,12 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
 
 from chatapp.model import base_folder
 from finetune.config import FinetuneConfig, resolve_epochs
 from finetune.data import DatasetError, Example, Preference, read_preferences, split, to_preference_dataset
-from finetune.train import (Cancelled, RunLog, _load_model, _log_to, _peak_memory_mb, _say, adapter_path,
-                            check_run_length, peft_config_for, score_examples, sha256)
+from finetune.train import (RunLog, _load_model, _log_to, _peak_memory_mb, _say, adapter_path,
+                            check_run_length, peft_config_for, run_trainer, score_examples, sha256)
 
 MIN_ARENA_PAIRS = 8  # fewer decisive votes than this teach nothing measurable; the Arena tab offers training from here
 
@@ -152,16 +151,7 @@ def train_preference(config: FinetuneConfig, args, callbacks: list | tuple = (),
             eval_dataset=to_preference_dataset(test_pairs) if has_eval else None, tokenizer=tokenizer,
             peft_config=peft_config_for(config, adapter, folder),
             callbacks=[RunLog(Path(args.logging_dir or output_dir), cancel, on_log), *callbacks])
-        resume = args.resume_from_checkpoint
-        if isinstance(resume, str) and resume.lower() in ("true", "last", "latest"):
-            resume = True
-        started = time.perf_counter()
-        if torch.cuda.is_available():
-            torch.cuda.reset_peak_memory_stats()
-        result = trainer.train(resume_from_checkpoint=resume or None)
-        seconds = time.perf_counter() - started
-        if cancel is not None and cancel.is_set():
-            raise Cancelled(f"run '{config.name}' cancelled at step {trainer.state.global_step}; no adapter saved")
+        result, seconds = run_trainer(trainer, args, cancel, config.name)
         held_out = _held_out_metrics(trainer.evaluate()) if has_eval else {}
         peak, peak_kind = _peak_memory_mb(str(args.device))
         partial = target.with_name(f".{target.name}.partial")

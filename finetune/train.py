@@ -10,7 +10,6 @@ import hashlib
 import json
 import logging
 import math
-import os
 import resource
 import shutil
 import threading
@@ -283,6 +282,22 @@ def _final_metrics(state) -> dict:
     return metrics
 
 
+def run_trainer(trainer, args, cancel: threading.Event | None, name: str):
+    """trainer.train() with `--resume_from_checkpoint true|last|latest` meaning the newest checkpoint;
+    (result, seconds). A cancelled run raises Cancelled, and saves nothing."""
+    resume = args.resume_from_checkpoint
+    if isinstance(resume, str) and resume.lower() in ("true", "last", "latest"):
+        resume = True
+    started = time.perf_counter()
+    if torch.cuda.is_available():
+        torch.cuda.reset_peak_memory_stats()
+    result = trainer.train(resume_from_checkpoint=resume or None)
+    seconds = time.perf_counter() - started
+    if cancel is not None and cancel.is_set():
+        raise Cancelled(f"run '{name}' cancelled at step {trainer.state.global_step}; no adapter saved")
+    return result, seconds
+
+
 def adapter_path(config: FinetuneConfig) -> Path:
     return Path(config.settings().adapters_dir) / config.name
 
@@ -329,16 +344,7 @@ def train(config: FinetuneConfig, args: TrainConfig | None = None, callbacks: li
             callbacks=[RunLog(Path(args.logging_dir or output_dir), cancel, on_log), *callbacks],
             generation_examples=test_examples[: config.eval_generate_samples] if has_eval else (),
             max_new_tokens=config.eval_max_new_tokens)
-        resume = args.resume_from_checkpoint
-        if isinstance(resume, str) and resume.lower() in ("true", "last", "latest"):
-            resume = True
-        started = time.perf_counter()
-        if torch.cuda.is_available():
-            torch.cuda.reset_peak_memory_stats()
-        result = trainer.train(resume_from_checkpoint=resume or None)
-        seconds = time.perf_counter() - started
-        if cancel is not None and cancel.is_set():
-            raise Cancelled(f"run '{config.name}' cancelled at step {trainer.state.global_step}; no adapter saved")
+        result, seconds = run_trainer(trainer, args, cancel, config.name)
         device = str(args.device)
         peak, peak_kind = _peak_memory_mb(device)
         tokens = next((e["num_tokens"] for e in reversed(trainer.state.log_history) if "num_tokens" in e), None)
