@@ -211,11 +211,28 @@ def test_cli_ask_json_reads_the_data_dir(tmp_path, corpus):
     data = tmp_path / "cli-data"
     ingested = run_cli("-m", "loaders", "ingest", str(corpus / "pdf" / PDF), data_dir=data)
     assert ingested.returncode == 0, ingested.stderr
-    result = run_cli("-m", "chatapp", "ask", "How many warmup steps were used?", "--json", "--max-new-tokens", "32", data_dir=data)
+    result = run_cli("-m", "chatapp", "ask", "How many warmup steps were used?", "What value of label smoothing was used?",
+                     "--json", "--max-new-tokens", "32", data_dir=data)
     assert result.returncode == 0, result.stderr
-    record = json.loads(result.stdout)
-    assert set(record) >= {"answer", "reasoning", "sources"} and record["answer"]
-    assert any(s["source"] == PDF and s["page"] == 7 and s["text"] and s["score"] > 0 for s in record["sources"])
+    records = [json.loads(line) for line in result.stdout.splitlines()]  # one object a line, one model load
+    assert [r["question"] for r in records] == ["How many warmup steps were used?", "What value of label smoothing was used?"]
+    record = records[0]
+    assert set(record) >= {"answer", "reasoning", "sources", "evidence", "unsupported"} and record["answer"]
+    assert any(s["source"] == PDF and s["page"] == 7 and s["text"] and s["score"] > 0 and s["quote"] for s in record["sources"])
+    assert records[1]["evidence"][0]["page"] == 8 and "0.1" in records[1]["evidence"][0]["quote"]
+
+    questions = tmp_path / "questions.jsonl"
+    questions.write_text("\n".join(json.dumps(q) for q in [
+        {"question": "How many warmup steps were used?", "answer": "4000", "source": PDF, "page": 7},
+        {"question": "What value of label smoothing was used?", "answer": "0.1", "source": PDF, "page": 8},
+        {"question": "thanks!"}]))
+    scored = run_cli("-m", "eval", "rag", "--questions", str(questions), "--max-new-tokens", "32", "--json", data_dir=data)
+    assert scored.returncode == 0, scored.stderr
+    summary = json.loads(scored.stdout)["variants"]["base"]
+    assert summary["questions"] == 2 and summary["hit@20"] == 1.0 and summary["right_source"] == 1.0
+    assert summary["fact_in_quote"] == 1.0 and summary["no_source_questions_with_sources"] == 0
+    bad = run_cli("-m", "eval", "rag", "--questions", str(tmp_path / "missing.jsonl"), data_dir=data)
+    assert bad.returncode == 1 and bad.stderr.startswith("error: ") and len(bad.stderr.strip().splitlines()) == 1
 
     bad = run_cli("-m", "chatapp", "ask", "anything", "--variant", "nope", data_dir=data)
     assert bad.returncode == 1
