@@ -104,13 +104,13 @@ class RemoteRegistry:
                 "footprint_mb": None}
 
     def variants(self) -> list[str]:
-        """"base" plus every other model the server lists. If the server is down: one warning line and the
-        last list seen (or just "base"), so the page still builds and works."""
+        """"base" plus every other model the server lists. If the server is down: one line in the log and
+        the last list seen (or just "base"), so the page still builds and works."""
         try:
             ids = self.served_models()
             self.load()
         except LLMServerError as exc:
-            log.warning("%s", exc)
+            log.info("%s", exc)  # the app log shows it; a CLI prints only the error that follows
             ids = self._models[1]
         return [BASE, *(i for i in ids if i != self.base)]
 
