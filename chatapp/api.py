@@ -6,7 +6,8 @@
 A chat completion is the Chat tab's answer: the same `rag.answer` (condense the follow-up, retrieve,
 threshold, cite), and the response carries `Answer.to_json()`'s fields (`sources`, `reasoning`, `status`,
 and whatever evidence it holds) at the top level, like `python -m chatapp ask --json`; in a stream the
-last chunk carries them. `"retrieval": false` in the body makes it a plain chat with the variant.
+last chunk carries them. `"retrieval": false` in the body makes it a plain chat with the variant (the
+only case where the client's system message is used: the grounded prompt has its own).
 Generation settings use OpenAI's names (`max_tokens` or `max_completion_tokens`, `temperature`, `top_p`)
 plus `top_k`; no temperature, or 0, is greedy (the app's default). `"style"` picks the prompt style.
 
@@ -115,8 +116,7 @@ def parse_generation(body: dict) -> GenerationSettings:
     top_k = _number(body, "top_k", int, 1, 10_000)
     if top_p == 0:
         raise APIError(400, "'top_p' must be above 0", param="top_p")
-    n = _number(body, "n", int, 1, 1)  # one choice per request: a larger n is refused, not ignored
-    del n
+    _number(body, "n", int, 1, 1)  # one choice per request: a larger n is refused, not ignored
     return GenerationSettings(
         max_new_tokens=max_tokens or defaults.max_new_tokens,
         do_sample=bool(temperature),  # absent or 0: greedy, as the Chat tab's default
@@ -283,6 +283,8 @@ def api_router(settings: Settings, registry, store) -> APIRouter:
             except ValueError:
                 raise APIError(400, "the body is not valid JSON") from None
             req = await run_in_threadpool(_Request, body, registry)
+            log.info("/v1/chat/completions %s: model %s, %s, retrieval %s, %d messages", req.id, req.model,
+                     "streamed" if req.stream else "not streamed", "on" if req.retrieval else "off", len(req.messages))
             answers = _answers(req, settings, registry, store)
             if req.stream:  # StreamingResponse iterates a plain iterator on the thread pool
                 return StreamingResponse(_stream(req, answers), media_type="text/event-stream",
