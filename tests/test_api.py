@@ -10,15 +10,12 @@ from concurrent.futures import ThreadPoolExecutor
 
 import openai
 import pytest
-from fastapi import FastAPI
-from fastapi.testclient import TestClient
 from langchain_openai import ChatOpenAI
 
-from chatapp.api import api_router, streamable
-from chatapp.model import ModelRegistry
+from chatapp.api import streamable
 from chatapp.rag import Answer
 from chatapp.settings import Settings
-from tests.conftest import make_tiny_adapter, running_app
+from conftest import make_tiny_adapter, running_app
 
 KEY = "test-key-16"
 PDF = "attention-is-all-you-need.pdf"
@@ -141,12 +138,19 @@ def test_langchain_chat_openai_answers_and_streams(url):
 
 
 def test_a_page_login_without_an_api_key_refuses_every_api_request(tmp_path):
-    settings = Settings.from_env(data_dir=tmp_path, auth="user:secret", api_key=None)
-    app = FastAPI()
-    app.include_router(api_router(settings, ModelRegistry(settings), store=None))
-    with TestClient(app) as http:
-        for response in (http.get("/v1/models"), http.post("/v1/chat/completions", json={"model": "base"})):
-            assert response.status_code == 403 and response.json()["error"]["code"] == "api_disabled"
+    """The real app with CHATAPP_AUTH and no key: the login still guards the page, and /v1 is off."""
+    with running_app(tmp_path, env={"CHATAPP_AUTH": "ada:lovelace"}) as page:
+        for request in (urllib.request.Request(page + "v1/models"),
+                        urllib.request.Request(page + "v1/chat/completions", data=b'{"model": "base"}', method="POST")):
+            with pytest.raises(urllib.error.HTTPError) as caught:
+                urllib.request.urlopen(request, timeout=10)
+            assert caught.value.code == 403 and json.load(caught.value)["error"]["code"] == "api_disabled"
+        with pytest.raises(urllib.error.HTTPError) as caught:  # the page's config needs the login
+            urllib.request.urlopen(page + "config", timeout=10)
+        assert caught.value.code == 401
+        login = urllib.request.Request(page + "login", data=b"username=ada&password=lovelace", method="POST")
+        with urllib.request.urlopen(login, timeout=10) as response:
+            assert json.load(response) == {"success": True}
 
 
 def test_streamable_holds_back_text_that_may_still_change():

@@ -17,7 +17,7 @@ from chatapp.backends import make_registry
 from chatapp.model import BASE, GenerationSettings, base_folder
 from chatapp.remote import LLMServerError, RemoteRegistry
 from chatapp.settings import Settings
-from tests.conftest import ROOT, free_port, running_app
+from conftest import ROOT, free_port, running_app
 
 PDF = "attention-is-all-you-need.pdf"
 QUESTION = "How many warmup steps were used?"
