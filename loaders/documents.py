@@ -146,7 +146,7 @@ def split(docs: list[Document], chunk_size: int = 1000, chunk_overlap: int = 150
 
 # --- formats -------------------------------------------------------------------------------------
 
-_PDFIUM = threading.Lock()  # PDFium is not thread-safe, not even across documents (pypdfium2's docs)
+PDFIUM_LOCK = threading.Lock()  # PDFium is not thread-safe, not even across documents (pypdfium2's docs)
 _PDFIUM_TEXT = str.maketrans({"\r": None, "\x02": "-", "\ufffe": "-"})  # CRLF lines; hyphens at line ends
 
 
@@ -157,7 +157,7 @@ def _pdf(data: bytes, name: str, base: dict) -> list[Document]:
 
     if not data.lstrip()[:5].startswith(b"%PDF"):
         raise LoadError(name, "not a PDF (the file does not start with %PDF)")
-    with _PDFIUM:
+    with PDFIUM_LOCK:
         try:
             document = pdfium.PdfDocument(data)  # owner-password-only PDFs open, as in any viewer
         except pdfium.PdfiumError as err:

@@ -12,9 +12,12 @@ leaves nothing behind (new chunks are written before old ones are removed, and r
 from __future__ import annotations
 
 import hashlib
+import re
+import shutil
 import threading
 import uuid
 import warnings
+from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -22,7 +25,7 @@ from typing import Callable, Iterable, Iterator
 
 from langchain_core.documents import Document
 
-from loaders.documents import LoadError, expand, load, source_key, split
+from loaders.documents import LoadError, expand, is_url, load, source_key, split
 
 Progress = Callable[[float, str], None]
 CHUNK_NAMESPACE = uuid.UUID("6f0c6a52-3c47-4d1e-9a55-2f6a0c1f7a10")  # fixed: ids must not change between runs
@@ -57,13 +60,18 @@ def chunk_id(source: str, sha256: str, index: int) -> str:
 
 
 class DocumentStore:
-    def __init__(self, client, collection: str, embeddings, *, chunk_size: int = 1000, chunk_overlap: int = 150):
+    def __init__(self, client, collection: str, embeddings, *, chunk_size: int = 1000, chunk_overlap: int = 150,
+                 files_dir: Path | None = None):
         from langchain_qdrant import QdrantVectorStore
         from qdrant_client import models
 
         self.client, self.collection, self.embeddings = client, collection, embeddings
         self.chunk_size, self.chunk_overlap = chunk_size, chunk_overlap
+        # A copy of each stored PDF, by its sha256: the chat draws the cited page from it.
+        self.files_dir = Path(files_dir) if files_dir else None
         self._lock = threading.RLock()  # Gradio handlers run in threads; embedded Qdrant is not thread-safe
+        self._pending: Counter[str] = Counter()  # sources an ingest in this process is storing now
+        self._pending_changed = threading.Condition()
         if not client.collection_exists(collection):
             dimension = len(embeddings.embed_query("dimension probe"))
             # DOT on unit vectors is the cosine similarity (what Qdrant's COSINE does after normalising on
@@ -88,8 +96,8 @@ class DocumentStore:
         try:
             embeddings = SentenceEmbeddings(settings.embedding_model, backend=getattr(settings, "embedding_backend", "auto"),
                                             cache_dir=settings.models_dir)
-            return cls(client, settings.collection, embeddings,
-                       chunk_size=settings.chunk_size, chunk_overlap=settings.chunk_overlap)
+            return cls(client, settings.collection, embeddings, chunk_size=settings.chunk_size,
+                       chunk_overlap=settings.chunk_overlap, files_dir=settings.data_dir / "files")
         except BaseException:
             client.close()
             raise
@@ -100,6 +108,33 @@ class DocumentStore:
         """Load, split, embed and store each source (folders walked). One result per source; never raises
         for a bad source, so the rest of the batch goes on."""
         items = expand([sources] if isinstance(sources, (str, Path)) else sources)
+        keys = [source_key(item) for item in items]
+        self._mark(keys, +1)
+        try:
+            return self._ingest(items, progress, jq)
+        finally:
+            self._mark(keys, -1)
+
+    def ingesting(self) -> set[str]:
+        """The sources an ingest in this process has not finished yet (the chat waits for them)."""
+        with self._pending_changed:
+            return {key for key, count in self._pending.items() if count > 0}
+
+    def wait_until_stored(self, timeout: float | None = None) -> bool:
+        """Block until no ingest in this process is running; False if `timeout` passed first."""
+        with self._pending_changed:
+            return self._pending_changed.wait_for(lambda: not +self._pending, timeout)
+
+    def _mark(self, keys: list[str], change: int) -> None:
+        with self._pending_changed:
+            if change > 0:
+                self._pending.update(keys)
+            else:
+                self._pending.subtract(keys)
+                self._pending = +self._pending  # drops the finished ones
+            self._pending_changed.notify_all()
+
+    def _ingest(self, items: list, progress: Progress | None, jq: str | None) -> list[IngestResult]:
         results: list[IngestResult] = []
         report = progress or (lambda fraction, message: None)
 
@@ -118,6 +153,7 @@ class DocumentStore:
                 try:
                     chunks = reading.result()
                     added = self._replace(key, chunks, lambda f, msg: report(lo + (hi - lo) * f, msg))
+                    self._keep_original(item, chunks)
                     results.append(IngestResult(key, True, len(chunks), added))
                 except LoadError as err:
                     results.append(IngestResult(key, False, error=err.reason))
@@ -178,12 +214,35 @@ class DocumentStore:
             progress(1.0, f"stored {source}: {len(chunks)} chunks")
         return len(chunks)
 
+    def _keep_original(self, item, chunks: list[Document]) -> None:
+        if self.files_dir is None or not chunks or chunks[0].metadata.get("kind") != "pdf" or is_url(item):
+            return
+        target = self.original(chunks[0].metadata.get("sha256", ""), must_exist=False)
+        if target is not None and not target.exists():
+            self.files_dir.mkdir(parents=True, exist_ok=True)
+            partial = target.with_suffix(".partial")
+            shutil.copyfile(item, partial)
+            partial.replace(target)  # never a half-copied file under the final name
+
+    def original(self, sha256: str, must_exist: bool = True) -> Path | None:
+        """The stored copy of a PDF by its sha256, or None."""
+        if self.files_dir is None or not re.fullmatch(r"[0-9a-f]{64}", sha256 or ""):
+            return None
+        path = self.files_dir / f"{sha256}.pdf"
+        return path if path.exists() or not must_exist else None
+
     def delete(self, source: str) -> int:
-        """Remove every chunk of a source (file name or URL). Returns how many were removed."""
+        """Remove every chunk of a source (file name or URL), and its stored copy. Returns how many were removed."""
         from qdrant_client import models
 
         with self._lock:
             count = self._count(source)
+            points, _ = self.client.scroll(self.collection, scroll_filter=models.Filter(must=[_match("metadata.source", source)]),
+                                           limit=1, with_payload=True, with_vectors=False)
+            for point in points:
+                copy = self.original(((point.payload or {}).get("metadata") or {}).get("sha256", ""))
+                if copy is not None:
+                    copy.unlink(missing_ok=True)
             if count:
                 self.client.delete(self.collection, points_selector=models.FilterSelector(
                     filter=models.Filter(must=[_match("metadata.source", source)])))
@@ -235,6 +294,12 @@ class DocumentStore:
                                id=str(point.id))
             if offset is None:
                 return
+
+    def is_empty(self) -> bool:
+        """No chunk stored (one scroll of one point: counting is a pass over every point in local mode)."""
+        with self._lock:
+            points, _ = self.client.scroll(self.collection, limit=1, with_payload=False, with_vectors=False)
+        return not points
 
     def count(self) -> int:
         with self._lock:

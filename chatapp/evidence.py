@@ -1,0 +1,302 @@
+"""Evidence: which sentences of the retrieved passages answer the question, which passages support the
+answer, and which figures of the answer no passage contains.
+
+    ranked = rank_passages(question, candidates)            # the prompt's passages, best evidence first
+    found = support(question, answer_text, ranked[:k])      # listed sources, quotes, unsupported figures
+
+Why by hand: no library scores sentences against a question at this size and speed. A cross-encoder
+would, but no reranker weights are to be had here, and embedding every candidate sentence costs ~0.5 s
+per question on two cores (150 sentences), more than the first token may wait. So a sentence is scored by
+the question's terms it holds (stemmed, weighted by how rare they are among the candidates' sentences),
+whether it holds a figure when the question asks for one, and the passage's own dense score. Sentence
+boundaries come from pysbd and stems from snowball (the stemmer Qdrant's BM25 uses).
+
+The 135M model's [n] markers are weak evidence: they may add a passage that also shares words with the
+answer, but never list one alone (on the shared corpus it marked the wrong passage for 9 of 26 questions).
+"""
+from __future__ import annotations
+
+import math
+import re
+from collections import Counter
+from dataclasses import dataclass, field
+from functools import lru_cache
+
+import pysbd
+import snowballstemmer
+from sklearn.feature_extraction.text import ENGLISH_STOP_WORDS
+
+MAX_QUOTE_CHARS = 320  # a quote is a sentence or two, never the passage
+# Weights of a sentence's score, tuned on bench/questions.jsonl's tune split (bench/scratch notes in the README).
+# On its 62 answerable questions the right passage's best sentence held the fact for 39; with its second
+# best too, for 45: so a quote is the two best sentences of a passage.
+DENSE_WEIGHT = 2.0  # cosine of the sentence to the question
+PRIOR_WEIGHT = 1.0  # the passage's dense score
+FIGURE_BONUS = 0.3  # the question asks for a figure and the sentence holds one it does not
+QUOTE_SENTENCES = 2
+# A piece that starts mid-sentence (", step_num · warmup_steps−1.5", cut from a formula) reads worse as
+# a quote than a whole sentence with the same words.
+FRAGMENT_PENALTY = 0.1
+PRECISION_WEIGHT = 0.2  # the share of the sentence's own terms that the question asks about
+
+# Asked for a figure: a count, an amount, a value, a date. Such a question's evidence holds a number.
+_ASKS_FIGURE = re.compile(
+    r"\bhow (many|much|long|large|big|small|often|old|fast|far|high|wide|deep|tall)\b|\bwhen\b|"
+    r"\bwhat (year|date|day|month|time|percentage|proportion|fraction|ratio)\b|\bwhich (year|date|day|month)\b|"
+    r"\b(value|number|size|rate|score|percent|percentage|count|amount|dimension|dimensionality|cost|price|"
+    r"bleu|accuracy|steps|epochs|batch)\b",
+    re.IGNORECASE,
+)
+_WORD = re.compile(r"\d+(?:[.,]\d+)*|[^\W\d_]+(?:['’][^\W\d_]+)?", re.UNICODE)
+# A figure: 4000, 4,000, 0.1, 28.4, 10%, 2017, 3.5 days. Unicode minus and thin spaces appear in PDFs.
+_FIGURE = re.compile(r"(?<![\w.])[-−]?\d+(?:[.,]\d+)*(?:\s?%)?")
+_CITATION = re.compile(r"\[\d{1,3}(?:\s*[,–-]\s*\d{1,3})*\]")  # "[20]" cites a reference; it is no figure
+_NAME = re.compile(r"(?<![\w.])[A-Z][a-z]+(?:[A-Z][a-z]+)*\b|\b[A-Z]{2,}[a-z]*\b")
+STOP = frozenset(ENGLISH_STOP_WORDS) | {"used", "use", "using", "did", "does", "paper", "documents", "passage", "passages"}
+_STEMMER = snowballstemmer.stemmer("english")
+_SEGMENTER = pysbd.Segmenter(language="en", clean=False, char_span=True)
+
+
+@lru_cache(maxsize=65536)
+def _stem(word: str) -> str:
+    return _STEMMER.stemWord(word)
+
+
+def figure_key(text: str) -> str:
+    """A figure as compared: 4,000 = 4000, −9 = -9, 10 % = 10%."""
+    text = text.replace("−", "-").replace(" ", "")
+    if re.fullmatch(r"-?\d{1,3}(,\d{3})+(\.\d+)?%?", text):
+        text = text.replace(",", "")
+    return text.rstrip(".")
+
+
+def figures(text: str) -> list[str]:
+    return [m.group(0) for m in _FIGURE.finditer(text or "")]
+
+
+def terms(text: str) -> list[str]:
+    """Content words, lowercased and stemmed; figures kept as figure keys."""
+    out = []
+    for word in _WORD.findall(text or ""):
+        if word[0].isdigit():
+            out.append(figure_key(word))
+        else:
+            lower = word.lower()
+            if lower not in STOP and len(lower) > 1:
+                out.append(_stem(lower))
+    return out
+
+
+def asks_for_figure(question: str) -> bool:
+    return bool(_ASKS_FIGURE.search(question or ""))
+
+
+def sentence_spans(text: str) -> list[tuple[int, int]]:
+    """(start, end) of each sentence; a run-on one (tables, formulas) is cut at MAX_QUOTE_CHARS on a space."""
+    spans = []
+    for segment in _SEGMENTER.segment(text):
+        start, end = segment.start, segment.end
+        while text[start:end].strip():
+            if end - start <= MAX_QUOTE_CHARS:
+                spans.append((start, end))
+                break
+            cut = text.rfind(" ", start, start + MAX_QUOTE_CHARS)
+            cut = cut if cut > start else start + MAX_QUOTE_CHARS
+            spans.append((start, cut))
+            start = cut
+    return [(s + len(text[s:e]) - len(text[s:e].lstrip()), s + len(text[s:e].rstrip())) for s, e in spans
+            if text[s:e].strip()]
+
+
+@dataclass
+class Sentence:
+    passage: int  # index into the passages given
+    start: int
+    end: int
+    terms: frozenset[str]
+    figures: frozenset[str]
+    score: float = 0.0
+
+
+@dataclass
+class Evidence:
+    """What supports an answer: per listed passage its quote, and what is in no passage."""
+
+    listed: list[int] = field(default_factory=list)  # indexes of the passages to list, best first
+    quotes: dict[int, list[tuple[int, int]]] = field(default_factory=dict)  # passage index -> its quote's spans
+    unsupported: list[str] = field(default_factory=list)  # figures/names of the answer found in no passage
+    supported: bool = True  # False: the answer states something no passage holds, or misses the figure asked
+
+
+class Scorer:
+    """Sentences of a set of passages, scored against a question (and later an answer)."""
+
+    def __init__(self, passages: list[str], passage_scores: list[float] | None = None):
+        self.passages = passages
+        self.prior = list(passage_scores or [0.0] * len(passages))
+        self.sentences: list[Sentence] = []
+        for index, text in enumerate(passages):
+            for start, end in sentence_spans(text):
+                piece = text[start:end]
+                self.sentences.append(Sentence(index, start, end, frozenset(terms(piece)),
+                                               frozenset(figure_key(f) for f in figures(_CITATION.sub(" ", piece)))))
+        df = Counter(t for s in self.sentences for t in s.terms)
+        n = max(len(self.sentences), 1)
+        self.idf = {t: math.log(1 + n / c) for t, c in df.items()}
+        self.default_idf = math.log(1 + n)  # a term no sentence has
+
+    def weight(self, term: str) -> float:
+        return self.idf.get(term, self.default_idf)
+
+    def overlap(self, query_terms: set[str], sentence: Sentence) -> float:
+        """Share of the query's term weight that the sentence holds (0..1)."""
+        total = sum(self.weight(t) for t in query_terms)
+        return sum(self.weight(t) for t in query_terms & sentence.terms) / total if total else 0.0
+
+    def score_question(self, question: str, embed=None) -> None:
+        """Score each sentence for the question. `embed(texts) -> unit vectors` (the store's embedder) adds
+        the sentence's cosine to the question: worth its cost (~3 ms a sentence) on a few passages only."""
+        q_terms = set(terms(question))
+        wants_figure = asks_for_figure(question)
+        dense = [0.0] * len(self.sentences)
+        if embed is not None and self.sentences:
+            vectors = embed([question] + [self.passages[s.passage][s.start:s.end] for s in self.sentences])
+            dense = [sum(a * b for a, b in zip(vectors[0], v)) for v in vectors[1:]]
+        for sentence, cosine in zip(self.sentences, dense):
+            piece = self.passages[sentence.passage][sentence.start:sentence.end]
+            own = sum(self.weight(t) for t in sentence.terms)
+            precision = sum(self.weight(t) for t in q_terms & sentence.terms) / own if own else 0.0
+            sentence.score = (self.overlap(q_terms, sentence) + PRECISION_WEIGHT * precision + DENSE_WEIGHT * cosine
+                              + PRIOR_WEIGHT * self.prior[sentence.passage]
+                              + (FIGURE_BONUS if wants_figure and sentence.figures - q_terms else 0.0)
+                              - (FRAGMENT_PENALTY if not piece[:1].isupper() and not piece[:1].isdigit() else 0.0))
+
+    def best(self, passage: int) -> Sentence | None:
+        own = [s for s in self.sentences if s.passage == passage]
+        return max(own, key=lambda s: s.score) if own else None
+
+    def passage_score(self, passage: int) -> float:
+        best = self.best(passage)
+        return best.score if best else PRIOR_WEIGHT * self.prior[passage]
+
+    def quote(self, passage: int) -> list[tuple[int, int]]:
+        """The passage's QUOTE_SENTENCES best sentences, in reading order; adjacent ones as one span."""
+        own = sorted((s for s in self.sentences if s.passage == passage), key=lambda s: -s.score)[:QUOTE_SENTENCES]
+        spans: list[tuple[int, int]] = []
+        for sentence in sorted(own, key=lambda s: s.start):
+            gap = self.passages[passage][spans[-1][1]:sentence.start] if spans else None
+            if gap is not None and not gap.strip():
+                spans[-1] = (spans[-1][0], sentence.end)
+            else:
+                spans.append((sentence.start, sentence.end))
+        return spans
+
+
+def rank_passages(question: str, passages: list[str], passage_scores: list[float]) -> list[int]:
+    """Indexes of the passages, best evidence first (ties keep the retriever's order)."""
+    scorer = Scorer(passages, passage_scores)
+    scorer.score_question(question)
+    return sorted(range(len(passages)), key=lambda i: (-scorer.passage_score(i), i))
+
+
+def best_sentence(question: str, passages: list[str], passage_scores: list[float],
+                  embed=None) -> tuple[int, tuple[int, int]] | None:
+    """(passage index, span) of the one sentence that best answers the question."""
+    scorer = Scorer(passages, passage_scores)
+    scorer.score_question(question, embed)
+    if not scorer.sentences:
+        return None
+    top = max(scorer.sentences, key=lambda s: s.score)
+    return top.passage, (top.start, top.end)
+
+
+def quote_text(passage: str, spans: list[tuple[int, int]]) -> str:
+    return " … ".join(" ".join(passage[start:end].split()) for start, end in spans)
+
+
+def claims(answer: str) -> list[tuple[str, str]]:
+    """(key, shown) of every figure and name the answer states; shown adds the figure's next word or two."""
+    return [(key, shown) for key, shown, _ in _claims(answer)]
+
+
+def _claims(answer: str) -> list[tuple[str, str, frozenset[str]]]:
+    """(key, shown, the other terms of the answer's sentence that states it)."""
+    found = []
+    answer = answer or ""
+    context = {}
+    for start, end in sentence_spans(answer) if answer.strip() else []:
+        for position in range(start, end + 1):
+            context[position] = frozenset(t for t in terms(answer[start:end]) if not t[:1].isdigit() and t[:1] != "-")
+    for match in _FIGURE.finditer(answer):
+        # shown with the words it counts ("20 warmup steps"), up to two and never a stopword ("was a")
+        words = re.match(r"\s*([^\W\d_]+)(?:[ -]([^\W\d_]+))?", answer[match.end():])
+        tail = [w for w in (words.groups() if words else ()) if w]
+        tail = tail[:1] if len(tail) == 2 and tail[1].lower() in STOP else tail
+        tail = [] if tail and tail[0].lower() in STOP else tail
+        shown = " ".join([match.group(0), *tail])
+        found.append((figure_key(match.group(0)), shown.strip(), context.get(match.start(), frozenset())))
+    for match in _NAME.finditer(answer or ""):
+        before = answer[:match.start()].rstrip()
+        if not before or before[-1] in ".!?:\n\"“(" or match.group(0).lower() in STOP:
+            continue  # a capital at a sentence start says nothing about a name
+        found.append((match.group(0).lower(), match.group(0), frozenset()))
+    return found
+
+
+def support(question: str, answer: str, passages: list[str], passage_scores: list[float],
+            cited: list[int] | None = None, max_listed: int = 3, embed=None) -> Evidence:
+    """Which of `passages` (the prompt's) support `answer`, each one's quote, and the answer's figures and
+    names that none of them (nor the question) holds."""
+    evidence = Evidence()
+    if not passages:
+        return evidence
+    scorer = Scorer(passages, passage_scores)
+    scorer.score_question(question, embed)
+    question_best = max(range(len(passages)), key=scorer.passage_score)
+
+    haystack = " ".join([question, *passages])
+    known_words = {w.lower() for w in _WORD.findall(haystack)}
+    question_terms = set(terms(question))
+    question_figures = {figure_key(f) for f in figures(question)}
+    known_figures = {f for sentence in scorer.sentences for f in sentence.figures}
+    stated = _claims(answer)
+    unsupported = []
+    for key, shown, context in stated:
+        if key[:1].isdigit() or key[:1] == "-":
+            # A figure counts as held only where a sentence has it in the same context: "20 warmup steps"
+            # is not supported by "the Adam optimizer [20]" nor by "20 checkpoints".
+            about = context | question_terms
+            ok = key in question_figures or any(
+                key in sentence.figures or key.rstrip("%") in sentence.figures
+                for sentence in scorer.sentences if not about or about & sentence.terms)
+        else:
+            ok = key in known_words or _stem(key) in {_stem(w) for w in known_words if w[:2] == key[:2]}
+        if not ok and shown not in unsupported:
+            unsupported.append(shown)
+    evidence.unsupported = unsupported
+
+    answer_terms = set(terms(answer)) - set(terms(question))
+    answer_figures = {k for k, _, _ in stated if k[:1].isdigit() or k[:1] == "-"} & known_figures
+    if not unsupported:  # rescore with what the answer says, its figures above all; unless it strays
+        for sentence in scorer.sentences:
+            sentence.score += (1.5 * scorer.overlap(answer_terms, sentence)
+                               + (1.0 if answer_figures & sentence.figures else 0.0))
+
+    ranked = sorted(range(len(passages)), key=lambda i: (-scorer.passage_score(i), i))
+    listed = [ranked[0]]
+    for index in ranked[1:]:
+        best = scorer.best(index)
+        holds_figure = best is not None and bool(answer_figures & best.figures)
+        shares = best is not None and scorer.overlap(answer_terms, best) >= 0.5
+        if holds_figure or (shares and index in (cited or [])):
+            listed.append(index)
+    if question_best not in listed:  # the question's best evidence is listed even when the answer strays
+        listed.append(question_best)
+    evidence.listed = listed[:max_listed]
+    for index in evidence.listed:
+        evidence.quotes[index] = scorer.quote(index)
+
+    top = scorer.best(evidence.listed[0])
+    missing_figure = asks_for_figure(question) and top is not None and bool(top.figures) and not answer_figures
+    evidence.supported = not unsupported and not missing_figure and bool(answer.strip())
+    return evidence

@@ -1,0 +1,101 @@
+"""Evidence on the real paper's passages: the sentence that answers, the sources that support an answer, the
+figures no passage holds, and answers cleaned of the reasoning's leftovers. No model needed."""
+from __future__ import annotations
+
+import pytest
+
+from chatapp import evidence, prompts
+from loaders.documents import load, split
+
+PDF = "attention-is-all-you-need.pdf"
+
+
+@pytest.fixture(scope="module")
+def pages(corpus) -> dict[int, list[str]]:
+    """The paper's chunks by page, as the store holds them."""
+    chunks = split(load(corpus / "pdf" / PDF))
+    by_page: dict[int, list[str]] = {}
+    for chunk in chunks:
+        by_page.setdefault(chunk.metadata["page"], []).append(chunk.page_content)
+    return by_page
+
+
+def passages_with(pages, *needles: str) -> list[str]:
+    found = [text for texts in pages.values() for text in texts if any(n in text for n in needles)]
+    assert found, needles
+    return found
+
+
+def test_sentences_are_cut_at_their_ends_and_long_ones_bounded():
+    text = "We used warmup_steps = 4000. Dropout was 0.1 for the base model.\n" + "word " * 200
+    spans = evidence.sentence_spans(text)
+    assert text[slice(*spans[0])] == "We used warmup_steps = 4000."
+    assert text[slice(*spans[1])] == "Dropout was 0.1 for the base model."
+    assert all(end - start <= evidence.MAX_QUOTE_CHARS for start, end in spans)
+
+
+def test_figures_compare_across_formats():
+    assert evidence.figure_key("4,000") == evidence.figure_key("4000")
+    assert evidence.figure_key("−9") == "-9"
+    assert evidence.figures("BLEU of 28.4 at 10% cost, 3.5 days, 2014-2015") == ["28.4", "10%", "3.5", "2014", "2015"]
+
+
+def test_the_sentence_with_the_figure_asked_for_is_the_best_evidence(pages):
+    passages = passages_with(pages, "warmup_steps = 4000", "label smoothing", "Adam optimizer")
+    found = evidence.best_sentence("How many warmup steps were used?", passages, [0.5] * len(passages))
+    assert found is not None
+    index, (start, end) = found
+    assert "4000" in passages[index][start:end]
+
+
+def test_passages_are_ranked_by_evidence_not_by_the_retriever(pages):
+    wrong = passages_with(pages, "Table 3")[:3]
+    right = passages_with(pages, "label smoothing of value")[:1]
+    order = evidence.rank_passages("What value of label smoothing was used?", wrong + right, [0.6, 0.6, 0.6, 0.3])
+    assert order[0] == 3
+
+
+def test_an_invented_figure_is_unsupported_and_the_right_passage_still_listed(pages):
+    passages = passages_with(pages, "warmup_steps = 4000", "Adam optimizer")
+    question = "How many warmup steps were used?"
+    bad = evidence.support(question, "It took 20 warmup steps.", passages, [0.5] * len(passages))
+    assert bad.unsupported == ["20 warmup steps"] and not bad.supported
+    top = bad.listed[0]
+    assert any("4000" in passages[top][a:b] for a, b in bad.quotes[top])
+
+    good = evidence.support(question, "4000 warmup steps were used.", passages, [0.5] * len(passages))
+    assert good.unsupported == [] and good.supported
+    assert "4000" in evidence.quote_text(passages[good.listed[0]], good.quotes[good.listed[0]])
+
+
+def test_a_name_no_passage_holds_is_unsupported(pages):
+    passages = passages_with(pages, "Adam optimizer")
+    found = evidence.support("Which optimizer was used?", "They trained it with the Adagrad optimizer.", passages,
+                             [0.5] * len(passages))
+    assert found.unsupported == ["Adagrad"]
+    assert evidence.support("Which optimizer was used?", "They used Adam.", passages,
+                            [0.5] * len(passages)).unsupported == []
+
+
+def test_an_answer_without_the_figure_asked_for_is_not_supported(pages):
+    passages = passages_with(pages, "label smoothing of value")
+    found = evidence.support("What value of label smoothing was used?", "They used label smoothing.", passages,
+                             [0.5] * len(passages))
+    assert found.unsupported == [] and not found.supported
+
+
+def test_quotes_are_a_sentence_or_two_not_the_passage(pages):
+    passages = passages_with(pages, "label smoothing of value")
+    found = evidence.support("What value of label smoothing was used?", "0.1", passages, [0.5] * len(passages))
+    quote = evidence.quote_text(passages[found.listed[0]], found.quotes[found.listed[0]])
+    assert "0.1" in quote and len(quote) < len(passages[found.listed[0]]) and len(quote) <= 2 * evidence.MAX_QUOTE_CHARS + 3
+
+
+@pytest.mark.parametrize("raw, clean", [
+    ("Passage [3] says the rate was 0.1 [3].", "The rate was 0.1."),
+    ("[1] The Eiffel Tower is 330 metres tall and stands in Paris. They used 4000 steps [2].", "They used 4000 steps."),
+    ("According to passage [2], beam size 21 [2, 4].", "Beam size 21."),
+    ("The encoder has 6 layers.", "The encoder has 6 layers."),
+])
+def test_answers_lose_the_reasoning_and_prompt_leftovers(raw, clean):
+    assert prompts.clean_answer(raw) == clean
