@@ -380,7 +380,9 @@ def api_arm(runs: int, max_new_tokens: int, style: str) -> dict:
             k, prompt_tokens = choose_k(store, registry, question, style)
             times = {}
             for arm in (("in_process", "api") if run % 2 else ("api", "in_process")):
-                registry.forget_prompts()  # both compute the whole prompt
+                # Both compute the whole prompt. Forgotten on the model's thread: a stream the client closed after
+                # its first chunk may still be finishing there, and would otherwise remember its prompt after this.
+                registry.call(registry.forget_prompts)
                 times[arm] = (in_process if arm == "in_process" else through_api)(question, k)
             print(f"  run {run}{' (warm-up)' if not run else ''}: {prompt_tokens} prompt tokens: "
                   f"in-process {times['in_process']:.3f} s, API {times['api']:.3f} s", flush=True)
