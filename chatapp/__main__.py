@@ -1,6 +1,8 @@
 """Ask the documents from the command line.
 
-    python -m chatapp ask "How many warmup steps were used?" [--json] [--style cot] [--variant base]
+    python -m chatapp ask "How many warmup steps were used?" ["Another question?" ...] [--json] [--style cot]
+
+Several questions are answered in one process (the model loads once); with --json, one object a line.
 
 Reads the store and the adapters under CHATAPP_DATA_DIR (default ./data).
 """
@@ -27,8 +29,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="Retrieve passages for QUESTION from the store in CHATAPP_DATA_DIR, answer with the model and "
         "list the sources. Ingest documents first with `python -m loaders ingest PATH`.",
     )
-    ask.add_argument("question", help="the question, in quotes")
-    ask.add_argument("--json", action="store_true", help='print {"answer", "reasoning", "sources": [...]} as one JSON object')
+    ask.add_argument("questions", nargs="+", metavar="QUESTION", help="one or more questions, each in quotes")
+    ask.add_argument("--json", action="store_true",
+                     help='print {"answer", "reasoning", "sources", "evidence", "unsupported"} as one JSON object a line')
     ask.add_argument("--style", choices=list(STYLES), default="cot", help="prompt style (default cot: chain-of-thought)")
     ask.add_argument("--variant", default="base", help='"base" or the name of an adapter under DATA/adapters (default base)')
     ask.add_argument("--k", type=int, default=None, help="passages to retrieve (default CHATAPP_TOP_K)")
@@ -52,21 +55,26 @@ def run_ask(args) -> int:
         raise ValueError(f"unknown variant {args.variant!r}; known: {', '.join(registry.variants())}")
     store = get_store(settings)
     try:
-        result = ask(
-            args.question, [], store=store, registry=registry, variant=args.variant, style=args.style,
-            generation=GenerationSettings(max_new_tokens=args.max_new_tokens), k=args.k, settings=settings,
-        )
+        for number, question in enumerate(args.questions):
+            result = ask(
+                question, [], store=store, registry=registry, variant=args.variant, style=args.style,
+                generation=GenerationSettings(max_new_tokens=args.max_new_tokens), k=args.k, settings=settings,
+            )
+            if args.json:
+                print(json.dumps({"question": question, **result.to_json()}, ensure_ascii=False), flush=True)
+                continue
+            print(("\n" if number else "") + f"Q: {question}")
+            if result.reasoning:
+                print(f"Reasoning: {result.reasoning}")
+            print(result.answer)
+            if result.unsupported:
+                print(f"  unsupported by the sources: {', '.join(result.unsupported)}"
+                      + (f" (the model said: {result.model_answer})" if result.model_answer else ""))
+            for source in result.sources:
+                where = f", {source.location}" if source.location else ""
+                print(f"  [{source.number}] {source.source}{where} (score {source.score:.2f}): \u201c{source.quote}\u201d")
     finally:
         store.close()  # release the embedded store's folder lock now, not in a noisy interpreter shutdown
-    if args.json:
-        print(json.dumps(result.to_json(), ensure_ascii=False))
-        return 0
-    if result.reasoning:
-        print(f"Reasoning: {result.reasoning}\n")
-    print(result.answer)
-    for source in result.sources:
-        where = f", {source.location}" if source.location else ""
-        print(f"  [{source.number}] {source.source}{where} (score {source.score:.2f})")
     return 0
 
 

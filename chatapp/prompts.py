@@ -40,6 +40,7 @@ EXAMPLES: list[dict] = [
             "Construction of the tower took two years, from 1887 to 1889.",
         ],
         "question": "How long did it take to build the Eiffel Tower?",
+        "evidence": 2,
         "reasoning": "Passage [2] says construction ran from 1887 to 1889, which is two years.",
         "answer": "It took two years to build, from 1887 to 1889 [2].",
     },
@@ -49,6 +50,7 @@ EXAMPLES: list[dict] = [
             "A worker bee lives for about six weeks in summer.",
         ],
         "question": "How many flowers can a honey bee visit in a day?",
+        "evidence": 1,
         "reasoning": "Passage [1] gives the number of flowers a honey bee visits in one day: up to 5,000.",
         "answer": "Up to 5,000 flowers a day [1].",
     },
@@ -58,6 +60,7 @@ EXAMPLES: list[dict] = [
             "Bake the cake at 180 degrees for 35 minutes.",
         ],
         "question": "At what temperature is the cake baked?",
+        "evidence": 2,
         "reasoning": "Passage [2] is about baking and says 180 degrees for 35 minutes.",
         "answer": "At 180 degrees [2].",
     },
@@ -89,8 +92,14 @@ def context_block(passages: list[str]) -> str:
     return "\n\n".join(f"[{i}] {' '.join(text.split())}" for i, text in enumerate(passages, 1))
 
 
-def _user_turn(passages: list[str], question: str) -> str:
-    return f"Passages:\n{context_block(passages)}\n\nQuestion: {question}"
+def _user_turn(passages: list[str], question: str, focus: tuple[int, str] | None = None) -> str:
+    """The passages, then (when given) the one sentence with the best evidence, then the question. The
+    sentence sits last because the 135M model copies from what it read most recently."""
+    block = f"Passages:\n{context_block(passages)}\n\n"
+    if focus is not None:
+        number, sentence = focus
+        block += f"Most relevant, from [{number}]: {' '.join(sentence.split())}\n\n"
+    return f"{block}Question: {question}"
 
 
 def _assistant_turn(example: dict, style: str) -> str:
@@ -99,8 +108,10 @@ def _assistant_turn(example: dict, style: str) -> str:
     return example["answer"]
 
 
-def answer_messages(question: str, passages: list[str], style: str = "cot") -> list[dict]:
-    """Chat messages asking for a cited answer to `question` from `passages`."""
+def answer_messages(question: str, passages: list[str], style: str = "cot",
+                    focus: tuple[int, str] | None = None) -> list[dict]:
+    """Chat messages asking for a cited answer to `question` from `passages`; `focus` is (passage number,
+    sentence) of the best evidence, shown right before the question (the worked examples show it too)."""
     if style not in STYLES:
         raise ValueError(f"prompt style must be one of {', '.join(STYLES)}, not {style!r}")
     system = SYSTEM
@@ -108,17 +119,24 @@ def answer_messages(question: str, passages: list[str], style: str = "cot") -> l
         system += f" First reason step by step about which passage answers the question, then write '{FINAL_MARKER}' and the answer."
     messages = [{"role": "system", "content": system}]
     for example in EXAMPLES[: SHOTS[style]]:
-        messages.append({"role": "user", "content": _user_turn(example["passages"], example["question"])})
+        example_focus = (example["evidence"], example["passages"][example["evidence"] - 1]) if focus else None
+        messages.append({"role": "user", "content": _user_turn(example["passages"], example["question"], example_focus)})
         messages.append({"role": "assistant", "content": _assistant_turn(example, style)})
-    messages.append({"role": "user", "content": _user_turn(passages, question)})
+    messages.append({"role": "user", "content": _user_turn(passages, question, focus)})
     return messages
 
 
-def reply_prefix(style: str) -> str:
+def reply_prefix(style: str, focus: tuple[int, str] | None = None) -> str:
     """Text the model's reply starts with. For chain-of-thought it opens the reasoning the way the worked
     example does: left to itself, the 135M model skipped straight to an answer on every corpus question
-    tried; started with "Passage [" it names the passage it reads, then gives its final answer."""
-    return "Passage [" if style == "cot" else ""
+    tried; started with "Passage [" it names the passage it reads, then gives its final answer. Given the
+    best evidence (`focus`), the reasoning starts by quoting it, so the answer follows right after it."""
+    if style != "cot":
+        return ""
+    if focus is None:
+        return "Passage ["
+    number, sentence = focus
+    return f"Passage [{number}] says: \"{' '.join(sentence.split())}\""
 
 
 def required_text(style: str) -> str | None:
@@ -167,6 +185,24 @@ def parse_reply(text: str, style: str = "cot") -> ParsedReply:
     if not answer:
         return ParsedReply("", _strip_label(reasoning))
     return ParsedReply(_strip_label(reasoning), answer)
+
+
+_LEFTOVER_CITATION = re.compile(r"\s*\[\d{1,2}(?:\s*,\s*\d{1,2})*\]")
+_REASONING_LEAD = re.compile(r"^(passage|according to passage|in passage)\s*\[?\d*\]?\s*(says|states|gives|mentions|shows)?\s*(that)?\s*[:,]?\s*",
+                             re.IGNORECASE)
+_EXAMPLE_TEXTS = [" ".join(p.lower().split()) for e in EXAMPLES for p in e["passages"]]
+
+
+def clean_answer(text: str) -> str:
+    """The final answer without the reasoning's or the prompt's leftovers: a lead-in such as
+    "Passage [3] says", bracketed passage numbers (the sources are listed by evidence, not by [n]), and
+    sentences copied from the worked examples ("[1] The Eiffel Tower...")."""
+    text = _REASONING_LEAD.sub("", (text or "").strip())
+    text = _LEFTOVER_CITATION.sub("", text).strip()
+    kept = [part for part in re.split(r"(?<=[.!?])\s+|\n+", text)
+            if part.strip() and not any(" ".join(part.lower().split()).rstrip(".") in e for e in _EXAMPLE_TEXTS)]
+    text = " ".join(kept).strip()
+    return text[:1].upper() + text[1:] if text else ""
 
 
 def _strip_label(text: str) -> str:

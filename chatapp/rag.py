@@ -8,23 +8,36 @@ Decisions worth knowing:
   it, the model is not asked at all: the reply says the documents don't cover the question and
   cites nothing (a 135M model asked anyway answers from memory, see tests/test_chat_rag.py).
 - Small talk ("hi", "thanks") skips retrieval and gets a short, source-free reply.
-- Sources listed under an answer are the passages it cites as [n]. When it cites none (the
-  embedded 135M model rarely does), every passage it was given is listed, because the answer was
-  written from exactly those; listing nothing would hide where the answer came from.
+- Retrieval asks the store for `settings.candidates` passages (20) and keeps the `top_k` with the best
+  evidence (chatapp/evidence.py): the sentence that answers a question is often in a passage the dense
+  score ranks 5th to 15th.
+- Sources listed under an answer are chosen by evidence, not by the model's [n] markers: the passage
+  with the best evidence always, and the others that hold what the answer states. Each carries its
+  quote, the sentence or two that carry the answer.
+- Figures and names of the answer that no passage holds are listed as `unsupported`. Such an answer,
+  or one that leaves out the figure the question asks for, is replaced by the quote itself
+  (`settings.extractive_fallback`), and the model's wording is kept as `model_answer`.
+- An empty store says so and points to the Documents tab; a question asked while a file is still being
+  stored waits for it, and says so.
 - A follow-up is rewritten into a standalone question from the conversation before retrieval.
 """
 from __future__ import annotations
 
 import re
+import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field, replace
 
-from chatapp import prompts
+from chatapp import evidence, prompts
 from chatapp.model import BASE, GenerationSettings
 from chatapp.settings import Settings
 
 NO_CONTEXT_REPLY = "The documents don't cover this question, so I can't answer it from them."
+EMPTY_STORE_REPLY = ("No documents are stored yet. Add some in the Documents tab (or with "
+                     "`python -m loaders ingest PATH`), then ask again.")
 CONDENSE_GENERATION = GenerationSettings(max_new_tokens=40)
+INGEST_GRACE_S = 3.0  # a file dropped in the Documents tab reaches the server a moment after the drop
+INGEST_WAIT_S = 600.0
 
 
 @dataclass
@@ -37,6 +50,9 @@ class Source:
     kind: str = ""
     page: int | None = None  # PDF page, counted from 1
     start: float | None = None  # transcript start, seconds
+    sha256: str = ""  # of the source's bytes: finds the stored copy of a PDF
+    quote: str = ""  # the sentence or two of `text` that carry the answer
+    quote_spans: list[tuple[int, int]] = field(default_factory=list)  # where the quote is in `text`
 
     @property
     def location(self) -> str:
@@ -48,7 +64,8 @@ class Source:
         return ""
 
     def to_json(self) -> dict:
-        record = {"source": self.source, "page": self.page, "text": self.text, "score": round(self.score, 4)}
+        record = {"source": self.source, "page": self.page, "text": self.text, "score": round(self.score, 4),
+                  "quote": self.quote}
         if self.start is not None:
             record["start"] = self.start
             record["timestamp"] = timestamp(self.start)
@@ -61,9 +78,11 @@ class Answer:
     standalone_question: str = ""
     answer: str = ""
     reasoning: str = ""
-    sources: list[Source] = field(default_factory=list)  # listed under the answer
+    sources: list[Source] = field(default_factory=list)  # listed under the answer, best evidence first
     retrieved: list[Source] = field(default_factory=list)  # everything the prompt was given
-    status: str = "answered"  # answered | no_context | small_talk
+    unsupported: list[str] = field(default_factory=list)  # figures/names the model stated that no passage holds
+    model_answer: str = ""  # the model's own answer, when it was replaced by the evidence quote
+    status: str = "answered"  # answered | no_context | small_talk | empty_store | waiting
     raw: str = ""  # the model's reply as produced
     done: bool = False
 
@@ -72,14 +91,23 @@ class Answer:
         """The answer as shown so far (reasoning excluded)."""
         return self.answer
 
+    @property
+    def evidence(self) -> list[dict]:
+        return [{"source": s.source, "page": s.page, "quote": s.quote} for s in self.sources if s.quote]
+
     def to_json(self) -> dict:
-        return {
+        record = {
             "answer": self.answer,
             "reasoning": self.reasoning,
             "sources": [s.to_json() for s in self.sources],
+            "evidence": self.evidence,
+            "unsupported": list(self.unsupported),
             "status": self.status,
             "standalone_question": self.standalone_question,
         }
+        if self.model_answer:
+            record["model_answer"] = self.model_answer
+        return record
 
 
 def timestamp(seconds: float) -> str:
@@ -102,15 +130,20 @@ def _as_float(value) -> float | None:
         return None
 
 
+def _source(doc, score: float, number: int = 0) -> Source:
+    meta = doc.metadata or {}
+    return Source(number=number, source=str(meta.get("source", "?")), text=doc.page_content, score=score,
+                  title=str(meta.get("title") or ""), kind=str(meta.get("kind") or ""),
+                  page=_as_int(meta.get("page")), start=_as_float(meta.get("start")), sha256=str(meta.get("sha256") or ""))
+
+
 def retrieve(store, query: str | list[str], k: int, threshold: float) -> list[Source]:
-    """Passages scoring at least `threshold`, numbered for the prompt.
+    """The k passages scoring at least `threshold`, best first (numbered in that order).
 
     Several queries (a follow-up as asked and as rewritten) are merged by reciprocal rank fusion, as
     LangChain's EnsembleRetriever does, so each query's best passages make the top k (pooling by cosine
     let the as-asked "What values did it use for beta1 and beta2?" push the optimizer page out); ties go
-    to the earlier query. A passage shows its best score. The best passage is numbered last so it sits
-    right before the question: the 135M model leans on what it read most recently (on the shared PDF
-    this turned "3 layers" into the right "6").
+    to the earlier query. A passage shows its best score.
     """
     fused: dict[tuple, list] = {}  # key -> [doc, best score, fused rank score, first query's position]
     queries = list(dict.fromkeys([query] if isinstance(query, str) else query))
@@ -121,33 +154,23 @@ def retrieve(store, query: str | list[str], k: int, threshold: float) -> list[So
             entry = fused.setdefault(key, [doc, score, 0.0, position])
             entry[1] = max(entry[1], score)
             entry[2] += 1 / (60 + rank)
-    ranked = sorted(fused.values(), key=lambda e: (e[2], -e[3], e[1]))
-    hits = [(doc, score) for doc, score, _, _ in ranked[-k:]]
-    sources = []
-    for number, (doc, score) in enumerate(hits, 1):
-        meta = doc.metadata or {}
-        sources.append(
-            Source(
-                number=number,
-                source=str(meta.get("source", "?")),
-                text=doc.page_content,
-                score=score,
-                title=str(meta.get("title") or ""),
-                kind=str(meta.get("kind") or ""),
-                page=_as_int(meta.get("page")),
-                start=_as_float(meta.get("start")),
-            )
-        )
-    return sources
+    ranked = sorted(fused.values(), key=lambda e: (-e[2], e[3], -e[1]))[:k]
+    return [_source(doc, score, number) for number, (doc, score, _, _) in enumerate(ranked, 1)]
+
+
+def choose_passages(question: str, candidates: list[Source], k: int) -> list[Source]:
+    """The k candidates with the best evidence for the question, numbered for the prompt with the best
+    last, right before the question: the 135M model leans on what it read most recently (on the shared
+    PDF this turned "3 layers" into the right "6")."""
+    order = evidence.rank_passages(question, [c.text for c in candidates], [c.score for c in candidates])
+    chosen = [candidates[i] for i in order[:k]][::-1]
+    return [replace(source, number=number) for number, source in enumerate(chosen, 1)]
 
 
 def cited_sources(text: str, retrieved: list[Source]) -> list[Source]:
-    """The passages `text` cites, in order of first citation; all of them when it cites none."""
-    numbers = prompts.cited_numbers(text, len(retrieved))
-    if not numbers:
-        return list(retrieved)
+    """The passages `text` cites as [n], in order of first citation."""
     by_number = {s.number: s for s in retrieved}
-    return [by_number[n] for n in numbers]
+    return [by_number[n] for n in prompts.cited_numbers(text, len(retrieved)) if n in by_number]
 
 
 def text_history(history: Iterable[dict] | None) -> list[dict]:
@@ -183,7 +206,6 @@ def standalone_question(question: str, history: list[dict], registry) -> str:
         return fallback
     return rewrite
 
-
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+|\n+")
 
 
@@ -206,6 +228,19 @@ def repeating(text: str) -> int | None:
             break
         seen.add(key)
     return cut
+
+
+def _wait_for_documents(store, question: str) -> Iterator[Answer]:
+    """Yields a 'waiting' Answer while sources are still being stored; returns once none are."""
+    deadline = time.monotonic() + INGEST_GRACE_S
+    while not store.ingesting() and store.is_empty() and time.monotonic() < deadline:
+        time.sleep(0.2)  # an upload that was just dropped may not have reached the store yet
+    pending = store.ingesting()
+    if pending:
+        names = ", ".join(sorted(pending))
+        yield Answer(question, status="waiting",
+                     answer=f"Still storing {names}; the answer follows as soon as it is stored.")
+        store.wait_until_stored(INGEST_WAIT_S)
 
 
 def answer(
@@ -231,7 +266,7 @@ def answer(
         raise ValueError(f"prompt style must be one of {', '.join(prompts.STYLES)}, not {style!r}")
     settings = settings or registry.settings
     if store is None:  # the process's one document store (embedded Qdrant allows one client per folder)
-        from loaders.store import get_store
+        from loaders.store import get_store  # here, not at the top: loaders imports chatapp's settings
 
         store = get_store(settings)
     generation = generation or GenerationSettings()
@@ -239,7 +274,13 @@ def answer(
 
     if prompts.is_small_talk(question):
         result = Answer(question, standalone_question=question, status="small_talk")
-        yield from _stream_into(result, registry.stream(prompts.small_talk_messages(question, turns), variant, generation), "direct", [])
+        yield from _stream_into(result, registry.stream(prompts.small_talk_messages(question, turns), variant, generation), "direct")
+        return
+
+    yield from _wait_for_documents(store, question)
+    if store.is_empty():
+        yield Answer(question, standalone_question=question, status="empty_store", answer=EMPTY_STORE_REPLY,
+                     raw=EMPTY_STORE_REPLY, done=True)
         return
 
     searched = standalone_question(question, turns, registry) if turns else question
@@ -247,19 +288,34 @@ def answer(
     # model's rewrite drags the previous topic in. The model is given the rewrite only when it is one
     # question: shown a statement, or two questions, it answers those instead.
     query = searched if searched.count("?") == 1 and searched.rstrip().endswith("?") else question
-    retrieved = retrieve(store, [question, searched], k or settings.top_k, settings.score_threshold)
+    candidates = retrieve(store, [question, searched], max(settings.candidates, k or settings.top_k),
+                          min(settings.candidate_threshold, settings.score_threshold))
+    if not candidates or max(c.score for c in candidates) < settings.score_threshold:
+        candidates = []  # nothing relevant enough: the documents don't cover the question
+    retrieved = choose_passages(query, candidates, k or settings.top_k)
     result = Answer(question, standalone_question=searched, retrieved=retrieved)
     if not retrieved:
         result.status, result.answer, result.raw, result.done = "no_context", NO_CONTEXT_REPLY, NO_CONTEXT_REPLY, True
         yield result
         return
-    messages = prompts.answer_messages(query, [s.text for s in retrieved], style)
-    pieces = registry.stream(messages, variant, generation, reply_prefix=prompts.reply_prefix(style),
+    embed = _memo(store.embeddings.embed_documents)  # the sentences are embedded once, for both uses below
+    focus = None
+    if settings.evidence_in_prompt:
+        best = evidence.best_sentence(query, [s.text for s in retrieved], [s.score for s in retrieved], embed)
+        if best is not None:
+            index, (start, end) = best
+            focus = (retrieved[index].number, retrieved[index].text[start:end])
+    messages = prompts.answer_messages(query, [s.text for s in retrieved], style, focus=focus)
+    pieces = registry.stream(messages, variant, generation,
+                             reply_prefix=prompts.reply_prefix(style, focus if settings.quote_in_reply else None),
                              required=prompts.required_text(style))
-    yield from _stream_into(result, pieces, style, retrieved)
+    for partial in _stream_into(result, pieces, style):
+        if partial.done:
+            _ground(partial, query, settings, embed)
+        yield partial
 
 
-def _stream_into(result: Answer, pieces: Iterator[str], style: str, retrieved: list[Source]) -> Iterator[Answer]:
+def _stream_into(result: Answer, pieces: Iterator[str], style: str) -> Iterator[Answer]:
     try:
         for piece in pieces:
             result.raw += piece
@@ -267,19 +323,50 @@ def _stream_into(result: Answer, pieces: Iterator[str], style: str, retrieved: l
             if cut is not None:
                 result.raw = result.raw[:cut].rstrip()
                 break
-            _fill(result, style, retrieved)
+            _fill(result, style)
             yield replace(result)
     finally:
         pieces.close()  # stops the generation thread when we stop early or the caller goes away
-    _fill(result, style, retrieved)
+    _fill(result, style)
     result.done = True
     yield result
 
 
-def _fill(result: Answer, style: str, retrieved: list[Source]) -> None:
+def _fill(result: Answer, style: str) -> None:
     parsed = prompts.parse_reply(result.raw, style)
-    result.reasoning, result.answer = parsed.reasoning, parsed.answer
-    result.sources = cited_sources(result.raw, retrieved) if retrieved else []
+    result.reasoning, result.answer = parsed.reasoning, prompts.clean_answer(parsed.answer)
+
+
+def _memo(embed):
+    """`embed` that embeds each text once."""
+    seen: dict[str, list[float]] = {}
+
+    def cached(texts: list[str]) -> list[list[float]]:
+        missing = list(dict.fromkeys(t for t in texts if t not in seen))
+        if missing:
+            seen.update(zip(missing, embed(missing)))
+        return [seen[t] for t in texts]
+
+    return cached
+
+
+def _ground(result: Answer, question: str, settings: Settings, embed=None) -> None:
+    """List the sources that support the finished answer, with their quotes, and flag what none holds."""
+    passages = result.retrieved
+    cited = [passages.index(s) for s in cited_sources(result.raw, passages)]
+    found = evidence.support(question, result.answer, [s.text for s in passages], [s.score for s in passages],
+                             cited=cited, embed=embed)
+    result.sources = []
+    for index in found.listed:
+        spans = found.quotes.get(index, [])
+        source = passages[index]
+        result.sources.append(replace(source, quote=evidence.quote_text(source.text, spans), quote_spans=spans))
+    result.unsupported = found.unsupported
+    best = result.sources[0] if result.sources else None
+    if settings.extractive_fallback and not found.supported and best is not None and best.quote:
+        where = f", {best.location}" if best.location else ""
+        result.model_answer = result.answer
+        result.answer = f"From {best.source}{where}: \u201c{best.quote}\u201d"
 
 
 def ask(question: str, history: Iterable[dict] | None = None, **kwargs) -> Answer:

@@ -33,7 +33,17 @@ class Settings:
     # auto | 4bit | 8bit | 16bit | 32bit. auto = 4-bit NF4 on CUDA, 32-bit on CPU.
     precision: str = "auto"
     top_k: int = 4
-    # Cosine similarity below which a passage does not count as relevant.
+    # Passages asked of the store before the top_k with the best evidence are kept (chatapp/evidence.py),
+    # down to this cosine: the passage holding the answer often scores 0.2-0.3 when the best one clears 0.3.
+    candidates: int = 20
+    candidate_threshold: float = 0.2
+    # The best evidence sentence shown again right before the question.
+    evidence_in_prompt: bool = True
+    # Chain-of-thought replies start by quoting that sentence ('Passage [4] says: "..."').
+    quote_in_reply: bool = True
+    # An answer stating a figure no passage holds, or missing the figure asked for, becomes the quote.
+    extractive_fallback: bool = True
+    # Cosine similarity the best passage must reach for the documents to count as covering a question.
     score_threshold: float = 0.3
     host: str = "127.0.0.1"
     port: int = 7860
@@ -79,7 +89,9 @@ class Settings:
             if raw is None or raw == "":
                 continue
             kind = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", str(f.type))
-            if kind.startswith("int"):
+            if kind.startswith("bool"):
+                values[f.name] = raw.strip().lower() in ("1", "true", "yes", "on")
+            elif kind.startswith("int"):
                 values[f.name] = int(raw)
             elif kind.startswith("float"):
                 values[f.name] = float(raw)

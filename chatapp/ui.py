@@ -5,6 +5,7 @@ a web page with a <script> in it is shown as text and never runs.
 """
 from __future__ import annotations
 
+import base64
 import html
 import logging
 
@@ -13,6 +14,7 @@ import gradio as gr
 from chatapp import prompts, rag
 from chatapp.model import BASE, GenerationSettings
 from chatapp.settings import Settings
+from loaders.pages import highlighted_page
 
 log = logging.getLogger("chatapp.ui")
 
@@ -40,29 +42,66 @@ def model_line(registry) -> str:
     return f"Model: **{name}** · precision **{info['precision']}** · weights **{info['footprint_mb']:.0f} MB** · {info['device']}"
 
 
-def sources_html(answer: rag.Answer | None) -> str:
+def marked_passage(source: rag.Source) -> str:
+    """The passage as escaped text with its quote's spans in <mark>."""
+    parts, position = [], 0
+    for start, end in sorted(source.quote_spans):
+        parts += [html.escape(source.text[position:start]), f"<mark>{html.escape(source.text[start:end])}</mark>"]
+        position = end
+    parts.append(html.escape(source.text[position:]))
+    return "".join(parts)
+
+
+def page_picture(store, source: rag.Source) -> str:
+    """An <img> of the PDF page with the quote highlighted, or "" (not a PDF, or no stored copy)."""
+    original = store.original(source.sha256) if store is not None and source.page and source.kind == "pdf" else None
+    if original is None:
+        return ""
+    try:
+        jpeg = highlighted_page(original, source.page, [source.text[a:b] for a, b in source.quote_spans])
+    except Exception:  # a damaged copy: the passage is still shown as text
+        log.exception("rendering %s p. %s failed", source.source, source.page)
+        return ""
+    data = base64.b64encode(jpeg).decode()
+    return (f'<details class="chat-page"><summary>Page {source.page} with the quote highlighted</summary>'
+            f'<img class="chat-page-image" alt="{html.escape(source.source)} p. {source.page}" '
+            f'src="data:image/jpeg;base64,{data}" style="max-width: 100%"></details>')
+
+
+def sources_html(answer: rag.Answer | None, store=None) -> str:
     if answer is None:
         return EMPTY_SOURCES
     if answer.status == "small_talk":
         return _sources_note("No sources: small talk.")
+    if answer.status == "empty_store":
+        return _sources_note("No sources: no documents are stored yet (Documents tab).")
+    if answer.status == "waiting":
+        return PENDING_SOURCES
     if not answer.sources:
         return _sources_note("No sources: nothing in the documents scored above the relevance threshold.")
     items = []
     for source in answer.sources:
         where = f" · {html.escape(source.location)}" if source.location else ""
         title = f" — {html.escape(source.title)}" if source.title and source.title != source.source else ""
+        quote = f'<blockquote class="chat-quote">{html.escape(source.quote)}</blockquote>' if source.quote else ""
         items.append(
-            '<details class="chat-source">'
-            f"<summary>[{source.number}] <b>{html.escape(source.source)}</b>{where}{title}"
-            f' <span class="chat-score">score {source.score:.2f}</span></summary>'
-            f'<div class="chat-passage" style="white-space: pre-wrap">{html.escape(source.text)}</div>'
-            "</details>"
+            '<div class="chat-source">'
+            f"<div>[{source.number}] <b>{html.escape(source.source)}</b>{where}{title}"
+            f' <span class="chat-score">score {source.score:.2f}</span></div>{quote}'
+            f'<details class="chat-passage-box"><summary>Whole passage</summary>'
+            f'<div class="chat-passage" style="white-space: pre-wrap">{marked_passage(source)}</div></details>'
+            f"{page_picture(store, source)}</div>"
         )
-    return f'<div class="chat-sources"><div><b>Sources</b></div>{"".join(items)}</div>'
+    flagged = ""
+    if answer.unsupported:
+        flagged = ('<div class="chat-unsupported">⚠ Not in any source: '
+                   f'{html.escape(", ".join(answer.unsupported))}</div>')
+    return f'<div class="chat-sources">{flagged}<div><b>Sources</b></div>{"".join(items)}</div>'
 
 
 def answer_messages(answer: rag.Answer) -> list[dict]:
-    """The assistant's part of the conversation: folded reasoning (when there is any), then the answer."""
+    """The assistant's part of the conversation: folded reasoning (when there is any), then the answer,
+    then, when the model stated what no source holds, that flag and the model's own words."""
     messages = []
     if answer.reasoning:
         status = "done" if (answer.answer or answer.done) else "pending"
@@ -70,13 +109,19 @@ def answer_messages(answer: rag.Answer) -> list[dict]:
             {"role": "assistant", "content": html.escape(answer.reasoning), "metadata": {"title": "Reasoning", "status": status}}
         )
     if answer.answer or answer.done:
-        messages.append({"role": "assistant", "content": html.escape(answer.answer or "(no answer)")})
+        text = html.escape(answer.answer or "(no answer)")
+        if answer.done and answer.unsupported:
+            said = f" The model wrote: “{html.escape(answer.model_answer)}”; the source is quoted instead." if answer.model_answer else ""
+            text += f"\n\n⚠ Not in any source: {html.escape(', '.join(answer.unsupported))}.{said}"
+        messages.append({"role": "assistant", "content": text})
     return messages
 
 
 def build_chat_tab(settings: Settings, registry, store) -> dict:
     """Build the Chat tab's components inside the caller's `gr.Tab`; returns them by name."""
     info = gr.Markdown(lambda: model_line(registry), elem_id="model-info")
+    # The model loads in the background after the page is up: the line follows it, then the timer stops.
+    model_timer = gr.Timer(1.0, active=registry.base is None)
     with gr.Row():
         with gr.Column(scale=3):
             chatbot = gr.Chatbot(elem_id="chatbot", label="Chat", height=480, sanitize_html=True, buttons=["copy"])
@@ -119,8 +164,8 @@ def build_chat_tab(settings: Settings, registry, store) -> dict:
                 message, prior, store=store, registry=registry, variant=variant_name or BASE,
                 style=style_name or "cot", generation=generation, settings=settings,
             ):
-                yield history + answer_messages(latest), "", sources_html(latest) if latest.done else gr.skip(), gr.skip()
-            yield history + answer_messages(latest), "", sources_html(latest), model_line(registry)
+                yield history + answer_messages(latest), "", sources_html(latest, store) if latest.done else gr.skip(), gr.skip()
+            yield history + answer_messages(latest), "", sources_html(latest, store), model_line(registry)
         except (KeyError, ValueError) as exc:  # an adapter deleted meanwhile, a bad setting
             raise gr.Error(str(exc).strip("'\""), print_exception=False) from None
         except Exception as exc:
@@ -133,6 +178,8 @@ def build_chat_tab(settings: Settings, registry, store) -> dict:
         trigger(respond, inputs, outputs, concurrency_limit=1, concurrency_id="generation")
     clear.click(lambda: ([], EMPTY_SOURCES, ""), None, [chatbot, sources, question], queue=False)
     variant.focus(refresh_variants, variant, variant, queue=False)
+    model_timer.tick(lambda: (model_line(registry), gr.Timer(active=registry.base is None)), None, [info, model_timer],
+                     queue=False, show_progress="hidden")
 
     return {
         "chatbot": chatbot, "question": question, "send": send, "clear": clear, "sources": sources,

@@ -59,6 +59,22 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples (default 1000)")
     s.add_argument("--json", action="store_true", help="print JSON: {variants: {NAME: {rouge1, ..., bleu, errors}}, comparisons}")
 
+    g = sub.add_parser("rag", help="grounded answers on your own store: hit@k, MRR, right source, fact quoted/stated",
+                       description="Ask each question of a question file against the documents in CHATAPP_DATA_DIR, "
+                                   "as the Chat tab would, and measure retrieval (hit@1/4/20, MRR of the passage "
+                                   "holding the answer), the right passage listed, the answer string inside an "
+                                   "evidence quote and inside the answer, and figures flagged or invented. A line is "
+                                   '{"question", "answer", "source", "page"} (answer: the exact string as the document '
+                                   "has it; source: the stored file name) or an Alpaca record with source, as "
+                                   "`python -m finetune synth` writes; a line with no answer and no source must get "
+                                   "no sources (off-topic, small talk).")
+    g.add_argument("--questions", required=True, type=Path, help="question file, .jsonl or a .json list")
+    g.add_argument("--variants", default="base", help="comma-separated: base and/or adapter names (default base)")
+    g.add_argument("--split", default=None, help="only questions whose split field is this (e.g. holdout)")
+    g.add_argument("--limit", type=int, default=None, help="the first N questions only")
+    g.add_argument("--max-new-tokens", type=int, default=96, help="answer length cap (default 96)")
+    g.add_argument("--json", action="store_true", help="print one JSON object: {variants: {NAME: summary}, records}")
+
     a = sub.add_parser("arena", help="ratings and export of arena votes",
                        description="Work with the arena's votes (DATA/arena.sqlite, FastChat battle format).")
     arena = a.add_subparsers(dest="arena_command", required=True, metavar="ARENA_COMMAND")
@@ -130,6 +146,42 @@ def _cmd_score(args) -> int:
     return 0
 
 
+def _cmd_rag(args) -> int:
+    from chatapp.model import GenerationSettings, ModelRegistry
+    from chatapp.settings import Settings
+    from eval.answers import evaluate, read_questions
+    from loaders.store import get_store
+
+    questions = read_questions(args.questions, args.split)[: args.limit]  # a bad file fails before the model loads
+    if not questions:
+        raise ValueError(f"{args.questions}: no questions" + (f" in split {args.split!r}" if args.split else ""))
+    settings = Settings.from_env()
+    registry = ModelRegistry(settings)
+    variants = [v.strip() for v in args.variants.split(",") if v.strip()]
+    unknown = [v for v in variants if v not in registry.variants()]
+    if unknown:
+        raise ValueError(f"unknown variant {unknown[0]!r}; known: {', '.join(registry.variants())}")
+    store = get_store(settings)
+    try:
+        if store.is_empty():
+            raise ValueError(f"the store in {settings.data_dir} is empty: ingest documents first (python -m loaders ingest PATH)")
+        reports = [evaluate(questions, store=store, registry=registry, settings=settings, variant=variant,
+                            generation=GenerationSettings(max_new_tokens=args.max_new_tokens),
+                            progress=lambda done, total, q, v=variant: print(f"{v}: {done}/{total}", end="\r", file=sys.stderr))
+                   for variant in variants]
+    finally:
+        store.close()
+    print(file=sys.stderr)
+    if args.json:
+        print(json.dumps({"variants": {r.variant: r.summary() for r in reports},
+                          "records": {r.variant: r.to_json()["records"] for r in reports}}, ensure_ascii=False))
+        return 0
+    for report in reports:
+        summary = report.summary()
+        print(f"{report.variant}: " + ", ".join(f"{key} {value}" for key, value in summary.items() if key != "variant"))
+    return 0
+
+
 def _battles(args) -> list:
     from dataclasses import asdict
 
@@ -175,7 +227,7 @@ def _cmd_export(args) -> int:
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     args = _parser().parse_args(argv)
-    handler = {"metrics": _cmd_metrics, "score": _cmd_score}.get(args.command)
+    handler = {"metrics": _cmd_metrics, "score": _cmd_score, "rag": _cmd_rag}.get(args.command)
     if handler is None:
         handler = {"ratings": _cmd_ratings, "export": _cmd_export}[args.arena_command]
     try:

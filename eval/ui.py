@@ -226,4 +226,50 @@ def build_eval_tab(settings, registry) -> dict:
     run.click(run_score, [data, variants, limit, max_new, tokenizer], [table, verdicts, predictions])
     refresh = gr.Button("Rescan variants", size="sm", elem_id="eval-rescan")
     refresh.click(lambda: gr.update(choices=registry.variants()), None, variants)
-    return {"run": run, "table": table, "variants": variants}
+    rag_parts = build_rag_eval(settings, registry, variants)
+    return {"run": run, "table": table, "variants": variants, **rag_parts}
+
+
+RAG_COLUMNS = ["variant", "questions", "hit@1", "hit@4", "hit@20", "mrr", "right_source", "fact_in_quote",
+               "fact_stated", "unsupported_flagged", "invented_unflagged", "no_source_questions_with_sources"]
+
+
+def build_rag_eval(settings, registry, variants) -> dict:
+    """Grounded answers on the user's own store: `python -m eval rag` with a progress bar."""
+    from eval.answers import evaluate, read_questions
+    from loaders.store import get_store
+
+    gr.Markdown("### Answers from your documents\nUpload questions about the stored documents (JSONL: "
+                '`{"question", "answer", "source", "page"}`, the answer as the document words it; or pairs from '
+                "`python -m finetune synth`). Each is asked as in Chat, and scored: is the passage holding the "
+                "answer found (hit@k, MRR) and listed, is the answer inside a quote, does the answer state it, "
+                "and are figures no source holds flagged.")
+    with gr.Row():
+        questions = gr.File(label="Questions", file_types=[".json", ".jsonl"], elem_id="rag-eval-questions")
+        with gr.Column():
+            limit = gr.Number(value=20, precision=0, minimum=1, label="Questions to ask (first N)", elem_id="rag-eval-limit")
+            run = gr.Button("Ask and score", variant="primary", elem_id="rag-eval-run")
+    table = gr.Dataframe(headers=RAG_COLUMNS, interactive=False, elem_id="rag-eval-table")
+
+    def run_rag(file, chosen, n, progress=gr.Progress()):
+        if not file:
+            raise gr.Error("Upload a question file first.")
+        if not chosen:
+            raise gr.Error("Pick at least one variant above.")
+        try:
+            asked = read_questions(file if isinstance(file, str) else file.name)[: int(n) if n else None]
+        except (ValueError, OSError) as error:
+            raise gr.Error(str(error)) from None
+        store = get_store(settings)
+        if store.is_empty():
+            raise gr.Error("No documents are stored yet: add some in the Documents tab.")
+        rows = []
+        for variant in chosen:
+            report = evaluate(asked, store=store, registry=registry, settings=settings, variant=variant,
+                              progress=lambda done, total, q, v=variant: progress(done / max(total, 1), desc=f"{v}: {q[:60]}"))
+            summary = report.summary()
+            rows.append([summary.get(column) for column in RAG_COLUMNS])
+        return rows
+
+    run.click(run_rag, [questions, variants, limit], [table], concurrency_limit=1, concurrency_id="generation")
+    return {"rag_run": run, "rag_table": table}

@@ -60,8 +60,9 @@ def build_documents_tab(store, settings) -> None:
         return [e["source"] for e in store.list_sources()]
 
     gr.Markdown("Add documents to search and chat with: PDF, HTML, JSON/JSONL, transcripts (VTT, SRT, "
-                "YouTube XML), text and Markdown. A file already stored under the same name is replaced "
-                "when its content changed and left alone when it did not.")
+                "YouTube XML), text and Markdown. Files are stored as soon as they are dropped; a URL when you "
+                "press the button. A file already stored under the same name is replaced when its content "
+                "changed and left alone when it did not.")
     with gr.Row():
         with gr.Column(scale=1):
             files = gr.File(label=f"Files (up to {settings.max_upload_mb} MB each)", file_count="multiple",
@@ -105,7 +106,17 @@ def build_documents_tab(store, settings) -> None:
     def on_refresh():
         return source_rows(store), gr.update(choices=choices())
 
-    ingest.click(on_ingest, [files, url, jq], [log, table, target, files, url], concurrency_limit=1)
+    def on_upload(uploaded, expression, progress=gr.Progress()):
+        text = ingest_uploads(store, settings, uploaded, None, expression,
+                              progress=lambda fraction, message: progress(fraction, desc=message))
+        return text, source_rows(store), gr.update(choices=choices()), None
+
+    # Dropped files are stored at once: a new user drops a PDF and goes straight to Chat, where a question
+    # asked meanwhile waits for it (chatapp.rag); waiting for a button press stored nothing.
+    files.upload(on_upload, [files, jq], [log, table, target, files], concurrency_limit=1,
+                 concurrency_id="ingest")
+    ingest.click(on_ingest, [files, url, jq], [log, table, target, files, url], concurrency_limit=1,
+                 concurrency_id="ingest")
     delete.click(on_delete, [target], [delete_log, table, target], concurrency_limit=1)
     refresh.click(on_refresh, None, [table, target])
     search.click(lambda q, n: search_text(store, q, n or settings.top_k), [query, k], found)

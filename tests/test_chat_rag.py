@@ -5,6 +5,7 @@ import json
 import os
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import gradio as gr
@@ -79,15 +80,34 @@ def test_warmup_question_is_answered_with_page_seven_cited(store, registry, sett
     assert {"source", "page", "text", "score"} <= set(record["sources"][0])
 
 
-def test_citations_map_to_the_numbered_passages(store):
-    retrieved = rag.retrieve(store, "What optimizer was used to train the Transformer?", 4, 0.0)
-    assert [s.number for s in retrieved] == list(range(1, len(retrieved) + 1))
-    assert retrieved[-1].score == max(s.score for s in retrieved)  # best passage last, right before the question
-    cited = rag.cited_sources(f"Adam [{len(retrieved)}], see also [1] and [1].", retrieved)
-    assert [s.number for s in cited] == [len(retrieved), 1]
-    assert cited[0].text == retrieved[-1].text and cited[0].source == PDF and cited[0].location.startswith("p. ")
-    assert rag.cited_sources("Adam.", retrieved) == retrieved  # none cited: every passage given is listed
-    assert rag.cited_sources("Adam [9].", retrieved[:2]) == retrieved[:2]  # out of range counts as none
+def test_passages_are_chosen_by_evidence_and_citations_map_to_their_numbers(store, settings):
+    question = "What value of label smoothing was used?"
+    candidates = rag.retrieve(store, question, 20, settings.candidate_threshold)
+    assert [s.score for s in candidates[:5]] == sorted((s.score for s in candidates[:5]), reverse=True)
+    chosen = rag.choose_passages(question, candidates, 4)
+    assert [s.number for s in chosen] == [1, 2, 3, 4]
+    # the label smoothing sentence (p. 8) is not the store's best cosine, but it is the best evidence, and
+    # the best evidence is numbered last, right before the question
+    assert chosen[-1].page == 8 and "label smoothing of value" in chosen[-1].text
+    cited = rag.cited_sources("0.1 [4], see also [1] and [1].", chosen)
+    assert [s.number for s in cited] == [4, 1] and cited[0].source == PDF and cited[0].location == "p. 8"
+    assert rag.cited_sources("0.1.", chosen) == [] and rag.cited_sources("0.1 [9].", chosen[:2]) == []
+
+
+def test_sources_are_listed_by_evidence_with_quotes_and_invented_figures_flagged(store, registry):
+    final = rag.ask("What value of label smoothing was used?", [], store=store, registry=registry, generation=SHORT)
+    assert final.status == "answered"
+    assert final.sources and final.sources[0].page == 8 and "label smoothing" in final.sources[0].quote
+    assert len(final.sources[0].quote) < len(final.sources[0].text)
+    for source in final.sources:  # each quote is text of its own passage, where its spans say
+        assert all(source.text[a:b] in source.quote for a, b in source.quote_spans)
+    record = final.to_json()
+    assert record["evidence"][0] == {"source": PDF, "page": 8, "quote": final.sources[0].quote}
+    assert isinstance(record["unsupported"], list) and "quote" in record["sources"][0]
+    if final.model_answer:  # the model's own answer missed or invented the figure: the quote answers instead
+        assert "0.1" in final.answer and final.answer.startswith(f"From {PDF}, p. 8:")
+    else:
+        assert "0.1" in final.answer
 
 
 def test_transcript_start_is_shown_as_a_timestamp():
@@ -196,3 +216,34 @@ def test_cli_ask_json_reads_the_data_dir(tmp_path, corpus):
     bad = run_cli("-m", "chatapp", "ask", "anything", "--variant", "nope", data_dir=data)
     assert bad.returncode == 1
     assert bad.stderr.strip().splitlines() == ["error: unknown variant 'nope'; known: base"]
+
+
+def test_an_empty_store_says_so_and_points_to_the_documents_tab(registry, tmp_path):
+    from loaders.store import get_store
+
+    settings = Settings.from_env(data_dir=tmp_path / "empty")
+    store = get_store(settings)
+    try:
+        final = rag.ask("How many warmup steps were used?", [], store=store, registry=registry, settings=settings)
+    finally:
+        store.close()
+    assert final.status == "empty_store" and "Documents tab" in final.answer
+    assert final.sources == [] and final.retrieved == []
+
+
+def test_a_question_asked_while_its_file_is_being_stored_says_so_then_answers_from_it(registry, corpus, tmp_path):
+    from loaders.store import get_store
+
+    settings = Settings.from_env(data_dir=tmp_path / "storing")
+    store = get_store(settings)
+    try:
+        ingest = threading.Thread(target=store.ingest, args=([str(corpus / "pdf" / PDF)],))
+        ingest.start()
+        partials = list(rag.answer("How many warmup steps were used?", [], store=store, registry=registry,
+                                   settings=settings, generation=SHORT))
+        ingest.join()
+    finally:
+        store.close()
+    assert partials[0].status == "waiting" and PDF in partials[0].answer
+    final = partials[-1]
+    assert final.status == "answered" and (PDF, 7) in {(s.source, s.page) for s in final.sources}

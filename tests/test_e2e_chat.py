@@ -20,37 +20,57 @@ def app_url(tmp_path_factory):
         yield url
 
 
-def test_upload_ask_and_see_the_cited_page(app_url, browser, corpus, artifacts):
+def test_drop_a_pdf_ask_at_once_and_see_the_quote_on_its_page(app_url, browser, corpus, artifacts):
+    """What a new user does: drop the paper in Documents, go straight to Chat and ask. The question waits
+    for the file to be stored, then the answer lists p. 8 with the quote holding 0.1 highlighted, and the
+    page picture with the quote marked opens from the source."""
     from playwright.sync_api import expect
 
     page = browser.new_page(viewport={"width": 1400, "height": 1300})
     page.goto(app_url, wait_until="load")
+    # the model loads in the background: the line on the Chat tab follows it without a reload
+    expect(page.locator("#model-info")).to_contain_text("precision", timeout=180_000)
 
-    # Documents tab: upload the paper and ingest it
     page.get_by_role("tab", name="Documents").click()
     page.locator("#upload-files input[type=file]").set_input_files(str(corpus / "pdf" / PDF))
-    page.locator("#ingest-button").click()
-    # the progress text ("reading NAME") shows on every output while ingesting, so wait for the summary line
-    expect(page.locator("#ingest-log textarea")).to_have_value(re.compile(r"1 of 1 sources stored"), timeout=180_000)
-    expect(page.locator("#sources-table")).to_contain_text(PDF)
+    page.get_by_role("tab", name="Chat").click()  # at once: no "Add to the store" press
+    page.locator("#chat-input textarea").fill("What value of label smoothing was used?")
+    page.locator("#chat-input textarea").press("Enter")
 
-    # Chat tab: ask, and wait for the streamed answer and its sources
-    page.get_by_role("tab", name="Chat").click()
-    page.locator("#chat-input textarea").fill("How many warmup steps were used?")
-    page.locator("#chat-send").click()
-    expect(page.locator("#chatbot [data-testid='bot']").last).to_be_visible(timeout=180_000)
     sources = page.locator("#sources")
     try:
-        expect(sources).to_contain_text(PDF, timeout=180_000)
+        expect(sources).to_contain_text("p. 8", timeout=240_000)
+        expect(sources.locator(".chat-quote").first).to_contain_text("0.1")
+        expect(sources.locator("mark").first).to_contain_text("label smoothing")
+        sources.locator(".chat-page summary").first.click()
+        picture = sources.locator("img.chat-page-image").first
+        expect(picture).to_be_visible()
+        assert picture.evaluate("img => img.naturalWidth") > 500
     finally:
-        page.screenshot(path=str(artifacts / "e2e-chat.png"), full_page=True)
-    expect(sources).to_contain_text("p. 7")
+        page.screenshot(path=str(artifacts / "e2e-evidence.png"), full_page=True)
     answer = page.locator("#chatbot [data-testid='bot']").last.inner_text()
-    assert answer.strip()
-    expect(page.locator("#model-info")).to_contain_text("precision")
+    assert answer.strip() and "[1]" not in answer
+
+    # the file was stored from the drop alone
+    page.get_by_role("tab", name="Documents").click()
+    expect(page.locator("#sources-table")).to_contain_text(PDF)
+    expect(page.locator("#ingest-log textarea")).to_have_value(re.compile(r"1 of 1 sources stored"))
 
     # A second question: while it streams, the first answer's sources are not shown beside it
+    page.get_by_role("tab", name="Chat").click()
     page.locator("#chat-input textarea").fill("How many layers does the encoder have?")
     page.locator("#chat-send").click()
     expect(sources).to_contain_text("Sources appear when this answer is complete", timeout=30_000)
     expect(sources).to_contain_text("p. 3", timeout=180_000)
+
+
+def test_asking_before_any_document_is_stored_points_to_the_documents_tab(browser, tmp_path):
+    from playwright.sync_api import expect
+
+    with running_app(tmp_path / "empty-data") as url:
+        page = browser.new_page()
+        page.goto(url, wait_until="load")
+        page.locator("#chat-input textarea").fill("How many warmup steps were used?")
+        page.locator("#chat-input textarea").press("Enter")
+        expect(page.locator("#chatbot [data-testid='bot']").last).to_contain_text("Documents tab", timeout=60_000)
+        expect(page.locator("#sources")).to_contain_text("no documents are stored yet")
