@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import math
 import re
+import threading
 from collections import Counter
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -55,11 +56,15 @@ _NAME = re.compile(r"(?<![\w.])[A-Z][a-z]+(?:[A-Z][a-z]+)*\b|\b[A-Z]{2,}[a-z]*\b
 STOP = frozenset(ENGLISH_STOP_WORDS) | {"used", "use", "using", "did", "does", "paper", "documents", "passage", "passages"}
 _STEMMER = snowballstemmer.stemmer("english")
 _SEGMENTER = pysbd.Segmenter(language="en", clean=False, char_span=True)
+# Both keep the text in hand on themselves, so concurrent answers (the API, two tabs) garbled each other's
+# stems and raised IndexError inside snowball: one caller at a time.
+_STATEFUL = threading.Lock()
 
 
 @lru_cache(maxsize=65536)
 def _stem(word: str) -> str:
-    return _STEMMER.stemWord(word)
+    with _STATEFUL:
+        return _STEMMER.stemWord(word)
 
 
 def figure_key(text: str) -> str:
@@ -94,7 +99,9 @@ def asks_for_figure(question: str) -> bool:
 def sentence_spans(text: str) -> list[tuple[int, int]]:
     """(start, end) of each sentence; a run-on one (tables, formulas) is cut at MAX_QUOTE_CHARS on a space."""
     spans = []
-    for segment in _SEGMENTER.segment(text):
+    with _STATEFUL:
+        segments = _SEGMENTER.segment(text)
+    for segment in segments:
         start, end = segment.start, segment.end
         while text[start:end].strip():
             if end - start <= MAX_QUOTE_CHARS:
