@@ -14,7 +14,8 @@ plus `top_k`; no temperature, or 0, is greedy (the app's default). `"style"` pic
 Streaming: `delta.content` is the answer; in the chain-of-thought style the reasoning before
 "Final answer:" streams as `delta.reasoning_content` (vLLM's and DeepSeek's field for it). Text that may
 still change (a half-written "Final answer:", a leading "Answer:" label) is held back until it settles;
-the last chunk's `answer` and `reasoning` are the final, parsed ones.
+the last chunk's `answer` and `reasoning` are the final ones. When the evidence check replaces an answer
+that states a figure no passage holds, the replacement is streamed after what was sent, past a blank line.
 
 Auth: with CHATAPP_API_KEY set every request needs `Authorization: Bearer KEY`; with a page login
 (CHATAPP_AUTH) and no key, /v1 refuses every request. Errors are 4xx in OpenAI's error shape.
@@ -134,8 +135,8 @@ def evidence_fields(result: rag.Answer | None) -> dict:
 
 
 def _settled(text: str, hold_marker: bool) -> str:
-    """The part of a streaming field that can no longer change: trailing space, a leading label being
-    written ("Answer:"), and, before the chain-of-thought split, a trailing start of "Final answer:"."""
+    """`text` less what may still change: a leading label being written ("Answer:"), trailing space, and,
+    before the chain-of-thought split, a trailing start of "Final answer:"."""
     text = text.rstrip()
     if any(label.startswith(text.lower()) for label in _LABELS):
         return ""
@@ -149,13 +150,23 @@ def _settled(text: str, hold_marker: bool) -> str:
 
 
 def streamable(snapshot: rag.Answer, style: str) -> tuple[str, str]:
-    """(reasoning, content) of a partial answer that is safe to stream."""
+    """(reasoning, content) of a partial answer that is safe to stream: what it will still say when done.
+
+    The reply is read as rag reads it (prompts.parse_reply, then prompts.clean_answer), but without its
+    last, unfinished word: a half-written "[1" or "Passage [3] sa" reads differently once complete (the
+    citation and the lead-in are removed), and a delta cannot be taken back."""
     if snapshot.done:
         return snapshot.reasoning, snapshot.answer
-    if style == "cot" and snapshot.status != "small_talk" and not snapshot.reasoning:
+    if snapshot.status not in ("answered", "small_talk"):  # "waiting" for an upload: a notice, not the answer
+        return "", ""
+    style = "direct" if snapshot.status == "small_talk" else style  # as rag parses small talk
+    raw = snapshot.raw
+    words_end = max(raw.rfind(" "), raw.rfind("\n"))
+    parsed = prompts.parse_reply(raw[:words_end] if words_end > 0 else "", style)
+    if style == "cot" and not parsed.reasoning:
         # No "Final answer:" with text after it yet: all of it is reasoning so far.
-        return _settled(snapshot.answer, hold_marker=True), ""
-    return _settled(snapshot.reasoning, False), _settled(snapshot.answer, False)
+        return _settled(parsed.answer, hold_marker=True), ""
+    return _settled(parsed.reasoning, False), _settled(prompts.clean_answer(parsed.answer), False)
 
 
 class _Request:
@@ -223,7 +234,7 @@ def _chunk(req: _Request, delta: dict, finish: str | None = None, **extra) -> st
 
 
 def _stream(req: _Request, answers: Iterator) -> Iterator[str]:
-    sent_reasoning = sent_content = ""
+    sent_reasoning = sent_content = content = ""
     last = None
     yield _chunk(req, {"role": "assistant", "content": ""})
     try:
@@ -235,6 +246,11 @@ def _stream(req: _Request, answers: Iterator) -> Iterator[str]:
                 delta["content"], sent_content = content[len(sent_content):], content
             if delta:
                 yield _chunk(req, delta)
+        if not content.startswith(sent_content) and not sent_content.startswith(content):
+            # The evidence check replaced the answer (it stated a figure no passage holds): deltas cannot take
+            # back what was sent, so the replacement follows it after a blank line, and the last chunk's
+            # `answer` is the replacement alone (`model_answer` the model's own).
+            yield _chunk(req, {"content": "\n\n" + content})
     except Exception as exc:  # headers are sent: the error goes in the stream, as OpenAI's does
         yield f"data: {json.dumps(_error_for(exc).body(), ensure_ascii=False)}\n\n"
         return

@@ -68,14 +68,16 @@ def test_cited_answer_carries_the_sources_at_the_top_level(client):
 def test_stream_sends_deltas_and_its_last_chunk_carries_the_sources(client):
     chunks = list(client.chat.completions.create(
         model="base", messages=[{"role": "user", "content": QUESTION}], max_tokens=32, stream=True))
-    assert len(chunks) > 5 and all(c.object == "chat.completion.chunk" for c in chunks)
+    assert len(chunks) >= 4 and all(c.object == "chat.completion.chunk" for c in chunks)  # role, deltas, last
     last = chunks[-1]
     assert last.choices[0].finish_reason == "stop"
     assert all("sources" not in (c.model_extra or {}) for c in chunks[:-1])
     assert (PDF, 7) in {(s["source"], s["page"]) for s in last.model_extra["sources"]}
     streamed = "".join(c.choices[0].delta.content or "" for c in chunks)
     reasoning = "".join((c.choices[0].delta.model_extra or {}).get("reasoning_content", "") for c in chunks)
-    assert streamed.strip() and last.model_extra["answer"].startswith(streamed.strip()[:10])
+    final = last.model_extra["answer"]
+    # the deltas are the final answer, or, where the evidence check replaced it, the model's then the replacement
+    assert streamed.strip() and (final.startswith(streamed.strip()[:10]) or streamed.endswith("\n\n" + final))
     assert reasoning.startswith("Passage [")  # chain-of-thought: the reasoning streams apart from the answer
 
 
@@ -154,8 +156,13 @@ def test_a_page_login_without_an_api_key_refuses_every_api_request(tmp_path):
 
 
 def test_streamable_holds_back_text_that_may_still_change():
-    snapshot = Answer("q", answer="Passage [1] says 4000.\nFinal ans")  # the marker being written
-    assert streamable(snapshot, "cot") == ("Passage [1] says 4000.", "")
-    assert streamable(Answer("q", answer="Answe"), "direct") == ("", "")  # maybe a label parse_reply strips
-    split = Answer("q", reasoning="Passage [1] says 4000.", answer="4000 steps [1].")
-    assert streamable(split, "cot") == ("Passage [1] says 4000.", "4000 steps [1].")
+    def partial(raw: str, style: str = "cot", **fields) -> tuple[str, str]:
+        return streamable(Answer("q", raw=raw, **fields), style)
+
+    assert partial("Passage [1] says 4000.\nFinal ans") == ("Passage [1] says 4000.", "")  # the marker being written
+    assert partial("Answer: 4000 [1", "direct") == ("", "4000")  # a label, then a citation rag removes once complete
+    assert partial("Passage [1] says 4000.\nFinal answer: Passage [1] sa", "cot") == ("Passage [1] says 4000.", "")
+    assert partial("Passage [1] says 4000.\nFinal answer: 4000 steps [1] were") == ("Passage [1] says 4000.", "4000 steps")
+    assert partial("Still storing", status="waiting") == ("", "")
+    done = Answer("q", raw="x", reasoning="r", answer="a", done=True)
+    assert streamable(done, "cot") == ("r", "a")
