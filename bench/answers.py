@@ -2,7 +2,7 @@
 
     python bench/answers.py [--split holdout] [--variants base,NAME] [--limit N]
 
-"plain" is retrieval as it was (the store's top_k by cosine, over the relevance threshold), the prompt
+"plain" is retrieval as it was (the store's top_k by cosine, dense only), the prompt
 without the evidence sentence, and no extractive fallback; sources are still chosen by evidence, since
 the model's own [n] markers were the old way and are no measure at all. "ours" is the app's defaults.
 Both arms run in this process on the same store and model, for every variant given.
@@ -43,8 +43,8 @@ def describe() -> str:
 
 
 def plain(settings: Settings) -> Settings:
-    return replace(settings, candidates=settings.top_k, candidate_threshold=settings.score_threshold,
-                   evidence_in_prompt=False, extractive_fallback=False)
+    return replace(settings, candidates=settings.top_k, hybrid=False, evidence_in_prompt=False,
+                   extractive_fallback=False)
 
 
 def main() -> int:

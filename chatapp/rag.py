@@ -137,8 +137,10 @@ def _source(doc, score: float, number: int = 0) -> Source:
                   page=_as_int(meta.get("page")), start=_as_float(meta.get("start")), sha256=str(meta.get("sha256") or ""))
 
 
-def retrieve(store, query: str | list[str], k: int, threshold: float) -> list[Source]:
-    """The k passages scoring at least `threshold`, best first (numbered in that order).
+def retrieve(store, query: str | list[str], k: int, threshold: float | None = None,
+             hybrid: bool | None = None) -> list[Source]:
+    """The k best passages (hybrid search, see DocumentStore.search), best first and numbered so; with a
+    `threshold`, only those whose cosine reaches it.
 
     Several queries (a follow-up as asked and as rewritten) are merged by reciprocal rank fusion, as
     LangChain's EnsembleRetriever does, so each query's best passages make the top k (pooling by cosine
@@ -148,8 +150,9 @@ def retrieve(store, query: str | list[str], k: int, threshold: float) -> list[So
     fused: dict[tuple, list] = {}  # key -> [doc, best score, fused rank score, first query's position]
     queries = list(dict.fromkeys([query] if isinstance(query, str) else query))
     for position, text in enumerate(queries):
-        hits = [(doc, float(score)) for doc, score in store.search(text, k) if float(score) >= threshold]
-        for rank, (doc, score) in enumerate(sorted(hits, key=lambda hit: -hit[1]), 1):
+        hits = [(doc, float(score)) for doc, score in store.search(text, k, hybrid=hybrid)
+                if threshold is None or float(score) >= threshold]
+        for rank, (doc, score) in enumerate(hits, 1):  # in the store's order: the hybrid fusion's
             key = (str((doc.metadata or {}).get("source")), (doc.metadata or {}).get("page"), doc.page_content)
             entry = fused.setdefault(key, [doc, score, 0.0, position])
             entry[1] = max(entry[1], score)
@@ -289,7 +292,7 @@ def answer(
     # question: shown a statement, or two questions, it answers those instead.
     query = searched if searched.count("?") == 1 and searched.rstrip().endswith("?") else question
     candidates = retrieve(store, [question, searched], max(settings.candidates, k or settings.top_k),
-                          min(settings.candidate_threshold, settings.score_threshold))
+                          hybrid=settings.hybrid)
     if not candidates or max(c.score for c in candidates) < settings.score_threshold:
         candidates = []  # nothing relevant enough: the documents don't cover the question
     retrieved = choose_passages(query, candidates, k or settings.top_k)
@@ -306,8 +309,7 @@ def answer(
             index, (start, end) = best
             focus = (retrieved[index].number, retrieved[index].text[start:end])
     messages = prompts.answer_messages(query, [s.text for s in retrieved], style, focus=focus)
-    pieces = registry.stream(messages, variant, generation,
-                             reply_prefix=prompts.reply_prefix(style, focus if settings.quote_in_reply else None),
+    pieces = registry.stream(messages, variant, generation, reply_prefix=prompts.reply_prefix(style),
                              required=prompts.required_text(style))
     for partial in _stream_into(result, pieces, style):
         if partial.done:

@@ -33,14 +33,12 @@ class Settings:
     # auto | 4bit | 8bit | 16bit | 32bit. auto = 4-bit NF4 on CUDA, 32-bit on CPU.
     precision: str = "auto"
     top_k: int = 4
-    # Passages asked of the store before the top_k with the best evidence are kept (chatapp/evidence.py),
-    # down to this cosine: the passage holding the answer often scores 0.2-0.3 when the best one clears 0.3.
+    # Passages asked of the store before the top_k with the best evidence are kept (chatapp/evidence.py).
     candidates: int = 20
-    candidate_threshold: float = 0.2
+    # Dense + BM25 search fused by reciprocal rank; false: dense only.
+    hybrid: bool = True
     # The best evidence sentence shown again right before the question.
     evidence_in_prompt: bool = True
-    # Chain-of-thought replies start by quoting that sentence ('Passage [4] says: "..."').
-    quote_in_reply: bool = True
     # An answer stating a figure no passage holds, or missing the figure asked for, becomes the quote.
     extractive_fallback: bool = True
     # Cosine similarity the best passage must reach for the documents to count as covering a question.

@@ -12,6 +12,7 @@ leaves nothing behind (new chunks are written before old ones are removed, and r
 from __future__ import annotations
 
 import hashlib
+import logging
 import re
 import shutil
 import threading
@@ -26,10 +27,15 @@ from typing import Callable, Iterable, Iterator
 from langchain_core.documents import Document
 
 from loaders.documents import LoadError, expand, is_url, load, source_key, split
+from loaders.sparse import BM25Sparse
+
+log = logging.getLogger("loaders.store")
 
 Progress = Callable[[float, str], None]
 CHUNK_NAMESPACE = uuid.UUID("6f0c6a52-3c47-4d1e-9a55-2f6a0c1f7a10")  # fixed: ids must not change between runs
 WRITE_BATCH = 256  # chunks embedded and written per step: bounds memory and paces the progress bar
+KEYWORDS = "bm25"  # the sparse vector of each chunk, for hybrid search
+PREFETCH = 40  # candidates each of dense and BM25 search hands the fusion
 
 
 @dataclass
@@ -61,11 +67,13 @@ def chunk_id(source: str, sha256: str, index: int) -> str:
 
 class DocumentStore:
     def __init__(self, client, collection: str, embeddings, *, chunk_size: int = 1000, chunk_overlap: int = 150,
-                 files_dir: Path | None = None):
-        from langchain_qdrant import QdrantVectorStore
+                 files_dir: Path | None = None, hybrid: bool = True, progress: Progress | None = None):
+        from langchain_qdrant import QdrantVectorStore, RetrievalMode
         from qdrant_client import models
 
         self.client, self.collection, self.embeddings = client, collection, embeddings
+        self.keywords = BM25Sparse()
+        self.hybrid = hybrid  # search by dense and BM25 vectors fused by reciprocal rank; False: dense only
         self.chunk_size, self.chunk_overlap = chunk_size, chunk_overlap
         # A copy of each stored PDF, by its sha256: the chat draws the cited page from it.
         self.files_dir = Path(files_dir) if files_dir else None
@@ -78,15 +86,57 @@ class DocumentStore:
             # upsert); qdrant-client's local mode re-normalises every stored vector on each COSINE query,
             # which costs ~100 ms at 50k chunks, while DOT is one matrix product.
             client.create_collection(collection, vectors_config=models.VectorParams(
-                size=dimension, distance=models.Distance.DOT))
+                size=dimension, distance=models.Distance.DOT), sparse_vectors_config={
+                KEYWORDS: models.SparseVectorParams(modifier=models.Modifier.IDF)})
             with warnings.catch_warnings():  # local mode says payload indexes do nothing there; a server uses them
                 warnings.simplefilter("ignore")
                 for field in ("metadata.source", "metadata.sha256"):
                     client.create_payload_index(collection, field, models.PayloadSchemaType.KEYWORD)
             _tune_local(client)  # the new collection has its own SQLite file and vector matrix
-        distance = client.get_collection(collection).config.params.vectors.distance
-        self.vector_store = QdrantVectorStore(client=client, collection_name=collection, embedding=embeddings,
-                                              distance=distance)
+        params = client.get_collection(collection).config.params
+        if KEYWORDS not in (params.sparse_vectors or {}) or not self._all_have_keywords():
+            self._add_keywords(progress)
+        self.vector_store = QdrantVectorStore(
+            client=client, collection_name=collection, embedding=embeddings, distance=params.vectors.distance,
+            sparse_embedding=self.keywords, sparse_vector_name=KEYWORDS, retrieval_mode=RetrievalMode.HYBRID)
+
+    def _all_have_keywords(self) -> bool:
+        points, _ = self.client.scroll(self.collection, scroll_filter=self._missing_keywords(), limit=1,
+                                       with_payload=False, with_vectors=False)
+        return not points
+
+    def _missing_keywords(self):
+        from qdrant_client import models
+
+        return models.Filter(must_not=[models.HasVectorCondition(has_vector=KEYWORDS)])
+
+    def _add_keywords(self, progress: Progress | None) -> None:
+        """Migrate a store made before hybrid search: add the BM25 vector and fill it in for every chunk that
+        lacks it. Ids, dense vectors and payloads stay as they are; a migration cut short goes on at the next
+        open, from the chunks still without one."""
+        from qdrant_client import models
+
+        if KEYWORDS not in (self.client.get_collection(self.collection).config.params.sparse_vectors or {}):
+            self.client.create_vector_name(self.collection, KEYWORDS, models.SparseVectorNameConfig(
+                sparse=models.SparseVectorConfig(modifier=models.Modifier.IDF)))
+        lacking = self._missing_keywords()
+        total = self.client.count(self.collection, count_filter=lacking, exact=True).count
+        if not total:
+            return
+        log.warning("adding keyword (BM25) vectors to %d chunks of %s, for hybrid search", total, self.collection)
+        done = 0
+        while True:  # each pass takes the next chunks still lacking the vector
+            points, _ = self.client.scroll(self.collection, scroll_filter=lacking, limit=WRITE_BATCH,
+                                           with_payload=["page_content"], with_vectors=False)
+            if not points:
+                break
+            vectors = self.keywords.embed_documents([(p.payload or {}).get("page_content") or "" for p in points])
+            self.client.update_vectors(self.collection, points=[
+                models.PointVectors(id=p.id, vector={KEYWORDS: models.SparseVector(indices=v.indices, values=v.values)})
+                for p, v in zip(points, vectors)])
+            done += len(points)
+            if progress:
+                progress(done / total, f"adding keyword vectors: {done}/{total} chunks")
 
     @classmethod
     def from_settings(cls, settings) -> "DocumentStore":
@@ -97,7 +147,8 @@ class DocumentStore:
             embeddings = SentenceEmbeddings(settings.embedding_model, backend=getattr(settings, "embedding_backend", "auto"),
                                             cache_dir=settings.models_dir)
             return cls(client, settings.collection, embeddings, chunk_size=settings.chunk_size,
-                       chunk_overlap=settings.chunk_overlap, files_dir=settings.data_dir / "files")
+                       chunk_overlap=settings.chunk_overlap, files_dir=settings.data_dir / "files",
+                       hybrid=getattr(settings, "hybrid", True))
         except BaseException:
             client.close()
             raise
@@ -249,10 +300,37 @@ class DocumentStore:
         return count
 
     # -- reading -------------------------------------------------------------------------------------
-    def search(self, query: str, k: int = 4) -> list[tuple[Document, float]]:
-        """The k chunks closest to the query, with their cosine similarity (higher is better)."""
+    def search(self, query: str, k: int = 4, hybrid: bool | None = None) -> list[tuple[Document, float]]:
+        """The k best chunks for the query, best first, each with its cosine similarity to the query.
+
+        Hybrid (the default): Qdrant's own query fuses the dense and the BM25 candidates by reciprocal rank,
+        in one call, embedded or on a server. The order is the fusion's; the score shown is still the
+        cosine (from the returned vector), because the relevance threshold is one. A passage that holds
+        the question's rare words, such as "label smoothing", is found although its cosine is low."""
+        from qdrant_client import models
+
+        hybrid = self.hybrid if hybrid is None else hybrid
+        dense = self.embeddings.embed_query(query)
+        content, metadata = self.vector_store.content_payload_key, self.vector_store.metadata_payload_key
+        if hybrid:
+            keywords = self.keywords.embed_query(query)
+            request = dict(prefetch=[
+                models.Prefetch(query=dense, using="", limit=max(k, PREFETCH)),
+                models.Prefetch(query=models.SparseVector(indices=keywords.indices, values=keywords.values),
+                                using=KEYWORDS, limit=max(k, PREFETCH))],
+                query=models.FusionQuery(fusion=models.Fusion.RRF), with_vectors=[""])
+        else:
+            request = dict(query=dense, using="")
         with self._lock:
-            return self.vector_store.similarity_search_with_score(query, k=k)
+            points = self.client.query_points(self.collection, limit=k, with_payload=True, **request).points
+        hits = []
+        for point in points:
+            payload = point.payload or {}
+            vector = point.vector.get("", point.vector) if isinstance(point.vector, dict) else point.vector
+            score = float(sum(a * b for a, b in zip(dense, vector))) if hybrid else float(point.score)
+            hits.append((Document(page_content=payload.get(content) or "", metadata=payload.get(metadata) or {},
+                                  id=str(point.id)), score))
+        return hits
 
     def as_retriever(self, **kwargs):
         return self.vector_store.as_retriever(**kwargs)

@@ -54,8 +54,11 @@ def test_search_finds_the_page_with_cosine_scores(store):
     assert len(hits) == 4
     doc, score = hits[0]
     assert doc.metadata["source"] == PDF and doc.metadata["page"] in (4, 5)  # section 3.2.2 of the paper
-    scores = [s for _, s in hits]
-    assert scores == sorted(scores, reverse=True) and all(-1.0 <= s <= 1.0 for s in scores)
+    scores = [s for _, s in hits]  # cosines, in the order the hybrid fusion ranks them
+    assert all(-1.0 <= s <= 1.0 for s in scores)
+    dense = [s for _, s in store.search("How does multi-head attention let the model attend to different subspaces?",
+                                        k=4, hybrid=False)]
+    assert dense == sorted(dense, reverse=True)
     query = np.array(store.embeddings.embed_query("How does multi-head attention let the model attend to "
                                                   "different subspaces?"))
     passage = np.array(store.embeddings.embed_documents([doc.page_content])[0])
@@ -70,7 +73,7 @@ def test_search_finds_the_page_with_cosine_scores(store):
 def test_chunk_ids_are_deterministic(store):
     chunk = store.search("Obama gun control frustration", k=1)[0][0]
     meta = chunk.metadata
-    assert meta["_id"] == chunk_id(meta["source"], meta["sha256"], meta["chunk"])
+    assert chunk.id == chunk_id(meta["source"], meta["sha256"], meta["chunk"])
 
 
 def test_chunks_yields_every_stored_chunk_as_a_document(store):
@@ -247,3 +250,56 @@ def test_add_documents_made_elsewhere(store):
             if d.metadata["source"] == "ops-note"]
     assert [d.page_content for d in hits] == [changed[0].page_content]
     assert store.delete("ops-note") == 1
+
+
+def test_hybrid_search_finds_rare_words_that_dense_search_misses(store):
+    question = "What value of label smoothing was used?"
+    dense = [doc.page_content for doc, _ in store.search(question, k=4, hybrid=False)]
+    hybrid = [doc.page_content for doc, _ in store.search(question, k=4)]
+    assert not any("label smoothing of value" in text for text in dense)
+    assert any("label smoothing of value" in text for text in hybrid)
+
+
+def test_keyword_vectors_weigh_rare_and_repeated_terms():
+    from loaders.sparse import BM25Sparse, term_index
+    from loaders.terms import terms
+
+    bm25 = BM25Sparse()
+    query = bm25.embed_query("What value of label smoothing was used?")
+    assert set(query.indices) == {term_index(t) for t in ("valu", "label", "smooth")} and set(query.values) == {1.0}
+    once, twice = bm25.embed_documents(["label smoothing helps", "label smoothing, more label smoothing"])
+    assert dict(zip(twice.indices, twice.values))[term_index("label")] > dict(zip(once.indices, once.values))[term_index("label")]
+    assert terms("4,000 warmup_steps") == ["4000", "warmup", "step"]
+
+
+def test_a_store_made_before_hybrid_search_gains_keyword_vectors_on_open(tmp_path, corpus):
+    """Stores written by earlier versions have dense vectors only: opening one adds the BM25 vector to every
+    chunk, keeping ids, vectors and payloads, and hybrid search then works on it."""
+    from langchain_qdrant import QdrantVectorStore
+    from qdrant_client import models
+
+    from loaders.documents import load, split
+    from loaders.embeddings import SentenceEmbeddings
+
+    settings = Settings.from_env(data_dir=tmp_path / "old")
+    client = open_client(settings)
+    embeddings = SentenceEmbeddings(settings.embedding_model, cache_dir=settings.models_dir)
+    client.create_collection(settings.collection, vectors_config=models.VectorParams(size=384, distance=models.Distance.DOT))
+    chunks = split(load(corpus / "pdf" / PDF))
+    ids = [chunk_id(PDF, c.metadata["sha256"], c.metadata["chunk"]) for c in chunks]
+    QdrantVectorStore(client=client, collection_name=settings.collection, embedding=embeddings,
+                      distance=models.Distance.DOT).add_documents(chunks, ids=ids)
+    assert not client.get_collection(settings.collection).config.params.sparse_vectors
+    client.close()
+
+    store = get_store(settings)
+    try:
+        assert store.count() == len(chunks)
+        assert "bm25" in store.client.get_collection(settings.collection).config.params.sparse_vectors
+        lacking = models.Filter(must_not=[models.HasVectorCondition(has_vector="bm25")])
+        assert store.client.count(settings.collection, count_filter=lacking, exact=True).count == 0
+        hits = store.search("What value of label smoothing was used?", k=4)
+        assert any("label smoothing of value" in doc.page_content for doc, _ in hits)
+        assert {doc.id for doc, _ in hits} <= set(ids)  # the same points, not copies
+    finally:
+        store.close()
