@@ -192,6 +192,13 @@ def rank_passages(question: str, passages: list[str], passage_scores: list[float
     return sorted(range(len(passages)), key=lambda i: (-scorer.passage_score(i), i))
 
 
+def question_coverage(question: str, passages: list[str]) -> float:
+    """The largest share of the question's term weight that one sentence of the passages holds (0..1)."""
+    scorer = Scorer(passages)
+    terms_asked = set(terms(question))
+    return max((scorer.overlap(terms_asked, s) for s in scorer.sentences), default=0.0)
+
+
 def best_sentence(question: str, passages: list[str], passage_scores: list[float],
                   embed=None) -> tuple[int, tuple[int, int]] | None:
     """(passage index, span) of the one sentence that best answers the question."""

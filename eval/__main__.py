@@ -87,7 +87,8 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--votes", type=Path, default=None, help="JSONL battles to rate instead of the database")
     r.add_argument("--rounds", type=int, default=1000, help="bootstrap rounds (at least 100; default 1000)")
     r.add_argument("--json", action="store_true",
-                   help="print JSON: {elo: {MODEL: RATING}, bt: {MODEL: {rating, ci_low, ci_high, rank, battles}}}")
+                   help="print JSON: {elo: {MODEL: RATING}, bt: {MODEL: {rating, ci_low, ci_high, rank, battles}}, "
+                        "style_control: {bt: {MODEL: {rating, ci_low, ci_high, rank}}, coefficients} or null}")
     e = arena.add_parser("export", help="write every vote as FastChat JSONL",
                          description="Write every voted battle to FILE.jsonl in FastChat's clean-battle format.")
     e.add_argument("--out", required=True, type=Path, help="output JSONL file")
@@ -197,7 +198,7 @@ def _battles(args) -> list:
 
 
 def _cmd_ratings(args) -> int:
-    from eval.ratings import leaderboard, ratings_json
+    from eval.ratings import leaderboard, ratings_json, style_control
 
     if args.rounds < 100:
         raise ValueError("--rounds must be at least 100")
@@ -212,6 +213,16 @@ def _cmd_ratings(args) -> int:
     for r in leaderboard(battles, args.rounds):
         print(f"{r.rank:>4}  {r.model:<24}{r.bt:>8.1f}{f'[{r.bt_low:.0f}, {r.bt_high:.0f}]':>20}{r.elo:>8.1f}"
               f"{f'[{r.elo_low:.0f}, {r.elo_high:.0f}]':>20}{r.battles:>9}{f'{r.wins}/{r.ties}/{r.losses}':>14}")
+    style = style_control(battles, args.rounds)
+    if style is None:
+        print("\nstyle control: not computed (some battles carry no answers to measure)")
+        return 0
+    print("\nstyle-controlled BT (FastChat style control: length, headers, lists, bold as covariates)")
+    print(f"{'rank':>4}  {'model':<24}{'BT':>8}{'BT 95% CI':>20}")
+    for model in sorted(style.ratings, key=lambda m: (style.rank[m], -style.ratings[m])):
+        low, high = style.ci[model]
+        print(f"{style.rank[model]:>4}  {model:<24}{style.ratings[model]:>8.1f}{f'[{low:.0f}, {high:.0f}]':>20}")
+    print("coefficients: " + ", ".join(f"{k} {v:+.3f}" for k, v in style.coefficients.items()))
     return 0
 
 

@@ -109,17 +109,22 @@ class ArenaStore:
         with closing(self._connect()) as db:
             return db.execute("SELECT COUNT(*) FROM battles").fetchone()[0]
 
+    def export_records(self) -> list[dict]:
+        """Every battle as FastChat's clean-battle record (with `conversation_a/b`), in vote order: what
+        `export` writes, and what other packages read (finetune's --from-arena) instead of the tables."""
+        return [battle.to_fastchat() for battle in self.battles()]
+
     def export(self, out: str | Path) -> int:
         """Write every battle as FastChat JSONL; returns the number written."""
-        battles = self.battles()
+        records = self.export_records()
         out = Path(out)
         out.parent.mkdir(parents=True, exist_ok=True)
         tmp = out.with_name(out.name + ".tmp")
         with tmp.open("w", encoding="utf-8") as f:
-            for battle in battles:
-                f.write(json.dumps(battle.to_fastchat(), ensure_ascii=False) + "\n")
+            for record in records:
+                f.write(json.dumps(record, ensure_ascii=False) + "\n")
         tmp.replace(out)
-        return len(battles)
+        return len(records)
 
 
 def read_battles_jsonl(path: str | Path) -> list[dict]:

@@ -1,14 +1,18 @@
 """Reading evaluation inputs: text-per-line files and instruction datasets, with line numbers in errors.
 
-Dataset records are read by finetune's own `to_example` (Alpaca, chat `messages`, ShareGPT
-`conversations`), so a record is prompted at evaluation exactly as it was in training; this module
-only adds line numbers (finetune's reader names the record, not the line of a JSON array).
+Dataset records are read by the shared format module's `to_example` (chatapp.datasets: Alpaca, chat
+`messages`, ShareGPT `conversations`), which training reads with too, so a record is prompted at
+evaluation exactly as it was in training; this module only adds line numbers (the shared reader names
+the record, not the line of a JSON array).
 """
 from __future__ import annotations
 
 import json
 from dataclasses import dataclass
 from pathlib import Path
+
+from chatapp.datasets import DatasetError, fill_placeholders, split, to_example
+
 
 @dataclass
 class Example:
@@ -77,10 +81,8 @@ def _json_records(path: Path) -> list[tuple[int, object]]:
 
 
 def read_examples(path: str | Path, variables: dict[str, str] | None = None) -> list[Example]:
-    """Every record as an Example, read exactly as finetune reads it for training (its `to_example`),
+    """Every record as an Example, read exactly as training reads it (the shared `to_example`),
     with {{key}} placeholders filled from `variables`. Errors name the file and line."""
-    from finetune.data import DatasetError, fill_placeholders, to_example
-
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such file")
@@ -98,9 +100,7 @@ def read_examples(path: str | Path, variables: dict[str, str] | None = None) -> 
 
 def held_out_examples(adapter_dir: str | Path) -> tuple[Path, list[Example]]:
     """The records an adapter did not train on: its card names the data file, placeholders, test
-    share and seed, and finetune's own `split` is replayed on them."""
-    from finetune.data import split
-
+    share and seed, and training's own `split` is replayed on them."""
     card_path = Path(adapter_dir) / "card.json"
     if not card_path.is_file():
         raise FileNotFoundError(f"{card_path}: no adapter card (was the adapter made with python -m finetune?)")

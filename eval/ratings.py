@@ -6,10 +6,14 @@ in vote order. Online Elo follows fastchat/serve/monitor/elo_analysis.py `comput
 fastchat/serve/monitor/rating_systems.py `compute_bt` / `compute_bootstrap_bt`: a logistic
 likelihood over the distinct (model_a, model_b, outcome) rows weighted by their counts, fitted
 with scipy's L-BFGS-B, ties as outcome 0.5, put on the Elo scale as 400 * rating + 1000.
+Style control follows the same file's `compute_style_control`: Bradley-Terry with four answer-style
+features (length, markdown headers, lists, bold) as covariates, so a variant that wins only by writing
+longer or more decorated answers does not rank first.
 """
 from __future__ import annotations
 
 import math
+import re
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -160,6 +164,138 @@ def ranks(ci_low: Mapping[str, float], ci_high: Mapping[str, float]) -> dict[str
     return {m: 1 + sum(bool(ci_low[o] > ci_high[m]) for o in ci_low if o != m) for m in ci_low}
 
 
+# ---------------------------------------------------------------------------------------------
+# Style control (FastChat rating_systems.py `preprocess_for_style` / `fit_contextual_bt`)
+
+STYLE_FEATURES = ("length", "headers", "lists", "bold")  # FastChat's STYLE_CONTROL_ELEMENTS_V1, per side
+STYLE_REG = 0.5  # FastChat's L2 penalty on all parameters (its note: half of LogisticRegression's C=1)
+_CODE = re.compile(r"```.*?```", re.S)  # FastChat counts markdown outside code blocks
+_HEADER = re.compile(r"^#{1,6}\s", re.M)
+_LIST = re.compile(r"^\s*(?:\d+\.|[-*+])\s", re.M)
+_BOLD = re.compile(r"\*\*[^*\n]+\*\*|__[^_\n]+__")
+# Length in word-like tokens: a run of letters/digits, one CJK character, or one other symbol. FastChat
+# counts tiktoken tokens; any monotone length measure serves, since the feature is a normalised difference.
+_TOKEN = re.compile(r"[\u3040-\u30ff\u3400-\u9fff\uac00-\ud7af]|[^\W\u3040-\u30ff\u3400-\u9fff\uac00-\ud7af]+|[^\w\s]")
+
+
+def _answer(battle: Mapping, side: str) -> str | None:
+    """The answer of one side: our store's answer_a/answer_b, else FastChat's conversation_a/b
+    (all assistant turns, as FastChat sums them over the conversation)."""
+    text = battle.get(f"answer_{side}")
+    turns = battle.get(f"conversation_{side}")
+    if isinstance(text, str) and (text or not isinstance(turns, list)):
+        return text  # an empty answer is a real (zero-length) answer
+    if isinstance(turns, list):
+        return "\n".join(t.get("content") or "" for t in turns
+                         if isinstance(t, Mapping) and t.get("role") == "assistant")
+    return None
+
+
+def style_counts(text: str) -> tuple[int, int, int, int]:
+    """(length, headers, list items, bold spans) of one answer."""
+    plain = _CODE.sub("", text)
+    return len(_TOKEN.findall(text)), len(_HEADER.findall(plain)), len(_LIST.findall(plain)), len(_BOLD.findall(plain))
+
+
+def _metadata_counts(meta: Mapping, side: str) -> tuple[int, ...]:
+    """FastChat's conv_metadata: counts are ints or dicts (h1..h6, ordered/unordered, **/__) to sum."""
+    def value(key):
+        v = meta[key]
+        return int(sum(v.values())) if isinstance(v, Mapping) else int(v)
+    return tuple(value(k) for k in (f"sum_assistant_{side}_tokens", f"header_count_{side}",
+                                    f"list_count_{side}", f"bold_count_{side}"))
+
+
+def style_matrix(battles: Sequence[Mapping]) -> np.ndarray | None:
+    """Battles x 4 standardised style features, or None when some battle has no answers to measure.
+
+    As FastChat: per feature, (a - b) / (a + b + 1), then centred and divided by its standard
+    deviation over the battles. A feature that never differs carries no information and is 0
+    (FastChat would divide by a zero deviation)."""
+    rows = []
+    for b in battles:
+        meta = b.get("conv_metadata")
+        if isinstance(meta, Mapping) and "sum_assistant_a_tokens" in meta:
+            a, c = _metadata_counts(meta, "a"), _metadata_counts(meta, "b")
+        else:
+            text_a, text_b = _answer(b, "a"), _answer(b, "b")
+            if text_a is None or text_b is None:
+                return None
+            a, c = style_counts(text_a), style_counts(text_b)
+        rows.append((a, c))
+    if not rows:
+        return None
+    counts = np.array(rows, dtype=np.float64)  # battles x side x feature
+    diff = (counts[:, 0] - counts[:, 1]) / (counts[:, 0] + counts[:, 1] + 1.0)
+    std = diff.std(axis=0)
+    return np.where(std > 0, (diff - diff.mean(axis=0)) / np.where(std > 0, std, 1.0), 0.0)
+
+
+def _style_loss_and_grad(params, n_models, matchups, features, outcomes, weights, alpha, reg):
+    """FastChat's contextual BT loss (L2 penalty reg/2 * |params|^2) with per-battle weights; `params`
+    and `weights` may carry a leading bootstrap axis, each round being an independent term."""
+    ratings, beta = params[..., :n_models], params[..., n_models:]
+    logits = alpha * (ratings[..., matchups[:, 0]] - ratings[..., matchups[:, 1]]) + beta @ features.T
+    loss = -((log_expit(logits) * outcomes + log_expit(-logits) * (1.0 - outcomes)) * weights).sum()
+    loss += 0.5 * reg * (params * params).sum()
+    error = (outcomes - expit(logits)) * weights
+    grad = reg * params
+    rating_grad = grad[..., :n_models]
+    if params.ndim == 1:
+        np.add.at(rating_grad, matchups[:, 0], -alpha * error)
+        np.add.at(rating_grad, matchups[:, 1], alpha * error)
+    else:
+        np.add.at(rating_grad.T, matchups[:, 0], -alpha * error.T)
+        np.add.at(rating_grad.T, matchups[:, 1], alpha * error.T)
+    grad[..., n_models:] -= error @ features
+    return loss, grad
+
+
+@dataclass
+class StyleControl:
+    """Style-controlled BT on the Elo scale, with bootstrap 95% intervals; `coefficients` are the
+    fitted weights of the style features (positive: voters prefer more of it)."""
+
+    ratings: dict[str, float]
+    ci: dict[str, tuple[float, float]]
+    rank: dict[str, int]
+    coefficients: dict[str, float]
+
+
+def style_control(battles: Sequence[Mapping], rounds: int = N_BOOTSTRAP, seed: int = 0, reg: float = STYLE_REG,
+                  scale: float = SCALE, base: float = BASE, init_rating: float = INIT_RATING) -> StyleControl | None:
+    """FastChat's `compute_style_control` and `compute_bootstrap_style_control` (resampling battles
+    with replacement, here drawn as multinomial counts and fitted in one L-BFGS-B call as `bootstrap_bt`
+    does). None when some battle lacks the answers its features come from."""
+    battles = list(battles)
+    features = style_matrix(battles)
+    if features is None:
+        return None
+    models = _models(battles)
+    index = {m: i for i, m in enumerate(models)}
+    matchups = np.array([(index[b["model_a"]], index[b["model_b"]]) for b in battles], dtype=np.int64)
+    outcomes = np.array([_outcome(b["winner"]) for b in battles])
+    rng = np.random.default_rng(seed)
+    counts = rng.multinomial(len(battles), np.full(len(battles), 1.0 / len(battles)), size=rounds)
+    weights = np.vstack([np.ones(len(battles)), counts]).astype(np.float64)
+    n_params = len(models) + features.shape[1]
+
+    def objective(flat):
+        loss, grad = _style_loss_and_grad(flat.reshape(len(weights), n_params), len(models), matchups, features,
+                                          outcomes, weights, math.log(base), reg)
+        return loss, grad.ravel()
+
+    result = minimize(objective, np.zeros(len(weights) * n_params), jac=True, method="L-BFGS-B",
+                      options={"maxiter": 100 * (rounds + 1), "gtol": 1e-6})
+    fits = result.x.reshape(len(weights), n_params)
+    ratings = fits[:, :len(models)] * scale + init_rating
+    low, high = np.percentile(ratings[1:], 2.5, axis=0), np.percentile(ratings[1:], 97.5, axis=0)
+    lows, highs = dict(zip(models, low.tolist())), dict(zip(models, high.tolist()))
+    return StyleControl(ratings=dict(zip(models, ratings[0].tolist())),
+                        ci={m: (lows[m], highs[m]) for m in models}, rank=ranks(lows, highs),
+                        coefficients=dict(zip(STYLE_FEATURES, fits[0, len(models):].tolist())))
+
+
 @dataclass
 class LeaderboardRow:
     model: str
@@ -215,11 +351,17 @@ def leaderboard(battles: Sequence[Mapping], rounds: int = N_BOOTSTRAP, seed: int
 def ratings_json(battles: Sequence[Mapping], rounds: int = N_BOOTSTRAP, seed: int = 0) -> dict:
     """The `arena ratings --json` shape: {"elo": {M: R}, "bt": {M: {rating, ci_low, ci_high, rank, battles}}}."""
     rows = leaderboard(battles, rounds, seed)
+    style = style_control(battles, rounds, seed)
     return {
         "elo": {r.model: r.elo for r in rows},
         "bt": {r.model: {"rating": r.bt, "ci_low": r.bt_low, "ci_high": r.bt_high, "rank": r.rank,
                          "battles": r.battles} for r in rows},
         "elo_ci": {r.model: [r.elo_low, r.elo_high] for r in rows},
+        # FastChat's style control; null when some battle (e.g. an imported log) has no answers to measure
+        "style_control": None if style is None else {
+            "bt": {m: {"rating": style.ratings[m], "ci_low": style.ci[m][0], "ci_high": style.ci[m][1],
+                       "rank": style.rank[m]} for m in style.ratings},
+            "coefficients": style.coefficients},
         "n_battles": len(battles),
         "bootstrap_rounds": rounds,
     }

@@ -14,7 +14,7 @@ from pathlib import Path
 import gradio as gr
 
 from eval.arena import AlreadyVoted, ArenaStore, Battle
-from eval.ratings import leaderboard, win_rate_figure
+from eval.ratings import leaderboard, style_control, win_rate_figure
 
 VOTES = {  # button label -> FastChat winner
     "A is better": "model_a",
@@ -24,7 +24,15 @@ VOTES = {  # button label -> FastChat winner
 }
 VOTE_IDS = ("vote-a", "vote-b", "vote-tie", "vote-bad")
 VOTE_WORDS = {"model_a": "A is better", "model_b": "B is better", "tie": "Tie", "tie (bothbad)": "Both are bad"}
-LEADERBOARD_HEADERS = ["Rank", "Model", "BT rating", "BT 95% CI", "Elo", "Elo 95% CI", "Battles", "Wins/Ties/Losses"]
+LEADERBOARD_HEADERS = ["Rank", "Model", "BT rating", "BT 95% CI", "Elo", "Elo 95% CI", "Battles", "Wins/Ties/Losses",
+                       "Style-controlled BT", "Style rank"]
+# From this many decisive votes the tab offers to train a variant on them (finetune --method dpo --from_arena
+# skips ties and "both bad" the same way); fewer pairs teach a LoRA adapter nothing measurable.
+TRAIN_FROM_VOTES = 8
+TRAIN_HINT = ("**Train a variant from {n} votes:** in the **Fine-tune** tab pick method *dpo* and tick *From arena "
+              "votes*, or run `python -m finetune --method dpo --from_arena --name NAME`. Each vote's winning answer "
+              "is the chosen one and the losing answer the rejected one; ties and “both bad” are skipped.")
+STYLE_ROUNDS = 200  # bootstrap rounds of the style fit in the tab: ~0.4 s per vote instead of ~2 s at 1000
 
 NEED_ADAPTER = """**The arena needs at least two variants, and only `{found}` exists.**
 A battle pits two variants of the model against each other: the base model and the adapters you trained.
@@ -66,9 +74,25 @@ def _answer_texts(rag_answer, prompt: str, variant: str, registry, generation, u
 
 
 def leaderboard_rows(store: ArenaStore) -> list[list]:
-    rows = leaderboard([asdict(b) for b in store.battles()])
+    battles = [asdict(b) for b in store.battles()]
+    rows = leaderboard(battles)
+    style = style_control(battles, rounds=STYLE_ROUNDS) if battles else None
+
+    def styled(model: str) -> list:
+        if style is None:
+            return ["", ""]
+        low, high = style.ci[model]
+        return [f"{style.ratings[model]:.1f} [{low:.0f}, {high:.0f}]", style.rank[model]]
+
     return [[r.rank, r.model, round(r.bt, 1), f"[{r.bt_low:.0f}, {r.bt_high:.0f}]", round(r.elo, 1),
-             f"[{r.elo_low:.0f}, {r.elo_high:.0f}]", r.battles, f"{r.wins}/{r.ties}/{r.losses}"] for r in rows]
+             f"[{r.elo_low:.0f}, {r.elo_high:.0f}]", r.battles, f"{r.wins}/{r.ties}/{r.losses}", *styled(r.model)]
+            for r in rows]
+
+
+def train_hint(store: ArenaStore) -> str:
+    """'Train a variant from N votes' once there are enough decisive votes, else nothing."""
+    n = sum(b.winner in ("model_a", "model_b") for b in store.battles())
+    return TRAIN_HINT.format(n=n) if n >= TRAIN_FROM_VOTES else ""
 
 
 def _win_plot(store: ArenaStore):
@@ -95,8 +119,10 @@ def build_arena_tab(settings, registry, store: ArenaStore | None = None, generat
 
     info = gr.Markdown(intro, elem_id="arena-info")
     with gr.Row():
-        prompt = gr.Textbox(label="Prompt", placeholder="Ask both models something…", lines=2, scale=5,
-                            elem_id="arena-prompt")
+        # lines=1: Gradio submits on Enter only in a one-line box (with lines>1 Enter adds a newline and
+        # only Shift+Enter submits); max_lines lets a pasted multi-line prompt grow, Shift+Enter adds a line.
+        prompt = gr.Textbox(label="Prompt", placeholder="Ask both models something… (Enter starts the battle)",
+                            lines=1, max_lines=8, scale=5, elem_id="arena-prompt")
         with gr.Column(scale=1, min_width=160):
             go = gr.Button("Battle", variant="primary", elem_id="arena-go")
             use_rag = gr.Checkbox(label="Answer from my documents", value=False, visible=rag_answer is not None,
@@ -112,11 +138,14 @@ def build_arena_tab(settings, registry, store: ArenaStore | None = None, generat
 
     gr.Markdown("### Leaderboard\nBradley–Terry (maximum likelihood) and online Elo (K=4) on the 400/1000 scale, "
                 "with bootstrap 95% intervals; rank = 1 + the number of variants whose lower bound is above this "
-                "one's upper bound.")
+                "one's upper bound. *Style-controlled BT* is FastChat's style control: the same fit with answer "
+                "length, headers, lists and bold as covariates, so a variant that only writes longer or more "
+                "decorated answers does not rank first.")
     board = gr.Dataframe(lambda: leaderboard_rows(store), headers=LEADERBOARD_HEADERS, interactive=False,
                          elem_id="leaderboard")
     plot = gr.Plot(lambda: _win_plot(store), label="Pairwise win rate (row beats column)", elem_id="arena-winrate")
     refresh = gr.Button("Refresh leaderboard", size="sm", elem_id="arena-refresh")
+    hint = gr.Markdown(lambda: train_hint(store), elem_id="arena-train-hint")
 
     locked = [gr.update(interactive=False)] * len(vote_buttons)
 
@@ -162,15 +191,16 @@ def build_arena_tab(settings, registry, store: ArenaStore | None = None, generat
             battle = {**battle, "voted": True}
             message = (f"**Model A** was **{battle['model_a']}**, **Model B** was **{battle['model_b']}**. "
                        f"You voted: {VOTE_WORDS[winner]}. Vote saved; type a new prompt for the next battle.")
-            return (battle, message, *locked, leaderboard_rows(store), _win_plot(store))
+            return (battle, message, *locked, leaderboard_rows(store), _win_plot(store), train_hint(store))
         return vote
 
     for button, winner in zip(vote_buttons, VOTES.values()):
-        button.click(make_vote(winner), [battle_state], [battle_state, reveal, *vote_buttons, board, plot],
+        button.click(make_vote(winner), [battle_state], [battle_state, reveal, *vote_buttons, board, plot, hint],
                      concurrency_limit=None)  # SQLite serialises writers; votes need not queue behind generation
-    refresh.click(lambda: (leaderboard_rows(store), _win_plot(store), intro()), None, [board, plot, info])
+    refresh.click(lambda: (leaderboard_rows(store), _win_plot(store), intro(), train_hint(store)), None,
+                  [board, plot, info, hint])
     return {"prompt": prompt, "go": go, "answer_a": answer_a, "answer_b": answer_b, "votes": vote_buttons,
-            "reveal": reveal, "leaderboard": board, "plot": plot, "state": battle_state}
+            "reveal": reveal, "leaderboard": board, "plot": plot, "state": battle_state, "train_hint": hint}
 
 
 def build_eval_tab(settings, registry) -> dict:

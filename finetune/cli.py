@@ -45,8 +45,20 @@ def _train(argv: list[str]) -> int:
     if "-h" in argv or "--help" in argv:
         print(USAGE + "\n\n--json  print the adapter card as JSON at the end\n")
     config, args = parse(argv)
-    from finetune.train import train
+    from finetune.train import train, train_fractions
 
+    if config.data_fractions:
+        rows = train_fractions(config, args)
+        if args.process_index == 0:
+            if as_json:
+                print(json.dumps(rows, indent=2))
+            else:
+                print(f"{'fraction':>8} {'records':>8} {'held-out ROUGE-L':>17} {'eval loss':>10}  adapter")
+                for r in rows:
+                    rouge = "-" if r["eval_rougeL"] is None else f"{r['eval_rougeL']:.3f}"
+                    loss = "-" if r["eval_loss"] is None else f"{r['eval_loss']:.3f}"
+                    print(f"{r['fraction']:>8g} {r['records']:>8} {rouge:>17} {loss:>10}  {r['adapter']}")
+        return 0
     path = train(config, args)
     if args.process_index == 0:
         card = json.loads((path / "card.json").read_text())

@@ -1,26 +1,39 @@
-"""What a fine-tuning run is: our options (`FinetuneConfig`) plus TRL's `SFTConfig` (which extends
-Hugging Face `TrainingArguments`), both turned into command-line flags by `HfArgumentParser`.
+"""What a fine-tuning run is: our options (`FinetuneConfig`) plus TRL's config for the method's trainer
+(`SFTConfig`, `DPOConfig` or `ORPOConfig`, each extending Hugging Face `TrainingArguments`), both
+turned into command-line flags by `HfArgumentParser`.
 
 Every TrainingArguments option keeps its usual name, meaning and help text; only a few defaults
 change so that `--data FILE --name NAME` alone gives a sensible small run on the embedded model.
 """
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 import torch
-from transformers import HfArgumentParser
-from trl import SFTConfig
+from transformers import HfArgumentParser, TrainingArguments
+from trl import DPOConfig, SFTConfig
+
+# ORPO lives in trl.experimental, which warns on import; the card records the method, and the README says
+# ORPO's API may change with TRL, so the notice would only repeat that on every run.
+os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
+from trl.experimental.orpo import ORPOConfig  # noqa: E402
 
 from chatapp.settings import Settings
 
-METHODS = ("auto", "qlora", "lora", "prompt-tuning")
+METHODS = ("auto", "qlora", "lora", "prompt-tuning", "dpo", "orpo")
+PREFERENCE_METHODS = ("dpo", "orpo")  # preference objectives; their adapter follows the auto rule (qlora on CUDA)
 # Learning rates that work for each method when --learning_rate is not given. LoRA: 1e-3, because the
 # QLoRA paper's 2e-4 (tuned for 7B+ bases) never taught the 135M embedded model a new fact in the identity
 # proof (bench/results/finetune-identity-proof.md) and 1e-3 did; soft prompts need a much larger step,
 # PEFT's prompt-tuning examples use 3e-2.
-DEFAULT_LEARNING_RATE = {"qlora": 1e-3, "lora": 1e-3, "prompt-tuning": 3e-2}
+# DPO/ORPO: 2e-4 for a LoRA adapter, not TRL's 1e-6 (set for full fine-tuning of large models) -- with LoRA
+# on the 135M model a few dozen pairs move the answers only at this size of step.
+DEFAULT_LEARNING_RATE = {"qlora": 1e-3, "lora": 1e-3, "prompt-tuning": 3e-2, "dpo": 2e-4, "orpo": 2e-4}
+# Epochs by dataset size: a fixed 3 epochs gave 82 identity records 33 steps, which never taught the new name
+# (bench/results/finetune-identity-proof.md); small sets need more passes, large ones fewer.
+TARGET_STEPS, MIN_EPOCHS, MAX_EPOCHS = 80, 3, 30
 GENERAL_INSTRUCTIONS = Path(__file__).resolve().parents[2] / "shared" / "corpus" / "finetune" / "alpaca_en_demo.json"
 
 
@@ -28,12 +41,18 @@ GENERAL_INSTRUCTIONS = Path(__file__).resolve().parents[2] / "shared" / "corpus"
 class FinetuneConfig:
     """Options of `python -m finetune` beyond TrainingArguments."""
 
-    data: str = field(metadata={"help": "Training data: Alpaca records (instruction/input/output) or conversations "
-                                        "(`messages` role/content, or ShareGPT `conversations` from/value), JSON or JSONL."})
     name: str = field(metadata={"help": "Name of the adapter: saved to DATA/adapters/NAME and shown as a chat variant."})
+    data: str | None = field(default=None, metadata={
+        "help": "Training data, JSON or JSONL. SFT: Alpaca records (instruction/input/output) or conversations "
+                "(`messages` role/content, or ShareGPT `conversations` from/value). dpo/orpo: TRL's preference "
+                "format, prompt/chosen/rejected as text or message lists. Not needed with --from_arena."})
     method: str = field(default="auto", metadata={
-        "help": "qlora (4-bit NF4 base + LoRA), lora (full-precision base + LoRA) or prompt-tuning (soft prompt). "
-                "auto = qlora on CUDA, lora on CPU.", "choices": list(METHODS)})
+        "help": "qlora (4-bit NF4 base + LoRA), lora (full-precision base + LoRA), prompt-tuning (soft prompt), "
+                "dpo (TRL DPOTrainer on preference pairs) or orpo (TRL ORPOTrainer). auto = qlora on CUDA, lora on "
+                "CPU; dpo and orpo train a LoRA adapter on the same base (4-bit on CUDA).", "choices": list(METHODS)})
+    from_arena: bool = field(default=False, metadata={
+        "help": "dpo/orpo: build the pairs from the arena's votes (winner's answer chosen, loser's rejected; ties and "
+                "'both bad' skipped), read through the arena's export. The pairs are written to the run folder."})
     base: str | None = field(default=None, metadata={
         "help": "Base model: 'embedded' (SmolLM2-135M-Instruct), a Hugging Face id or a local folder. "
                 "Default: CHATAPP_BASE_MODEL, else embedded."})
@@ -51,25 +70,60 @@ class FinetuneConfig:
         "help": "Fill {{key}} placeholders in the data, e.g. 'name=Ada,author=Lovelace Labs'."})
     test_size: float = field(default=0.1, metadata={
         "help": "Share (0-1) or number (>=1) of examples held out for evaluation; the split is reproducible with --seed."})
-    eval_generate_samples: int = field(default=8, metadata={
+    eval_generate_samples: int = field(default=4, metadata={
         "help": "Held-out examples whose generated answers are scored with ROUGE-L at each evaluation (0 = off)."})
-    eval_max_new_tokens: int = field(default=64, metadata={"help": "Token limit for the answers generated in evaluation."})
+    # Short and few: greedy generation dominates a small CPU run's evaluation time.
+    eval_max_new_tokens: int = field(default=48, metadata={"help": "Token limit for the answers generated in evaluation."})
     forgetting_data: str | None = field(default=str(GENERAL_INSTRUCTIONS) if GENERAL_INSTRUCTIONS.exists() else None, metadata={
         "help": "General instructions (any accepted format) for the catastrophic-forgetting check: ROUGE-L of base "
                 "and adapter on records not trained on, written to card.json. Empty string = skip."})
-    forgetting_samples: int = field(default=20, metadata={"help": "Records used by the forgetting check."})
+    forgetting_samples: int = field(default=10, metadata={"help": "Records used by the forgetting check."})
     overwrite: bool = field(default=False, metadata={"help": "Replace an existing adapter with the same name."})
+    data_fractions: str | None = field(default=None, metadata={
+        "help": "How much data is enough: e.g. 0.25,0.5,1 trains one adapter per share of the training records "
+                "(NAME-25pct, ...; the held-out records stay the same) and prints held-out ROUGE-L against records."})
+    train_fraction: float = field(default=1.0, metadata={
+        "help": "Train on this share (0-1] of the training records, taken after the held-out split."})
+
+    def fractions(self) -> list[float]:
+        try:
+            values = [float(v) for v in (self.data_fractions or "").split(",") if v.strip()]
+        except ValueError:
+            raise ValueError(f"--data_fractions needs numbers in (0, 1], got {self.data_fractions!r}") from None
+        if not values or any(not 0 < v <= 1 for v in values):
+            raise ValueError(f"--data_fractions needs numbers in (0, 1], got {self.data_fractions!r}")
+        return sorted(set(values))
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
             raise ValueError(f"--method must be one of {', '.join(METHODS)}, not {self.method!r}")
         if not self.name or "/" in self.name or self.name.startswith(".") or self.name == "base":
             raise ValueError(f"--name {self.name!r} is not a usable adapter name (no '/', no leading '.', not 'base')")
+        if self.from_arena and self.method not in PREFERENCE_METHODS:
+            raise ValueError("--from_arena makes preference pairs: use it with --method dpo or --method orpo")
+        if self.from_arena and self.data:
+            raise ValueError("give --data FILE or --from_arena, not both")
+        if self.data_fractions and self.preference:
+            raise ValueError("--data_fractions works with SFT methods (lora, qlora, prompt-tuning), not dpo/orpo")
+        if not self.from_arena and not self.data:
+            raise ValueError("--data FILE is required" + (" (or --from_arena)" if self.preference else ""))
+
+    @property
+    def preference(self) -> bool:
+        return self.method in PREFERENCE_METHODS
 
     def resolved_method(self) -> str:
+        """The training method: qlora, lora, prompt-tuning, dpo or orpo (auto resolved by device)."""
         if self.method != "auto":
             return self.method
         return "qlora" if torch.cuda.is_available() else "lora"
+
+    def adapter_method(self) -> str:
+        """The adapter and base precision: qlora, lora or prompt-tuning. Preference methods follow auto."""
+        method = self.resolved_method()
+        if method in PREFERENCE_METHODS:
+            return "qlora" if torch.cuda.is_available() else "lora"
+        return method
 
     def variables(self) -> dict[str, str]:
         if not self.template_vars:
@@ -84,19 +138,29 @@ class FinetuneConfig:
         return Settings.from_env(base_model=self.base, data_dir=self.data_dir)
 
 
+def cpu_has_bf16() -> bool:
+    """Whether the CPU has bf16 matrix instructions (AVX512-BF16 or AMX-BF16; the flags lscpu shows)."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:  # not Linux: leave bf16 off, as before
+        return False
+    return " avx512_bf16" in flags or " amx_bf16" in flags
+
+
 @dataclass
-class TrainConfig(SFTConfig):
-    """SFTConfig with defaults for a small adapter run (help texts of unchanged options are the library's)."""
+class SmallRunDefaults:
+    """Defaults for a small adapter run shared by every method's TRL config (help texts of unchanged
+    options are the library's). Listed first in each config's bases, so these fields replace TRL's."""
 
     output_dir: str | None = field(default=None, metadata={"help": "Checkpoints and logs. Default: DATA/runs/NAME."})
-    num_train_epochs: float = field(default=3.0, metadata={"help": "Total number of training epochs."})
+    num_train_epochs: float = field(default=0.0, metadata={
+        "help": "Total number of training epochs. Default 0 = chosen by dataset size: enough epochs for about "
+                f"{TARGET_STEPS} optimizer steps, at least {MIN_EPOCHS} and at most {MAX_EPOCHS} (see --max_steps)."})
     learning_rate: float | None = field(default=None, metadata={
-        "help": "Initial learning rate. Default by method: 1e-3 for qlora/lora, 3e-2 for prompt-tuning."})
+        "help": "Initial learning rate. Default by method: 1e-3 for qlora/lora, 3e-2 for prompt-tuning, "
+                "2e-4 for dpo/orpo."})
     max_length: int | None = field(default=512, metadata={
         "help": "Maximum tokens per example (longer ones are truncated); with packing, the length of a packed row."})
-    packing: bool | None = field(default=None, metadata={
-        "help": "Pack examples into rows of max_length with per-example position ids, so no example attends to "
-                "another. Default: on with CUDA, off on CPU (padding to the longest example in the batch)."})
     logging_steps: float = field(default=5, metadata={"help": "Log every X update steps."})
     eval_strategy: str = field(default="epoch", metadata={"help": "When to evaluate: no, steps or epoch."})
     save_strategy: str = field(default="epoch", metadata={"help": "When to save checkpoints: no, steps, epoch or best."})
@@ -113,28 +177,80 @@ class TrainConfig(SFTConfig):
         "help": "Folder for train.log and log.jsonl, readable while the run goes on. Default: output_dir. "
                 "(transformers 5 dropped this TrainingArguments option; it keeps its usual name here.)"})
     bf16: bool | None = field(default=None, metadata={
-        "help": "bf16 mixed precision. Default: on with a bf16-capable GPU, off on CPU."})
+        "help": "bf16 mixed precision (autocast; LoRA weights stay fp32). Default: on with a bf16-capable GPU, and "
+                "on a CPU with AVX512-BF16 or AMX (1.8x the fp32 tokens/s measured on 2 AVX512-BF16 cores); off otherwise."})
     optim: str | None = field(default=None, metadata={
         "help": "Optimizer. Default: paged_adamw_8bit for qlora on CUDA, adamw_torch otherwise."})
 
     def __post_init__(self) -> None:
-        if self.bf16 is None:
-            self.bf16 = bool(torch.cuda.is_available() and torch.cuda.is_bf16_supported()) and not self.fp16
+        if self.bf16 is None:  # TRL's default is bf16 everywhere, which CPUs without bf16 units run slowly
+            if torch.cuda.is_available() and not self.use_cpu:
+                self.bf16 = torch.cuda.is_bf16_supported() and not self.fp16
+            else:
+                self.bf16 = cpu_has_bf16() and not self.fp16
         super().__post_init__()
 
 
-def parser() -> HfArgumentParser:
-    return HfArgumentParser((FinetuneConfig, TrainConfig), description=(
-        "Fine-tune the chat model on a dataset and save the result as an adapter "
-        "(a chat variant in the app). Every Hugging Face TrainingArguments option is accepted."))
+@dataclass
+class TrainConfig(SmallRunDefaults, SFTConfig):
+    """SFTConfig with the small-run defaults."""
+
+    packing: bool | None = field(default=None, metadata={
+        "help": "Pack examples into rows of max_length with per-example position ids, so no example attends to "
+                "another. Default: on with CUDA, off on CPU (padding to the longest example in the batch)."})
 
 
-def parse(argv: list[str] | None = None) -> tuple[FinetuneConfig, TrainConfig]:
+@dataclass
+class DPOTrainConfig(SmallRunDefaults, DPOConfig):
+    """DPOConfig with the small-run defaults (beta, loss_type and the rest keep TRL's)."""
+
+
+@dataclass
+class ORPOTrainConfig(SmallRunDefaults, ORPOConfig):
+    """ORPOConfig with the small-run defaults."""
+
+
+CONFIG_CLASSES = {"dpo": DPOTrainConfig, "orpo": ORPOTrainConfig}  # everything else: TrainConfig (SFT)
+
+
+def config_class(method: str) -> type:
+    return CONFIG_CLASSES.get(method, TrainConfig)
+
+
+def resolve_epochs(args, n_train: int) -> bool:
+    """Set num_train_epochs by dataset size when it was left at 0 and no max_steps is set (returns whether
+    it did): the fewest epochs that give TARGET_STEPS optimizer steps, within [MIN_EPOCHS, MAX_EPOCHS]."""
+    if args.num_train_epochs > 0 or (args.max_steps and args.max_steps > 0):
+        return False
+    per_step = args.per_device_train_batch_size * args.gradient_accumulation_steps * max(args.world_size, 1)
+    steps_per_epoch = max(1, -(-n_train // per_step))
+    args.num_train_epochs = float(min(MAX_EPOCHS, max(MIN_EPOCHS, -(-TARGET_STEPS // steps_per_epoch))))
+    return True
+
+
+def parser(method: str = "auto") -> HfArgumentParser:
+    return HfArgumentParser((FinetuneConfig, config_class(method)), description=(
+        "Fine-tune the chat model on a dataset and save the result as an adapter (a chat variant in the app). "
+        "Every Hugging Face TrainingArguments option is accepted, and with --method dpo/orpo every option of "
+        "TRL's DPOConfig/ORPOConfig (beta, loss_type, ...); see --method dpo --help."))
+
+
+def _method_in(argv: list[str]) -> str:
+    """The --method value in argv (the config class, and so the accepted flags, depend on it)."""
+    for i, arg in enumerate(argv):
+        if arg == "--method" and i + 1 < len(argv):
+            return argv[i + 1]
+        if arg.startswith("--method="):
+            return arg.split("=", 1)[1]
+    return "auto"
+
+
+def parse(argv: list[str] | None = None) -> tuple[FinetuneConfig, TrainingArguments]:
     """Parse flags into both configs, filling the defaults that depend on the run (name, method, device)."""
     import sys
 
     argv = sys.argv[1:] if argv is None else list(argv)
-    values = vars(parser().parse_args(argv))
+    values = vars(parser(_method_in(argv)).parse_args(argv))
     config = FinetuneConfig(**{f.name: values.pop(f.name) for f in fields(FinetuneConfig)})
     # Only options the user typed count as choices; the rest get defaults that depend on the run.
     typed = {a[2:].split("=", 1)[0].replace("-", "_") for a in argv if a.startswith("--")}
@@ -142,11 +258,13 @@ def parse(argv: list[str] | None = None) -> tuple[FinetuneConfig, TrainConfig]:
     return config, training_arguments(config, **{k: v for k, v in values.items() if k in typed})
 
 
-def training_arguments(config: FinetuneConfig, **chosen) -> TrainConfig:
-    """TrainConfig for a run. `chosen` are TrainingArguments values the user set; the others get defaults
-    that fit the run (output_dir under DATA/runs/NAME, learning rate and optimizer by method, ...)."""
+def training_arguments(config: FinetuneConfig, **chosen) -> TrainingArguments:
+    """The method's config for a run (TrainConfig, DPOTrainConfig or ORPOTrainConfig). `chosen` are values
+    the user set; the others get defaults that fit the run (output_dir under DATA/runs/NAME, learning rate
+    and optimizer by method, ...)."""
     method = config.resolved_method()
-    known = {f.name for f in fields(TrainConfig) if f.init}
+    cls = config_class(method)
+    known = {f.name for f in fields(cls) if f.init}
     unknown = set(chosen) - known
     if unknown:
         raise ValueError(f"unknown training options: {', '.join(sorted(unknown))}")
@@ -158,8 +276,9 @@ def training_arguments(config: FinetuneConfig, **chosen) -> TrainConfig:
     if values.get("learning_rate") is None:
         values["learning_rate"] = DEFAULT_LEARNING_RATE[method]
     if values.get("optim") is None:
-        values["optim"] = "paged_adamw_8bit" if method == "qlora" and torch.cuda.is_available() else "adamw_torch"
-    if values.get("packing") is None:
+        qlora = config.adapter_method() == "qlora" and torch.cuda.is_available()
+        values["optim"] = "paged_adamw_8bit" if qlora else "adamw_torch"
+    if cls is TrainConfig and values.get("packing") is None:
         values["packing"] = torch.cuda.is_available() and method != "prompt-tuning"
     if method == "prompt-tuning" and values["packing"]:
         raise ValueError("packing does not work with prompt tuning (the soft prompt is prepended to every row); "
@@ -178,4 +297,4 @@ def training_arguments(config: FinetuneConfig, **chosen) -> TrainConfig:
         values["save_steps"] = values["eval_steps"]
     metric = values.get("metric_for_best_model", "eval_loss")
     values.setdefault("greater_is_better", metric not in (None, "loss", "eval_loss"))
-    return TrainConfig(**values)
+    return cls(**values)

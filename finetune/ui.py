@@ -17,7 +17,7 @@ from pathlib import Path
 
 from chatapp.settings import Settings
 
-METHOD_CHOICES = ["lora", "qlora", "prompt-tuning"]
+METHOD_CHOICES = ["lora", "qlora", "prompt-tuning", "dpo", "orpo"]
 DATA_SUFFIXES = (".json", ".jsonl")
 
 
@@ -77,22 +77,33 @@ class Trainer:
 
     def start(self, data: str, name: str, method: str, epochs: float, max_steps: int, learning_rate: float | None,
               lora_r: int, max_length: int, template_vars: str, test_size: float = 0.1,
-              forgetting_check: bool = True) -> str:
-        from finetune.config import FinetuneConfig, training_arguments
-        from finetune.data import read_records
+              forgetting_check: bool = True, from_arena: bool = False) -> str:
+        from finetune.config import PREFERENCE_METHODS, FinetuneConfig, training_arguments
+        from finetune.data import read_preferences, read_records
+        from finetune.preference import arena_pairs
 
         with self._lock:
             if self.job.state == "running":
                 raise RuntimeError(f"run '{self.job.name}' is still training; cancel it or wait")
-            if not data:
-                raise ValueError("choose or upload a dataset first")
-            config = FinetuneConfig(data=str(data), name=(name or "").strip(), method=method, lora_r=int(lora_r),
-                                    template_vars=template_vars or None, data_dir=str(self.settings.data_dir),
-                                    base=self.settings.base_model, test_size=float(test_size or 0),
+            from_arena = bool(from_arena) and method in PREFERENCE_METHODS
+            if not data and not from_arena:
+                raise ValueError("choose or upload a dataset first" + (", or tick 'From arena votes'"
+                                                                       if method in PREFERENCE_METHODS else ""))
+            config = FinetuneConfig(data=None if from_arena else str(data), name=(name or "").strip(), method=method,
+                                    lora_r=int(lora_r), template_vars=template_vars or None,
+                                    data_dir=str(self.settings.data_dir), base=self.settings.base_model,
+                                    test_size=float(test_size or 0), from_arena=from_arena,
                                     **({} if forgetting_check else {"forgetting_samples": 0}))
             if (Path(self.settings.adapters_dir) / config.name).exists():
                 raise ValueError(f"an adapter named '{config.name}' exists already; choose another name")
-            read_records(config.data, config.variables())  # bad data fails here, before any model loads
+            # Bad data (or an arena with no decisive votes) fails here, before any model loads.
+            if from_arena:
+                if not arena_pairs(self.settings).pairs:
+                    raise ValueError("the arena has no decisive votes yet ('A is better' or 'B is better')")
+            elif config.preference:
+                read_preferences(config.data, config.variables())
+            else:
+                read_records(config.data, config.variables())
             chosen = {"num_train_epochs": float(epochs), "max_steps": int(max_steps or 0) or -1,
                       "max_length": int(max_length), "disable_tqdm": True, "logging_steps": 1}  # a live curve
             if learning_rate:
@@ -153,6 +164,16 @@ def loss_frame(job: Job):
     return pd.DataFrame(rows or [], columns=["step", "loss", "split"])
 
 
+def arena_votes_note(settings: Settings) -> str:
+    from finetune.preference import MIN_ARENA_PAIRS, arena_pairs
+
+    found = arena_pairs(settings)
+    if not found.pairs:
+        return "The arena has no decisive votes yet."
+    enough = "" if len(found.pairs) >= MIN_ARENA_PAIRS else f" (at least {MIN_ARENA_PAIRS} are advised)"
+    return f"Arena: {found}{enough}."
+
+
 def build_finetune_tab(settings: Settings, registry=None):
     import gradio as gr
     import torch
@@ -168,14 +189,18 @@ def build_finetune_tab(settings: Settings, registry=None):
                                elem_id="ft-data", info="an uploaded file, or a path on the server")
             name = gr.Textbox(label="Adapter name", placeholder="my-task", elem_id="ft-name")
             method = gr.Radio(METHOD_CHOICES, value=default_method, label="Method", elem_id="ft-method",
-                              info="qlora: 4-bit base + LoRA (GPU); lora: full-precision base; prompt-tuning: soft prompt")
+                              info="qlora: 4-bit base + LoRA (GPU); lora: full-precision base; prompt-tuning: soft "
+                                   "prompt; dpo / orpo: preference pairs (prompt/chosen/rejected) or arena votes")
+            from_arena = gr.Checkbox(value=False, label="From arena votes (dpo/orpo: winner chosen, loser rejected)",
+                                     elem_id="ft-from-arena")
+            arena_note = gr.Markdown(lambda: arena_votes_note(settings), elem_id="ft-arena-note")
             template_vars = gr.Textbox(label="Fill placeholders (optional)", placeholder="name=Ada,author=Lovelace Labs",
                                        elem_id="ft-template-vars")
         with gr.Column():
-            epochs = gr.Number(value=3, label="Epochs", elem_id="ft-epochs", minimum=0.01)
+            epochs = gr.Number(value=0, label="Epochs (0 = by dataset size)", elem_id="ft-epochs", minimum=0)
             max_steps = gr.Number(value=0, precision=0, label="Max steps (0 = by epochs)", elem_id="ft-max-steps",
                                   minimum=0)
-            learning_rate = gr.Number(value=0, minimum=0, label="Learning rate (0 = method default: 1e-3 LoRA, 3e-2 prompt tuning)", elem_id="ft-lr")
+            learning_rate = gr.Number(value=0, minimum=0, label="Learning rate (0 = method default: 1e-3 LoRA, 3e-2 prompt tuning, 2e-4 dpo/orpo)", elem_id="ft-lr")
             lora_r = gr.Number(value=16, precision=0, label="LoRA rank", elem_id="ft-lora-r", minimum=1)
             max_length = gr.Number(value=512, precision=0, label="Max tokens per example", elem_id="ft-max-length",
                                    minimum=16)
@@ -202,10 +227,10 @@ def build_finetune_tab(settings: Settings, registry=None):
         return gr.update(choices=dataset_choices(settings), value=path), f"Dataset saved as `{path}`.", None
 
     def on_start(data_value, name_value, method_value, epochs_value, steps_value, lr_value, r_value, length_value,
-                 vars_value, test_value, forgetting_value):
+                 vars_value, test_value, forgetting_value, arena_value):
         try:
             trainer.start(data_value, name_value, method_value, epochs_value, steps_value, lr_value, r_value,
-                          length_value, vars_value, test_value, forgetting_value)
+                          length_value, vars_value, test_value, forgetting_value, arena_value)
         except Exception as error:  # a clear line in the tab; nothing started
             return f"**Not started:** {error}", progress_html(trainer.job), gr.Timer(active=False)
         return status_markdown(trainer.job), progress_html(trainer.job), gr.Timer(active=True)
@@ -217,8 +242,11 @@ def build_finetune_tab(settings: Settings, registry=None):
 
     upload.upload(on_upload, upload, [data, status, upload], concurrency_limit=None)
     start.click(on_start, [data, name, method, epochs, max_steps, learning_rate, lora_r, max_length, template_vars,
-                           test_size, forgetting],
+                           test_size, forgetting, from_arena],
                 [status, progress, timer], concurrency_limit=None)
+    # Ticking "from arena votes" picks dpo, the method that needs no other data.
+    from_arena.change(lambda on, m: ("dpo" if on and m not in ("dpo", "orpo") else m, arena_votes_note(settings)),
+                      [from_arena, method], [method, arena_note], concurrency_limit=None)
     cancel.click(lambda: trainer.cancel(), None, status, concurrency_limit=None)
     timer.tick(on_tick, None, [status, progress, loss, timer], concurrency_limit=None)
     return trainer

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from eval.ratings import (bootstrap_elo, compute_bt, compute_elo, leaderboard, pairwise_win_fraction, ranks,
+                          style_control, style_counts, style_matrix,
                           ratings_json)
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -124,3 +125,67 @@ def test_ratings_cli_rejects_bad_lines_with_the_line_number(tmp_path, line, expe
     assert out.returncode == 1
     assert out.stderr.startswith(f"error: {path}:3: ") and expected in out.stderr
     assert len(out.stderr.strip().splitlines()) == 1
+
+
+def verbose_arena(n: int, seed: int) -> list[dict]:
+    """'verbose' answers as well as 'plain' but about twice as long, 'weak' answers worse; voters favour
+    the longer answer (logit 2 per unit of FastChat's normalised length difference)."""
+    rng = np.random.default_rng(seed)
+    length = {"verbose": (20, 100), "plain": (5, 40), "weak": (5, 40)}  # answer lengths vary within a variant
+    quality = {"verbose": 0.0, "plain": 0.0, "weak": -1.0}
+    battles = []
+    for _ in range(n):
+        a, b = (str(m) for m in rng.choice(list(length), size=2, replace=False))
+        la, lb = int(rng.integers(*length[a])), int(rng.integers(*length[b]))
+        logit = quality[a] - quality[b] + 2.0 * (la - lb) / (la + lb + 1)
+        battles.append({"model_a": a, "model_b": b, "answer_a": " ".join(["word"] * la),
+                        "answer_b": " ".join(["word"] * lb),
+                        "winner": "model_a" if rng.random() < 1 / (1 + math.exp(-logit)) else "model_b"})
+    return battles
+
+
+def test_style_control_keeps_a_variant_that_only_writes_longer_from_ranking_first():
+    battles = verbose_arena(1500, seed=1)
+    plain = {r.model: r for r in leaderboard(battles, rounds=100)}
+    assert plain["verbose"].rank == 1 and plain["plain"].rank == 2  # plain BT puts the long writer alone on top
+    gap = plain["verbose"].bt - plain["plain"].bt
+    assert gap > 100
+    style = style_control(battles, rounds=200)
+    assert abs(style.ratings["verbose"] - style.ratings["plain"]) < gap / 3  # equally good once length is held fixed
+    assert style.rank["verbose"] == style.rank["plain"] == 1 and style.rank["weak"] == 3
+    assert style.coefficients["length"] > 0.5  # the fit attributes the extra wins to length
+    assert style.coefficients["headers"] == style.coefficients["bold"] == 0.0  # no markdown: no information
+    for m, (low, high) in style.ci.items():
+        assert low <= style.ratings[m] <= high
+
+
+def test_style_features_count_markdown_outside_code_and_read_fastchat_metadata():
+    text = "# Title\n\nSome **bold** and __more__.\n\n- one\n- two\n1. three\n```\n# not a header\n- no\n```"
+    length, headers, lists, bold = style_counts(text)
+    assert (headers, lists, bold) == (1, 3, 2) and length > 10
+    assert style_counts("你好世界")[0] == 4  # CJK counts per character
+    battle = {"model_a": "x", "model_b": "y", "winner": "model_a", "conv_metadata": {
+        "sum_assistant_a_tokens": 50, "header_count_a": {"h1": 1, "h2": 0}, "list_count_a": {"ordered": 2},
+        "bold_count_a": {"**": 1, "__": 0}, "sum_assistant_b_tokens": 10, "header_count_b": {"h1": 0},
+        "list_count_b": {"ordered": 0}, "bold_count_b": {"**": 0}}}
+    other = {"model_a": "y", "model_b": "x", "winner": "model_b",
+             "conversation_a": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "short"}],
+             "conversation_b": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "# A\n" + "w " * 40}]}
+    features = style_matrix([battle, other, {**battle, "winner": "model_b"}])
+    assert features.shape == (3, 4) and np.allclose(features.mean(axis=0), 0)
+    assert style_matrix([{"model_a": "x", "model_b": "y", "winner": "tie"}]) is None  # nothing to measure
+
+
+def test_ratings_json_carries_style_control_beside_plain_bt(tmp_path):
+    battles = verbose_arena(200, seed=2)
+    path = tmp_path / "battles.jsonl"
+    path.write_text("".join(json.dumps(b) + "\n" for b in battles))
+    out = run_cli("arena", "ratings", "--votes", str(path), "--rounds", "100", "--json")
+    assert out.returncode == 0, out.stderr
+    data = json.loads(out.stdout)
+    assert set(data["style_control"]["bt"]) == set(data["bt"]) == {"verbose", "plain", "weak"}
+    assert set(data["style_control"]["coefficients"]) == {"length", "headers", "lists", "bold"}
+    row = data["style_control"]["bt"]["plain"]
+    assert row["ci_low"] <= row["rating"] <= row["ci_high"] and row["rank"] == 1
+    table = run_cli("arena", "ratings", "--votes", str(path), "--rounds", "100")
+    assert "style-controlled BT" in table.stdout and "length +" in table.stdout

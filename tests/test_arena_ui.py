@@ -1,5 +1,6 @@
 """The Arena tab in a real browser (Debian chromium via Playwright) on the real SmolLM2 base and a
-real tiny LoRA adapter: battle, vote, names revealed, leaderboard updated, two tabs voting at once."""
+real tiny LoRA adapter: a battle started with Enter, vote, names revealed, leaderboard (plain and
+style-controlled) updated, two tabs voting at once."""
 from __future__ import annotations
 
 import re
@@ -24,9 +25,13 @@ def launch_arena(settings):
     return demo, store, launch_blocks(demo)
 
 
-def battle(page, prompt: str) -> tuple[str, str]:
-    page.locator("#arena-prompt textarea").fill(prompt)
-    page.locator("#arena-go").click()
+def battle(page, prompt: str, enter: bool = False) -> tuple[str, str]:
+    box = page.locator("#arena-prompt textarea")
+    box.fill(prompt)
+    if enter:
+        box.press("Enter")  # as in the Chat tab: Enter starts it, no newline
+    else:
+        page.locator("#arena-go").click()
     page.locator("#vote-a:not([disabled])").wait_for(timeout=180_000)
     return (page.locator("#arena-model-a textarea").input_value(),
             page.locator("#arena-model-b textarea").input_value())
@@ -53,7 +58,8 @@ def test_battle_vote_reveal_and_leaderboard(browser, tmp_path, artifacts):
         assert not any(any(r) for r in leaderboard_rows(page))  # no votes yet
         assert page.locator("#vote-a").is_disabled()
 
-        answer_a, answer_b = battle(page, "What is the capital of France?")
+        answer_a, answer_b = battle(page, "What is the capital of France?", enter=True)
+        assert page.locator("#arena-prompt textarea").input_value() == "What is the capital of France?"  # no newline
         assert answer_a.strip() and answer_b.strip() and answer_a != answer_b
         assert page.locator("#arena-reveal").inner_text().strip().startswith("Which answer")  # no names yet
         assert "base" not in page.locator("#arena-reveal").inner_text()
@@ -68,6 +74,7 @@ def test_battle_vote_reveal_and_leaderboard(browser, tmp_path, artifacts):
         page.locator(ROWS).nth(1).wait_for(timeout=30_000)
         rows = leaderboard_rows(page)
         assert rows[0][1] == winner and rows[0][0] == "1" and rows[0][6] == "1" and rows[0][7] == "1/0/0"
+        assert re.fullmatch(r"\d+\.\d \[\d+, \d+\]", rows[0][8]) and rows[0][9] in ("1", "2")  # style control
         assert store.count() == 1 and store.battles()[0].winner == "model_b"
         assert store.battles()[0].model_b == winner and store.battles()[0].answer_b == answer_b
         page.screenshot(path=str(artifacts / "arena-after-vote.png"), full_page=True)

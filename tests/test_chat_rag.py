@@ -70,7 +70,7 @@ def test_warmup_question_is_answered_with_page_seven_cited(store, registry, sett
     assert final.done and not any(p.done for p in partials[:-1])
     assert len(partials) > 2  # streamed in pieces
     assert final.status == "answered" and final.answer
-    assert all(s.score >= settings.score_threshold for s in final.retrieved)
+    assert max(s.score for s in final.retrieved) >= settings.score_threshold  # the documents cover it
     pages = {(s.source, s.page) for s in final.sources}
     assert (PDF, 7) in pages  # "We used warmup_steps = 4000." is on page 7
     # chain-of-thought (the default style): reasoning kept apart from the final answer

@@ -12,7 +12,7 @@ import torch
 
 from chatapp.model import BASE, ModelRegistry, base_folder, load_base
 from chatapp.settings import Settings
-from finetune.config import FinetuneConfig, training_arguments
+from finetune.config import FinetuneConfig, resolve_epochs, training_arguments
 from finetune.data import DatasetError, read_records, split
 from finetune.train import generate_answers, train
 
@@ -123,7 +123,12 @@ def test_defaults_need_only_data_and_name(tmp_path, monkeypatch):
     args = training_arguments(config)
     assert Path(args.output_dir) == tmp_path / "runs" / "n"
     assert config.resolved_method() == ("qlora" if torch.cuda.is_available() else "lora")
-    assert args.learning_rate == 1e-3 and args.num_train_epochs == 3
+    assert args.learning_rate == 1e-3 and args.num_train_epochs == 0  # 0: chosen by dataset size at the start
+    assert resolve_epochs(args, 82) and args.num_train_epochs == 8  # 11 steps an epoch at batch 8 -> 88 steps
+    big = training_arguments(config)
+    assert resolve_epochs(big, 5000) and big.num_train_epochs == 3  # never under 3 epochs
+    fixed = training_arguments(config, max_steps=40)
+    assert not resolve_epochs(fixed, 82) and fixed.num_train_epochs == 0  # max_steps decides
     assert args.load_best_model_at_end and args.metric_for_best_model == "eval_loss" and not args.greater_is_better
 
 
