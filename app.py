@@ -1,10 +1,12 @@
-"""The web app: one Gradio page whose tabs come from the packages (Chat, Documents, Fine-tune, Arena).
+"""The web app: one Gradio page whose tabs come from the packages (Chat, Documents, Fine-tune, Arena),
+and an OpenAI-compatible API under /v1 on the same port (chatapp/api.py).
 
     python app.py [--host 127.0.0.1] [--port 7860]
 
 Binds 127.0.0.1:7860 by default, no share link, no analytics, one generation at a time.
-Set CHATAPP_AUTH=user:password to require a login. The page comes up at once; the model loads in
-the background and the first answer waits for it if needed.
+Set CHATAPP_AUTH=user:password to require a login, CHATAPP_API_KEY to open /v1 to bearer-key clients.
+The page comes up at once; the model loads in the background and the first answer waits for it if needed.
+With CHATAPP_LLM_URL set, answers are generated on that OpenAI-compatible server instead.
 """
 from __future__ import annotations
 
@@ -31,6 +33,13 @@ def parse_auth(value: str | None) -> tuple[str, str] | None:
     return user, password
 
 
+REMOTE_TRAINING_NOTE = (
+    "Answers are generated on the model server at `{url}`; training runs here, in this process, on "
+    "`CHATAPP_BASE_MODEL`. To answer with an adapter made here, serve it from that server (vLLM: "
+    "`--enable-lora --lora-modules NAME=DATA/adapters/NAME`); it then shows up as a variant."
+)
+
+
 def build_app(settings, registry, store):
     import gradio as gr
 
@@ -45,6 +54,8 @@ def build_app(settings, registry, store):
         with gr.Tab("Documents"):
             build_documents_tab(store, settings)
         with gr.Tab("Fine-tune"):
+            if settings.llm_url:
+                gr.Markdown(REMOTE_TRAINING_NOTE.format(url=settings.llm_url), elem_id="ft-remote-note")
             build_finetune_tab(settings, registry)
         with gr.Tab("Arena"):
             build_arena_tab(settings, registry)
@@ -53,6 +64,20 @@ def build_app(settings, registry, store):
     # One generation at a time on the one model; other events (listing sources, votes) stay quick.
     demo.queue(default_concurrency_limit=1)
     return demo
+
+
+def build_server(settings, registry, store, demo, auth=None):
+    """The FastAPI app: the /v1 API's routes, then the Gradio page mounted at / (gradio's documented
+    `mount_gradio_app`), so both share one port. Routes added before the mount take precedence over it."""
+    import gradio as gr
+    from fastapi import FastAPI
+
+    from chatapp.api import api_router
+
+    server = FastAPI(title="chatapp", docs_url=None, redoc_url=None, openapi_url=None)
+    server.include_router(api_router(settings, registry, store))
+    return gr.mount_gradio_app(server, demo, path="/", server_name=settings.host, server_port=settings.port,
+                               auth=auth, max_file_size=f"{settings.max_upload_mb}mb", show_error=True)
 
 
 def load_model_in_background(registry) -> None:
@@ -81,7 +106,9 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     auth = parse_auth(settings.auth)
 
-    from chatapp.model import ModelRegistry
+    import uvicorn
+
+    from chatapp.backends import make_registry
 
     try:
         from loaders.store import get_store
@@ -90,18 +117,15 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as exc:  # a locked store folder, an unreachable Qdrant server
         print(f"error: cannot open the document store: {exc}", file=sys.stderr)
         return 1
-    registry = ModelRegistry(settings)
+    registry = make_registry(settings)
     demo = build_app(settings, registry, store)
+    server = build_server(settings, registry, store, demo, auth)
     load_model_in_background(registry)
-    log.info("data in %s; serving on http://%s:%s", settings.data_dir.resolve(), args.host, args.port)
-    demo.launch(
-        server_name=args.host,
-        server_port=args.port,
-        share=False,
-        auth=auth,
-        max_file_size=f"{settings.max_upload_mb}mb",
-        show_error=True,
-    )
+    log.info("data in %s; serving on http://%s:%s (OpenAI-compatible API under /v1: %s)%s",
+             settings.data_dir.resolve(), args.host, args.port,
+             "bearer key required" if settings.api_key else "off, the page has a login" if auth else "no key",
+             f"; generating on {settings.llm_url}" if settings.llm_url else "")
+    uvicorn.run(server, host=args.host, port=args.port, log_level="warning")
     return 0
 
 

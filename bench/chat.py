@@ -1,6 +1,7 @@
 """Chat latency: time to first token and decode speed for a RAG question with a ~1,500-token prompt.
 
     python bench/chat.py [--runs 5] [--max-new-tokens 64] [--cpu-precision 16bit] [--out bench/results]
+    python bench/chat.py --api [--runs 5]     # the /v1 API's first token against the in-process answer's
 
 CPU arm (always): the embedded SmolLM2-135M, the app's path (`chatapp.rag.answer`: retrieval from a
 scratch store holding the shared PDF, prompt, streaming) against plain `model.generate` on the same
@@ -8,8 +9,14 @@ prompt tokens, in the same run.
 GPU arm (when CUDA is available): a random-weights model of the same shape, placed as the app places
 it (4-bit NF4 by default), the app's streaming path (`ModelRegistry.stream`) against plain `generate`.
 
+API arm (--api, instead of the others): the same question, on the same loaded model, answered in-process
+(`rag.answer`, what the Chat tab streams) and through the /v1 API (chatapp/api.py served by uvicorn on a
+loopback port, streamed with the `openai` SDK), alternating which goes first; the prompt K/V is forgotten
+before each, so both compute the whole prompt.
+
 Targets: CPU first token <= 2 s and >= 15 tokens/s; GPU >= 10x plain generate for decode and first
-token <= 200 ms. Results go to OUT/chat-<device>.json and .txt (chat-cpu-16bit.* for --cpu-precision 16bit).
+token <= 200 ms; the API's first token within 10% of the in-process one's. Results go to
+OUT/chat-<device>.json and .txt (chat-cpu-16bit.* for --cpu-precision 16bit, chat-api.* for --api).
 """
 from __future__ import annotations
 
@@ -313,6 +320,103 @@ def gpu_arm(runs: int, max_new_tokens: int, precision: str) -> dict:
         shutil.rmtree(data, ignore_errors=True)
 
 
+def api_arm(runs: int, max_new_tokens: int, style: str) -> dict:
+    import socket
+    import threading
+
+    import openai
+    import uvicorn
+    from fastapi import FastAPI
+
+    from chatapp.api import api_router
+    from loaders.store import get_store
+
+    data = Path(tempfile.mkdtemp(prefix="bench-chat-api-"))
+    server = None
+    try:
+        settings = Settings.from_env(data_dir=data, score_threshold=0.0, models_dir=Settings.from_env().models_dir,
+                                     api_key=None, auth=None)
+        registry = ModelRegistry(settings).load()
+        store = get_store(settings)
+        store.ingest([str(PDF)])
+        app = FastAPI()
+        app.include_router(api_router(settings, registry, store))
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = sock.getsockname()[1]
+        server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+        serving = threading.Thread(target=server.run, daemon=True)
+        serving.start()
+        while not server.started:
+            time.sleep(0.05)
+        client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="unused", max_retries=0)
+        generation = GenerationSettings(max_new_tokens=max_new_tokens)
+
+        def in_process(question: str, k: int) -> float:
+            start = time.perf_counter()
+            answers = rag.answer(question, [], store=store, registry=registry, style=style, generation=generation,
+                                 k=k, settings=settings)
+            next(answers)  # the first snapshot: the first text the Chat tab shows
+            first = time.perf_counter() - start
+            answers.close()
+            return first
+
+        def through_api(question: str, k: int) -> float:
+            settings.top_k = k  # the API retrieves settings.top_k passages: the same prompt as in_process
+            start = time.perf_counter()
+            stream = client.chat.completions.create(model=BASE, messages=[{"role": "user", "content": question}],
+                                                    max_tokens=max_new_tokens, stream=True, extra_body={"style": style})
+            for chunk in stream:
+                delta = chunk.choices[0].delta if chunk.choices else None
+                if delta is not None and (delta.content or (delta.model_extra or {}).get("reasoning_content")):
+                    break
+            first = time.perf_counter() - start
+            stream.close()
+            return first
+
+        rows = []
+        for run in range(runs + 1):  # the first round warms up and is not counted
+            question = QUESTIONS[run % len(QUESTIONS)]
+            k, prompt_tokens = choose_k(store, registry, question, style)
+            times = {}
+            for arm in (("in_process", "api") if run % 2 else ("api", "in_process")):
+                # Both compute the whole prompt. Forgotten on the model's thread: a stream the client closed after
+                # its first chunk may still be finishing there, and would otherwise remember its prompt after this.
+                registry.call(registry.forget_prompts)
+                times[arm] = (in_process if arm == "in_process" else through_api)(question, k)
+            print(f"  run {run}{' (warm-up)' if not run else ''}: {prompt_tokens} prompt tokens: "
+                  f"in-process {times['in_process']:.3f} s, API {times['api']:.3f} s", flush=True)
+            if run:
+                rows.append({"prompt_tokens": prompt_tokens, **times})
+        store.close()
+        in_proc = statistics.median(r["in_process"] for r in rows)
+        api = statistics.median(r["api"] for r in rows)
+        # Each pair ran back to back on the same prompt, so its ratio is less exposed to a busy machine's drift.
+        paired = statistics.median(r["api"] / r["in_process"] - 1 for r in rows)
+        return {"device": "cpu", "model": "SmolLM2-135M-Instruct (embedded)", "precision": registry.precision,
+                "style": style, "runs": runs, "rows": rows,
+                "first_token_s": {"in_process": round(in_proc, 3), "api": round(api, 3)},
+                "api_overhead": round(api / in_proc - 1, 4), "api_overhead_paired_median": round(paired, 4),
+                "target": {"api_overhead_at_most": 0.10}, "load_average_1m": round(os.getloadavg()[0], 2)}
+    finally:
+        if server is not None:
+            server.should_exit = True
+            serving.join(timeout=10)
+        shutil.rmtree(data, ignore_errors=True)
+
+
+def api_report(result: dict) -> str:
+    first = result["first_token_s"]
+    return "\n".join([
+        f"API overhead on {result['device']} — {result['model']}, {result['precision']}, {result['style']} style, "
+        f"median of {result['runs']} runs (prompt tokens {[r['prompt_tokens'] for r in result['rows']]})",
+        f"  in-process answer (rag.answer)  first token {first['in_process']:.3f} s",
+        f"  /v1 API, openai SDK stream      first token {first['api']:.3f} s",
+        f"  overhead {result['api_overhead']:+.1%} of the medians, {result['api_overhead_paired_median']:+.1%} the median pair "
+        f"(target at most +10%); load average {result['load_average_1m']}",
+    ])
+
+
 def report(result: dict) -> str:
     app, plain = result["app"], result["plain_generate"]
     tokens = result["prompt_tokens"]
@@ -349,11 +453,21 @@ def main() -> int:
     parser.add_argument("--diagnose", action="store_true",
                         help="CPU: profile prefill and one decode step, and time static-cache generate")
     parser.add_argument("--skip-cpu", action="store_true", help="run only the GPU arm")
+    parser.add_argument("--api", action="store_true",
+                        help="only the API arm: /v1's first token against the in-process answer's")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results", help="results folder")
     args = parser.parse_args()
     if not 1 <= args.runs < len(QUESTIONS):
         parser.error(f"--runs must be 1 to {len(QUESTIONS) - 1}: each CPU run asks a question not asked before")
     args.out.mkdir(parents=True, exist_ok=True)
+    if args.api:
+        print("API arm", flush=True)
+        result = api_arm(args.runs, args.max_new_tokens, args.style)
+        text = api_report(result)
+        print(text)
+        (args.out / "chat-api.json").write_text(json.dumps(result, indent=2) + "\n")
+        (args.out / "chat-api.txt").write_text(text + "\n")
+        return 0
     arms = []
     if not args.skip_cpu:
         print("CPU arm", flush=True)

@@ -42,14 +42,15 @@ def build_parser() -> argparse.ArgumentParser:
 def run_ask(args) -> int:
     from transformers.utils import logging as hf_logging
 
-    from chatapp.model import GenerationSettings, ModelRegistry
+    from chatapp.backends import make_registry
+    from chatapp.model import GenerationSettings
     from chatapp.rag import ask
     from chatapp.settings import Settings
     from loaders.store import get_store
 
     hf_logging.disable_progress_bar()  # stdout/stderr stay readable for scripts
     settings = Settings.from_env()
-    registry = ModelRegistry(settings)
+    registry = make_registry(settings)
     if args.variant not in registry.variants():
         raise ValueError(f"unknown variant {args.variant!r}; known: {', '.join(registry.variants())}")
     store = get_store(settings)

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import math
 import re
+import threading
 from collections import Counter
 from dataclasses import dataclass, field
 
@@ -57,6 +58,9 @@ _DECLINES = re.compile(r"\b(not (provided|given|mentioned|stated|relevant|specif
 _CITATION = re.compile(r"\[\d{1,3}(?:\s*[,–-]\s*\d{1,3})*\]")  # "[20]" cites a reference; it is no figure
 _NAME = re.compile(r"(?<![\w.])[A-Z][a-z]+(?:[A-Z][a-z]+)*\b|\b[A-Z]{2,}[a-z]*\b")
 _SEGMENTER = pysbd.Segmenter(language="en", clean=False, char_span=True)
+# It keeps the text in hand on itself, so concurrent answers (the API, two tabs) would garble each other's
+# sentence spans: one caller at a time (loaders/terms.py does the same for the stemmer).
+_SEGMENTER_LOCK = threading.Lock()
 
 
 def figures(text: str) -> list[str]:
@@ -70,7 +74,9 @@ def asks_for_figure(question: str) -> bool:
 def sentence_spans(text: str) -> list[tuple[int, int]]:
     """(start, end) of each sentence; a run-on one (tables, formulas) is cut at MAX_QUOTE_CHARS on a space."""
     spans = []
-    for segment in _SEGMENTER.segment(text):
+    with _SEGMENTER_LOCK:
+        segments = _SEGMENTER.segment(text)
+    for segment in segments:
         start, end = segment.start, segment.end
         while text[start:end].strip():
             if end - start <= MAX_QUOTE_CHARS:

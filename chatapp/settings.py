@@ -47,6 +47,16 @@ class Settings:
     port: int = 7860
     auth: str | None = None  # "user:password"
     max_upload_mb: int = 200
+    # The OpenAI-compatible API under /v1: every request needs "Authorization: Bearer API_KEY" when set.
+    # With `auth` set and no key, /v1 refuses every request (the page's login must not be bypassed).
+    api_key: str | None = None
+    # Generation on an external OpenAI-compatible server (vLLM, Ollama, llama.cpp, transformers serve):
+    # its /v1 base URL, the model it serves as "base" (default: the first it lists) and its key.
+    llm_url: str | None = None
+    llm_model: str | None = None
+    llm_api_key: str | None = None
+    # Seconds to wait for the server to connect or send the next piece before giving up on it.
+    llm_timeout: float = 60.0
 
     def __post_init__(self) -> None:
         self.data_dir = Path(self.data_dir)

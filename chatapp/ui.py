@@ -37,6 +37,8 @@ def model_line(registry) -> str:
         return "Model: loading (the first answer waits for it)…"
     info = registry.info()
     name = html.escape(str(info["base"]).rstrip("/").split("/")[-1])
+    if info.get("url"):  # generated on an OpenAI-compatible server (chatapp/remote.py)
+        return f"Model: **{name}** · served by {html.escape(info['url'])}"
     return f"Model: **{name}** · precision **{info['precision']}** · weights **{info['footprint_mb']:.0f} MB** · {info['device']}"
 
 

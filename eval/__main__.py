@@ -148,7 +148,8 @@ def _cmd_score(args) -> int:
 
 
 def _cmd_rag(args) -> int:
-    from chatapp.model import GenerationSettings, ModelRegistry
+    from chatapp.backends import make_registry
+    from chatapp.model import GenerationSettings
     from chatapp.settings import Settings
     from eval.answers import evaluate, read_questions
     from loaders.store import get_store
@@ -157,7 +158,7 @@ def _cmd_rag(args) -> int:
     if not questions:
         raise ValueError(f"{args.questions}: no questions" + (f" in split {args.split!r}" if args.split else ""))
     settings = Settings.from_env()
-    registry = ModelRegistry(settings)
+    registry = make_registry(settings)
     variants = [v.strip() for v in args.variants.split(",") if v.strip()]
     unknown = [v for v in variants if v not in registry.variants()]
     if unknown:

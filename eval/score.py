@@ -192,9 +192,9 @@ def score(config: ScoreConfig, registry=None, settings=None,
     if len(set(config.variants)) != len(config.variants):
         raise ValueError("a variant is listed twice")
     if registry is None:
-        from chatapp.model import ModelRegistry
+        from chatapp.backends import make_registry
 
-        registry = ModelRegistry(settings)
+        registry = make_registry(settings)
     data, examples = load_examples(config, registry.settings)
     known = registry.variants()
     missing = [v for v in config.variants if v not in known]

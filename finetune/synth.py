@@ -10,6 +10,7 @@ import json
 import re
 from pathlib import Path
 
+from chatapp.backends import make_registry
 from chatapp.model import GenerationSettings, ModelRegistry
 from chatapp.settings import Settings
 
@@ -91,7 +92,7 @@ def synthesize(out: str | Path, n: int, variant: str = "base", max_new_tokens: i
     chunks = passages(store)
     if not chunks:
         raise ValueError("no documents ingested yet: add some with `python -m loaders ingest PATH`")
-    registry = registry or ModelRegistry(settings)
+    registry = registry or make_registry(settings)
     generation = GenerationSettings(max_new_tokens=max_new_tokens)
     # Up to 3 passages per wanted pair: a small model often writes no usable pair or repeats a question.
     candidates = spread(chunks, min(len(chunks), 3 * n))

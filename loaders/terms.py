@@ -4,6 +4,7 @@ and for chatapp's evidence, so both match the same words."""
 from __future__ import annotations
 
 import re
+import threading
 from functools import lru_cache
 
 import snowballstemmer
@@ -12,11 +13,15 @@ from sklearn.feature_extraction.text import ENGLISH_STOP_WORDS
 WORD = re.compile(r"\d+(?:[.,]\d+)*|[^\W\d_]+(?:['’][^\W\d_]+)?", re.UNICODE)
 STOP = frozenset(ENGLISH_STOP_WORDS) | {"used", "use", "using", "did", "does", "paper", "documents", "passage", "passages"}
 _STEMMER = snowballstemmer.stemmer("english")
+# It keeps the word in hand on itself: concurrent answers (eight /v1 requests) raised IndexError inside
+# snowball. One caller at a time; stems are cached, so the lock is rarely taken twice for a word.
+_STEMMER_LOCK = threading.Lock()
 
 
 @lru_cache(maxsize=65536)
 def stem(word: str) -> str:
-    return _STEMMER.stemWord(word)
+    with _STEMMER_LOCK:
+        return _STEMMER.stemWord(word)
 
 
 def figure_key(text: str) -> str:
