@@ -47,6 +47,10 @@ def _train(argv: list[str]) -> int:
     config, args = parse(argv)
     from finetune.train import train, train_fractions
 
+    if config.settings().llm_url and args.process_index == 0:
+        print(f"note: chat answers come from {config.settings().llm_url}, but training runs here, in this process; "
+              "serve the adapter there afterwards (README: vLLM --lora-modules)", file=sys.stderr)
+
     if config.data_fractions:
         rows = train_fractions(config, args)
         if args.process_index == 0:
