@@ -167,8 +167,9 @@ def evaluate(questions: list[Question], *, store, registry, settings, variant: s
                             if question.answerable and is_right(s.to_json(), question)), None)
         model_answer = final.model_answer or final.answer
         flagged = {figure_key(f) for u in final.unsupported for f in figures(u)}
-        unflagged = [f for f in invented(final.answer, [s.text for s in final.sources])
-                     + invented(model_answer, [s.text for s in final.retrieved])
+        # The model's own figures, against every passage it was given; a quote that replaced its answer is
+        # text of a listed passage, and its "From FILE, p. N:" lead-in is no claim.
+        unflagged = [f for f in invented(model_answer, [s.text for s in final.retrieved])
                      if figure_key(f) not in flagged and final.status == "answered"]
         report.records.append(Record(
             id=question.id, question=question.question, expected=question.answer, answer=final.answer,
