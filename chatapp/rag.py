@@ -4,9 +4,10 @@
 `ask(...)` is the blocking form.
 
 Decisions worth knowing:
-- Relevance is the store's cosine score against `settings.score_threshold`. When no passage clears
-  it, the model is not asked at all: the reply says the documents don't cover the question and
-  cites nothing (a 135M model asked anyway answers from memory, see tests/test_chat_rag.py).
+- Relevance is the store's cosine score against `settings.score_threshold`, or one sentence holding
+  nearly all of the question's words (see covers()). When neither holds, the model is not asked at all:
+  the reply says the documents don't cover the question and cites nothing (a 135M model asked anyway
+  answers from memory, see tests/test_chat_rag.py).
 - Small talk ("hi", "thanks") skips retrieval and gets a short, source-free reply.
 - Retrieval asks the store for `settings.candidates` passages (20) and keeps the `top_k` with the best
   evidence (chatapp/evidence.py): the sentence that answers a question is often in a passage the dense
