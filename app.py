@@ -23,6 +23,7 @@ import threading
 import time
 
 log = logging.getLogger("chatapp.app")
+SHUTDOWN_GRACE_S = 5  # open connections (a browser tab's event stream) get this long once asked to stop
 
 def parse_auth(value: str | None) -> tuple[str, str] | None:
     if not value:
@@ -125,7 +126,10 @@ def main(argv: list[str] | None = None) -> int:
              settings.data_dir.resolve(), args.host, args.port,
              "bearer key required" if settings.api_key else "off, the page has a login" if auth else "no key",
              f"; generating on {settings.llm_url}" if settings.llm_url else "")
-    uvicorn.run(server, host=args.host, port=args.port, log_level="warning")
+    # An open page keeps Gradio's event stream alive, and uvicorn's graceful shutdown would wait for it
+    # forever: Ctrl+C or a SIGTERM then never stopped the app while a browser tab was open.
+    uvicorn.run(server, host=args.host, port=args.port, log_level="warning",
+                timeout_graceful_shutdown=SHUTDOWN_GRACE_S)
     return 0
 
 

@@ -18,6 +18,7 @@ from loaders.pages import highlighted_page
 
 log = logging.getLogger("chatapp.ui")
 
+MODEL_WORDS_SHOWN = 240  # characters of a replaced answer shown under the quote (a looping reply runs far longer)
 STYLE_CHOICES = [(label, key) for key, label in prompts.STYLES.items()]
 
 
@@ -110,7 +111,8 @@ def answer_messages(answer: rag.Answer) -> list[dict]:
         )
     if answer.answer or answer.done:
         text = html.escape(answer.answer or "(no answer)")
-        said = f"The model wrote: “{html.escape(answer.model_answer)}”; the source is quoted instead." if answer.model_answer else ""
+        wrote = answer.model_answer if len(answer.model_answer) <= MODEL_WORDS_SHOWN else answer.model_answer[:MODEL_WORDS_SHOWN].rstrip() + "…"
+        said = f"The model wrote: “{html.escape(wrote)}”; the source is quoted instead." if answer.model_answer else ""
         if answer.done and answer.unsupported:
             text += f"\n\n⚠ Not in any source: {html.escape(', '.join(answer.unsupported))}. {said}".rstrip()
         elif answer.done and said:
