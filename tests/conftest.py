@@ -113,12 +113,29 @@ def running_app(data: Path, timeout: float = 120, env: dict[str, str] | None = N
             time.sleep(0.5)
         yield url
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            process.kill()
+        stop(process)
         print(log.read_text()[-2000:])
+
+
+def stop(process: subprocess.Popen, timeout: float = 20) -> None:
+    """Ask a server we started to stop; kill it if it does not within `timeout` seconds."""
+    process.terminate()
+    try:
+        process.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+
+
+def data_with_the_paper(path: Path) -> Path:
+    """`path` as a data folder whose store holds the shared PDF, closed again so an app can open it."""
+    from chatapp.settings import Settings
+    from loaders.store import get_store
+
+    store = get_store(Settings.from_env(data_dir=path))
+    results = store.ingest([str(CORPUS / "pdf" / "attention-is-all-you-need.pdf")])
+    assert all(r.ok for r in results), [r.summary() for r in results]
+    store.close()  # the app opens the embedded store itself: one process at a time
+    return path
 
 
 def make_tiny_adapter(settings, seed: int, scale: float, name: str = "tiny") -> None:

@@ -15,7 +15,7 @@ from langchain_openai import ChatOpenAI
 from chatapp.api import streamable
 from chatapp.rag import Answer
 from chatapp.settings import Settings
-from conftest import make_tiny_adapter, running_app
+from conftest import data_with_the_paper, make_tiny_adapter, running_app
 
 KEY = "test-key-16"
 PDF = "attention-is-all-you-need.pdf"
@@ -25,14 +25,7 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory, corpus):
-    path = tmp_path_factory.mktemp("api-data")
-    from loaders.store import get_store
-
-    store = get_store(Settings.from_env(data_dir=path))
-    results = store.ingest([str(corpus / "pdf" / PDF)])
-    assert all(r.ok for r in results), [r.summary() for r in results]
-    store.close()  # the app opens the embedded store itself: one process at a time
-    return path
+    return data_with_the_paper(tmp_path_factory.mktemp("api-data"))
 
 
 @pytest.fixture(scope="module")

@@ -17,7 +17,7 @@ from chatapp.backends import make_registry
 from chatapp.model import BASE, GenerationSettings, base_folder
 from chatapp.remote import LLMServerError, RemoteRegistry
 from chatapp.settings import Settings
-from conftest import ROOT, free_port, running_app
+from conftest import ROOT, data_with_the_paper, free_port, running_app, stop
 
 PDF = "attention-is-all-you-need.pdf"
 QUESTION = "How many warmup steps were used?"
@@ -27,14 +27,7 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory, corpus):
-    path = tmp_path_factory.mktemp("remote-data")
-    from loaders.store import get_store
-
-    store = get_store(Settings.from_env(data_dir=path))
-    results = store.ingest([str(corpus / "pdf" / PDF)])
-    assert all(r.ok for r in results), [r.summary() for r in results]
-    store.close()
-    return path
+    return data_with_the_paper(tmp_path_factory.mktemp("remote-data"))
 
 
 @pytest.fixture(scope="module")
@@ -59,11 +52,7 @@ def server(tmp_path_factory):
                 time.sleep(0.5)
         yield f"http://127.0.0.1:{port}/v1", folder, log
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            process.kill()
+        stop(process)
 
 
 def requests_seen(log: Path) -> int:
