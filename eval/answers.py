@@ -20,8 +20,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from chatapp import rag
-from chatapp.evidence import figure_key, figures
+from chatapp.evidence import figures
 from chatapp.model import GenerationSettings
+from loaders.terms import figure_key
 
 HIT_AT = (1, 4, 20)
 
