@@ -8,6 +8,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -106,6 +107,8 @@ def running_app(data: Path, timeout: float = 120, env: dict[str, str] | None = N
                 with urllib.request.urlopen(url, timeout=2) as response:
                     if response.status == 200:
                         break
+            except urllib.error.HTTPError:  # it answers: a login-only app refuses an anonymous request
+                break
             except OSError:
                 pass
             if time.monotonic() > deadline:
