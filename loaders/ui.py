@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import os
 
-from loaders.documents import SUPPORTED, place, source_key
+from loaders.documents import SUPPORTED, is_url, place, source_key
 
 COLUMNS = ["source", "kind", "title", "chunks"]
 
@@ -30,7 +30,13 @@ def ingest_uploads(store, settings, files, url: str | None, jq: str | None, prog
         else:
             paths.append(path)
     if url and url.strip():
-        paths.append(url.strip())
+        # Only web addresses: a server path typed here would let anyone with the page store (and then
+        # read back through search) any file the server can read.
+        if is_url(url.strip()):
+            paths.append(url.strip())
+        else:
+            lines.append(f"FAILED {url.strip()[:80]}: only web addresses (http:// or https://) go in this field; "
+                         "upload files instead")
     if not paths and not lines:
         return "Choose files or paste a URL first."
     results = store.ingest(paths, progress=progress, jq=(jq or "").strip() or None) if paths else []
