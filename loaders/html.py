@@ -1,0 +1,79 @@
+"""An HTML page's title and article text, as Markdown (headings, lists and tables stay visible).
+
+    from loaders.html import extract
+    title, text = extract(page_bytes, url)
+
+trafilatura with favor_precision is the best single extractor on the tune half of bench/data/html
+(it drops most page furniture), but now and then it drops part of the article too. readability-lxml,
+rendered by html2text, is the yardstick for that: when trafilatura's text is much shorter than
+readability's, trafilatura's default (less strict) text is taken, and when that is short too, readability's.
+bench/html.py chose this, and the ratios, on 181 pages of Zyte's article-extraction benchmark
+(bench/results/html.md).
+"""
+from __future__ import annotations
+
+import re
+from typing import Callable
+
+import html2text
+import trafilatura
+from readability import Document as Readability
+from readability.readability import Unparseable
+
+# A text is kept while it has at least this share of readability's words: the precise one, then
+# trafilatura's default. The largest ratios at the tune half's best F1 (bench/html.py sweeps them).
+# Going straight from the precise text to readability's ties on the tune half, but loses most of one of
+# the six pages tested before (mozilla-1: F1 0.73, the cascade 0.96), so the cascade keeps the middle step.
+PRECISE_RATIO, DEFAULT_RATIO = 0.65, 0.55
+
+_INLINE_TAG = re.compile(r"</?(?:sup|sub|small|mark|ins|del|u)>")
+_MARKDOWN_ESCAPE = re.compile(r"\\([\\`*_{}\[\]()#+\-.!|<>])")
+_WORD = re.compile(r"\w+")
+
+
+def clean(text: str) -> str:
+    """Drop what trafilatura's and html2text's Markdown leave for a renderer: <sup>/<sub> tags and
+    backslash escapes ("\\[edit\\]", "1\\."). They are noise to the embedder and to a reader."""
+    return _MARKDOWN_ESCAPE.sub(r"\1", _INLINE_TAG.sub("", text))
+
+
+def words(text: str) -> int:
+    return len(_WORD.findall(text))
+
+
+def trafilatura_text(html: bytes | str, url: str | None = None, **options) -> str:
+    """trafilatura's article text as Markdown; `options` override favor_precision and the others."""
+    settings = dict(output_format="markdown", include_tables=True, include_comments=False,
+                    include_links=False, include_images=False, favor_precision=True)
+    return clean(trafilatura.extract(html, url=url, **{**settings, **options}) or "")
+
+
+def readability_text(html: bytes | str, url: str | None = None) -> str:
+    """readability-lxml's article, rendered as Markdown by html2text; "" for a page it cannot parse."""
+    try:
+        article = Readability(html, url=url).summary(html_partial=True)
+    except Unparseable:
+        return ""
+    renderer = html2text.HTML2Text()
+    renderer.ignore_links = renderer.ignore_images = True  # link targets are not the article's words
+    renderer.body_width = 0  # no hard wrapping: the splitter cuts paragraphs at blank lines
+    return clean(renderer.handle(article)).strip()
+
+
+def choose(precise: str, readability: str, default: Callable[[], str],
+           ratios: tuple[float, float] = (PRECISE_RATIO, DEFAULT_RATIO)) -> str:
+    """The precise text, else trafilatura's default (`default()`, made only when needed), else readability's."""
+    if words(precise) >= ratios[0] * words(readability):
+        return precise
+    text = default()
+    return text if words(text) >= ratios[1] * words(readability) else readability
+
+
+def extract(html: bytes | str, url: str | None = None) -> tuple[str | None, str]:
+    """(title or None, article text in Markdown). A tiny page with no article keeps its visible text."""
+    text = choose(trafilatura_text(html, url), readability_text(html, url),
+                  lambda: trafilatura_text(html, url, favor_precision=False))
+    if not text.strip():
+        text = trafilatura.html2txt(html)
+    meta = trafilatura.extract_metadata(html, default_url=url)
+    return (meta.title if meta and meta.title else None), text
