@@ -22,8 +22,8 @@ from readability.readability import Unparseable
 
 # A text is kept while it has at least this share of readability's words: the precise one, then
 # trafilatura's default. The largest ratios at the tune half's best F1 (bench/html.py sweeps them).
-# Going straight from the precise text to readability's ties on the tune half, but loses most of one of
-# the six pages tested before (mozilla-1: F1 0.73, the cascade 0.96), so the cascade keeps the middle step.
+# Without the middle step (precise text, else readability's) it ties on the tune half, but keeps too
+# little of one of the six pages tested before (mozilla-1: F1 0.73, with the middle step 0.96).
 PRECISE_RATIO, DEFAULT_RATIO = 0.65, 0.55
 
 _INLINE_TAG = re.compile(r"</?(?:sup|sub|small|mark|ins|del|u)>")
