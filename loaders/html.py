@@ -12,6 +12,7 @@ bench/html.py chose this, and the ratios, on 181 pages of Zyte's article-extract
 """
 from __future__ import annotations
 
+import logging
 import re
 from typing import Callable
 
@@ -25,6 +26,10 @@ from readability.readability import Unparseable
 # Without the middle step (precise text, else readability's) it ties on the tune half, but keeps too
 # little of one of the six pages tested before (mozilla-1: F1 0.73, with the middle step 0.96).
 PRECISE_RATIO, DEFAULT_RATIO = 0.65, 0.55
+
+# readability logs a traceback at ERROR for a page it cannot parse before it raises Unparseable, which
+# readability_text handles: without this, one bad source would print a traceback, not one line.
+logging.getLogger("readability.readability").setLevel(logging.CRITICAL)
 
 _INLINE_TAG = re.compile(r"</?(?:sup|sub|small|mark|ins|del|u)>")
 _MARKDOWN_ESCAPE = re.compile(r"\\([\\`*_{}\[\]()#+\-.!|<>])")

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from loaders import load
+from loaders import LoadError, load
 from loaders.html import extract
 
 ZYTE = Path(__file__).resolve().parents[1] / "bench" / "data" / "html" / "zyte"
@@ -64,3 +64,13 @@ def test_holdout_mean_f1_meets_the_target(truth):
     scores = [token_f1(extract(page(k))[1], truth[k]["articleBody"]) for k in holdout]
     assert len(holdout) == 90
     assert sum(scores) / len(scores) >= 0.96
+
+
+def test_unparseable_page_is_one_line(tmp_path, capfd):
+    # readability cannot parse a page of comments only; the source is refused in one line, no traceback
+    path = tmp_path / "empty.html"
+    path.write_text("<!-- nothing here -->")
+    with pytest.raises(LoadError) as err:
+        load(path)
+    assert str(err.value) == "empty.html: no text found"
+    assert "Traceback" not in capfd.readouterr().err
