@@ -7,6 +7,7 @@ trafilatura with favor_precision is the best single extractor on the tune half o
 (it drops most page furniture), but now and then it drops part of the article too. readability-lxml,
 rendered by html2text, is the yardstick for that: when trafilatura's text is much shorter than
 readability's, trafilatura's default (less strict) text is taken, and when that is short too, readability's.
+readability runs only when the precise text is short beside all the page's paragraphs (about 1 page in 10).
 bench/html.py chose this, and the ratios, on 181 pages of Zyte's article-extraction benchmark
 (bench/results/html.md).
 """
@@ -46,8 +47,9 @@ def words(text: str) -> int:
     return len(_WORD.findall(text))
 
 
-def trafilatura_text(html: bytes | str, url: str | None = None, **options) -> str:
-    """trafilatura's article text as Markdown; `options` override favor_precision and the others."""
+def trafilatura_text(html, url: str | None = None, **options) -> str:
+    """trafilatura's article text as Markdown, from bytes, str or a tree from trafilatura.load_html;
+    `options` override favor_precision and the others."""
     settings = dict(output_format="markdown", include_tables=True, include_comments=False,
                     include_links=False, include_images=False, favor_precision=True)
     return clean(trafilatura.extract(html, url=url, **{**settings, **options}) or "")
@@ -76,9 +78,18 @@ def choose(precise: str, readability: str, default: Callable[[], str],
 
 def extract(html: bytes | str, url: str | None = None) -> tuple[str | None, str]:
     """(title or None, article text in Markdown). A tiny page with no article keeps its visible text."""
-    text = choose(trafilatura_text(html, url), readability_text(html, url),
-                  lambda: trafilatura_text(html, url, favor_precision=False))
+    tree = trafilatura.load_html(html)  # parsed once for trafilatura's readers (each works on a copy)
+    if tree is None:
+        return None, trafilatura.html2txt(html)
+    precise = trafilatura_text(tree, url)
+    # readability costs twice trafilatura. Its article is part of the page's paragraphs (trafilatura's
+    # baseline, a third of its cost), so a precise text that is long beside those is long beside it too.
+    if words(precise) >= PRECISE_RATIO * words(trafilatura.baseline(tree)[1]):
+        text = precise
+    else:
+        text = choose(precise, readability_text(html, url), lambda: trafilatura_text(tree, url, favor_precision=False))
     if not text.strip():
-        text = trafilatura.html2txt(html)
-    meta = trafilatura.extract_metadata(html, default_url=url)
+        text = trafilatura.html2txt(tree)
+    # last: it does not promise to leave the tree be; only the title is used, so no extensive date search
+    meta = trafilatura.extract_metadata(tree, default_url=url, extensive=False)
     return (meta.title if meta and meta.title else None), text
