@@ -186,7 +186,7 @@ def _pdf(data: bytes, name: str, base: dict) -> list[Document]:
 def _html(data: bytes, name: str, base: dict) -> list[Document]:
     from loaders.html import extract  # trafilatura and readability load only when a page does
 
-    title, text = extract(data, name if is_url(name) else None)
+    title, text = extract(data, name if is_url(name) else None, with_date=True)
     return [Document(page_content=text, metadata={**base, "title": title or Path(name).stem})]
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import re
+from datetime import date
 from typing import Callable
 
 import html2text
@@ -31,6 +32,9 @@ PRECISE_RATIO, DEFAULT_RATIO = 0.65, 0.55
 # readability logs a traceback at ERROR for a page it cannot parse before it raises Unparseable, which
 # readability_text handles: without this, one bad source would print a traceback, not one line.
 logging.getLogger("readability.readability").setLevel(logging.CRITICAL)
+
+MONTHS = ("January", "February", "March", "April", "May", "June", "July", "August", "September", "October",
+          "November", "December")  # named here, not by the locale, so a date reads the same everywhere
 
 _INLINE_TAG = re.compile(r"</?(?:sup|sub|small|mark|ins|del|u)>")
 _MARKDOWN_ESCAPE = re.compile(r"\\([\\`*_{}\[\]()#+\-.!|<>])")
@@ -76,8 +80,19 @@ def choose(precise: str, readability: str, default: Callable[[], str],
     return text if words(text) >= ratios[1] * words(readability) else readability
 
 
-def extract(html: bytes | str, url: str | None = None) -> tuple[str | None, str]:
-    """(title or None, article text in Markdown). A tiny page with no article keeps its visible text."""
+def dateline(day: str | None) -> str | None:
+    """'Published 24 July 2015' for trafilatura's '2015-07-24'; None without a date."""
+    try:
+        when = date.fromisoformat(day or "")
+    except ValueError:
+        return None
+    return f"Published {when.day} {MONTHS[when.month - 1]} {when.year}"
+
+
+def extract(html: bytes | str, url: str | None = None, *, with_date: bool = False) -> tuple[str | None, str]:
+    """(title or None, article text in Markdown). A tiny page with no article keeps its visible text.
+    with_date: the page's publication date, where its metadata has one, as the text's first line (the
+    article text alone leaves the byline out, and "when was this published?" is a fair question)."""
     tree = trafilatura.load_html(html)  # parsed once for trafilatura's readers (each works on a copy)
     if tree is None:
         return None, trafilatura.html2txt(html)
@@ -90,6 +105,8 @@ def extract(html: bytes | str, url: str | None = None) -> tuple[str | None, str]
         text = choose(precise, readability_text(html, url), lambda: trafilatura_text(tree, url, favor_precision=False))
     if not text.strip():
         text = trafilatura.html2txt(tree)
-    # last: it does not promise to leave the tree be; only the title is used, so no extensive date search
+    # Last: it does not promise to leave the tree be. No extensive date search: it guesses (a 1998 date
+    # for a 2020 page), and a missing date is better than a wrong one.
     meta = trafilatura.extract_metadata(tree, default_url=url, extensive=False)
-    return (meta.title if meta and meta.title else None), text
+    line = dateline(meta.date) if with_date and meta else None
+    return (meta.title if meta and meta.title else None), f"{line}\n\n{text}" if line else text

@@ -51,12 +51,13 @@ def test_whole_article_kept_and_furniture_dropped(truth):
 
 
 def test_load_reads_a_benchmark_page(truth, tmp_path):
-    # the loader's HTML path is this extractor: same text, the page's title, Markdown for the splitter
+    # the loader's HTML path is this extractor: the page's date, then the same text, and the page's title
     path = tmp_path / "wired.html"
     path.write_bytes(page(WIRED))
     docs = load(path)
     assert len(docs) == 1 and docs[0].metadata["title"].startswith("Chasing Instagram Analytics")
-    assert docs[0].page_content == extract(page(WIRED))[1]
+    dateline, article = docs[0].page_content.split("\n\n", 1)
+    assert dateline == "Published 15 November 2019" and article == extract(page(WIRED))[1]
     assert token_f1(docs[0].page_content, truth[WIRED]["articleBody"]) >= 0.97
 
 
