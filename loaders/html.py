@@ -104,9 +104,9 @@ def extract(html: bytes | str, url: str | None = None, *, with_date: bool = Fals
     else:
         text = choose(precise, readability_text(html, url), lambda: trafilatura_text(tree, url, favor_precision=False))
     if not text.strip():
-        text = trafilatura.html2txt(tree)
-    # Last: it does not promise to leave the tree be. No extensive date search: it guesses (a 1998 date
-    # for a 2020 page), and a missing date is better than a wrong one.
+        text = trafilatura.html2txt(html)  # not the tree: html2txt cleans the tree it is given in place
+    # Last: it does not promise to leave the tree be. No extensive date search: it guesses (1 January
+    # 1998 for the corpus's mozilla-1), and a missing date is better than a wrong one.
     meta = trafilatura.extract_metadata(tree, default_url=url, extensive=False)
     line = dateline(meta.date) if with_date and meta else None
     return (meta.title if meta and meta.title else None), f"{line}\n\n{text}" if line else text
