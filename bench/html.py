@@ -30,6 +30,7 @@ import statistics
 import sys
 import time
 from collections import Counter
+from importlib.metadata import version
 from pathlib import Path
 
 # This script is named html.py: put the repository, not its own folder, first on the path, or
@@ -214,7 +215,8 @@ def main() -> None:
     per_page = {key: {"half": half(key), **{name: round(prf(texts[name][key], truth[key])[2], 4)
                                             for name in ("baseline", "loaders.html.extract")}} for key in keys}
     report = {"pages": len(keys), "tune": len(split["tune"]), "holdout": len(split["holdout"]),
-              "load_average": os.getloadavg()[0], "trafilatura": trafilatura.__version__,
+              "load_average": os.getloadavg()[0],
+              "versions": {name: version(name) for name in ("trafilatura", "readability-lxml", "html2text")},
               "ratios_chosen_on_tune": {k: list(v) for k, v in chosen_ratios.items()},
               "shipped_ratios": list(shipped), "results": results, "old_six_pages_f1": old, "per_page_f1": per_page}
     if tuple(chosen_ratios["cascade (loaders.html)"]) != shipped:
@@ -228,7 +230,8 @@ def main() -> None:
              "then the mean over pages; P and R likewise. zyte F1: the benchmark's own 4-gram shingle measure "
              "(F1 of mean P and mean R), comparable with its README. ms/page on this shared 2-core machine "
              f"(load {report['load_average']:.1f}); a combination's is the sum of its parts'. "
-             f"trafilatura {trafilatura.__version__}.", "",
+             f"trafilatura {version('trafilatura')}, readability-lxml {version('readability-lxml')}, "
+             f"html2text {version('html2text')}.", "",
              "| extractor | tune F1 | tune P | tune R | holdout F1 | holdout P | holdout R | holdout zyte F1 | ms/page |",
              "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for name, row in results.items():
