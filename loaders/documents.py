@@ -183,27 +183,11 @@ def _pdf(data: bytes, name: str, base: dict) -> list[Document]:
             for number, text in enumerate(pages, start=1) if text.strip()]
 
 
-_INLINE_TAG = re.compile(r"</?(?:sup|sub|small|mark|ins|del|u)>")
-_MARKDOWN_ESCAPE = re.compile(r"\\([\\`*_{}\[\]()#+\-.!|<>])")
-
-
 def _html(data: bytes, name: str, base: dict) -> list[Document]:
-    import trafilatura
+    from loaders.html import extract  # trafilatura and readability load only when a page does
 
-    # Markdown keeps headings, lists and tables visible in the text; favor_recall measured best
-    # against Readability's article-only references (bench/results/ingest.md).
-    text = trafilatura.extract(data, output_format="markdown", include_tables=True, include_comments=False,
-                               include_links=False, include_images=False, favor_recall=True)
-    if text:
-        # trafilatura's Markdown leaves <sup>/<sub> tags and backslash escapes ("\\[edit\\]") in the text;
-        # they are noise to the embedder and to a reader of the plain-text passage.
-        text = _MARKDOWN_ESCAPE.sub(r"\1", _INLINE_TAG.sub("", text))
-    if not text or not text.strip():
-        # A tiny page with no "article" (trafilatura needs some body): keep its visible text.
-        text = trafilatura.html2txt(data)
-    meta = trafilatura.extract_metadata(data)
-    title = (meta.title if meta and meta.title else None) or Path(name).stem
-    return [Document(page_content=text, metadata={**base, "title": title})]
+    title, text = extract(data, name if is_url(name) else None, with_date=True)
+    return [Document(page_content=text, metadata={**base, "title": title or Path(name).stem})]
 
 
 def _decode(data: bytes, name: str) -> str:
