@@ -119,14 +119,15 @@ def build_documents_tab(store, settings) -> None:
 
     # Dropped files are stored at once: a new user drops a PDF and goes straight to Chat, where a question
     # asked meanwhile waits for it (chatapp.rag); waiting for a button press stored nothing.
+    # Named API endpoints (Gradio's "Use via API"): scripts and bench/soak.py store and search as the page does.
     files.upload(on_upload, [files, jq], [log, table, target, files], concurrency_limit=1,
-                 concurrency_id="ingest")
+                 concurrency_id="ingest", api_name="upload")
     ingest.click(on_ingest, [files, url, jq], [log, table, target, files, url], concurrency_limit=1,
                  concurrency_id="ingest")
     delete.click(on_delete, [target], [delete_log, table, target], concurrency_limit=1)
-    refresh.click(on_refresh, None, [table, target])
-    search.click(lambda q, n: search_text(store, q, n or settings.top_k), [query, k], found)
-    query.submit(lambda q, n: search_text(store, q, n or settings.top_k), [query, k], found)
+    refresh.click(on_refresh, None, [table, target], api_name="sources")
+    search.click(lambda q, n: search_text(store, q, n or settings.top_k), [query, k], found, api_name="search")
+    query.submit(lambda q, n: search_text(store, q, n or settings.top_k), [query, k], found, api_name=False)
 
 
 if __name__ == "__main__":  # a quick look at the tab alone: python -m loaders.ui

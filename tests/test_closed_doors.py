@@ -208,7 +208,7 @@ def test_no_outbound_connection_from_launch_through_upload_chat_and_finetune(bro
         page = browser.new_page(viewport={"width": 1280, "height": 1400})
         page.goto(url)
         page.get_by_role("tab", name="Documents").click()
-        page.locator("#upload-files input[type=file]").set_input_files(str(corpus / "pdf" / "attention_is_all_you_need.pdf"))
+        page.locator("#upload-files input[type=file]").set_input_files(str(corpus / "pdf" / "attention-is-all-you-need.pdf"))
         page.wait_for_function("() => document.querySelector('#ingest-log textarea').value.includes('stored')",
                                timeout=300_000)
         page.get_by_role("tab", name="Chat").click()
