@@ -122,6 +122,14 @@ class Conversation:
         return {"id": self.id, "title": self.title, "created": iso(self.created), "updated": iso(self.updated),
                 "turns": [{**asdict(t), "created": iso(t.created)} for t in self.turns]}
 
+    def export(self, kind: str) -> str:
+        """The conversation as a file's text: kind "md" (Markdown) or "json"."""
+        if kind == "md":
+            return self.to_markdown()
+        if kind == "json":
+            return json.dumps(self.to_json(), ensure_ascii=False, indent=2)
+        raise ValueError(f"export as md or json, not {kind!r}")
+
     def to_markdown(self) -> str:
         lines = [f"# {self.title}", "", f"_{len(self.turns)} turns, {iso(self.created)} to {iso(self.updated)}_", ""]
         for turn in self.turns:
@@ -239,10 +247,10 @@ class Conversations:
             raise KeyError(f"no conversation {conversation_id}")
 
     def export_markdown(self, conversation_id: str, user: str = "") -> str:
-        return self.get(conversation_id, user).to_markdown()
+        return self.get(conversation_id, user).export("md")
 
     def export_json(self, conversation_id: str, user: str = "") -> str:
-        return json.dumps(self.get(conversation_id, user).to_json(), ensure_ascii=False, indent=2)
+        return self.get(conversation_id, user).export("json")
 
 
 def _turn(row: sqlite3.Row) -> Turn:
