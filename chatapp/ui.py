@@ -167,7 +167,7 @@ def build_chat_tab(settings: Settings, registry, store, conversations: Conversat
     model_timer = gr.Timer(1.0, active=registry.base is None)
     current = gr.State(None)  # the id of the conversation this page shows; None until its first turn is saved
     with gr.Row():
-        with gr.Column(scale=1, min_width=220):
+        with gr.Column(scale=1, min_width=280):
             new_chat = gr.Button("New chat", elem_id="new-chat")
             listed = gr.Radio(choices=[], value=None, label="Conversations (newest first)", elem_id="conversations")
             with gr.Accordion("This conversation", open=False, elem_id="conv-tools"):
@@ -318,6 +318,7 @@ def build_chat_tab(settings: Settings, registry, store, conversations: Conversat
     # Conversation events skip the queue: opening or listing one never waits behind a generation.
     fresh = [chatbot, sources, question, current, listed, title, exported]
     new_chat.click(start_new, None, fresh, queue=False)
+    chatbot.clear(start_new, None, fresh, queue=False)  # the chatbot's own bin: the next question starts a new one
     listed.input(open_conversation, listed, [chatbot, sources, current, listed, title], queue=False)
     rename.click(rename_conversation, [current, title], [listed, title], queue=False)
     title.submit(rename_conversation, [current, title], [listed, title], queue=False)
