@@ -117,3 +117,40 @@ def test_a_conversation_survives_kill_9_reopens_and_its_follow_up_resolves(brows
         stop(process)
         print((data / "app.log").read_text()[-2000:])
     assert {t["question"] for t in stored_turns(data)} == {FIRST, FOLLOW_UP}
+
+
+def test_with_a_login_each_user_sees_and_opens_only_their_own_conversations(browser, tmp_path):
+    """Two logins on one Chat tab (no model needed to list and reopen): each sees only what they asked."""
+    import gradio as gr
+    from playwright.sync_api import expect
+
+    from chatapp.conversations import Conversations, Turn
+    from chatapp.model import ModelRegistry
+    from chatapp.settings import Settings
+    from chatapp.ui import build_chat_tab
+
+    settings = Settings.from_env(data_dir=tmp_path / "data")
+    conversations = Conversations(settings.conversations_db)
+    for user in ("alice", "bob", ""):
+        cid = conversations.create(user)
+        conversations.append_turn(cid, Turn(question=f"Question of {user or 'nobody'}", answer=f"Answer for {user}"), user)
+    with gr.Blocks() as demo:
+        build_chat_tab(settings, ModelRegistry(settings), None)  # never asked to answer: the model stays unloaded
+    port = free_port()
+    demo.queue().launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True,
+                        auth=[("alice", "wonderland"), ("bob", "builder")])
+    url = f"http://127.0.0.1:{port}/"
+    try:
+        for user, password in (("alice", "wonderland"), ("bob", "builder")):
+            context = browser.new_context()
+            assert context.request.post(url + "login", form={"username": user, "password": password}).ok
+            page = context.new_page()
+            page.goto(url, wait_until="load")
+            listed = page.locator("#conversations label")
+            expect(listed).to_have_count(1)
+            expect(listed.first).to_contain_text(f"Question of {user}")
+            listed.first.click()
+            expect(page.locator("#chatbot [data-testid='bot']").last).to_contain_text(f"Answer for {user}")
+            context.close()
+    finally:
+        demo.close()
