@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, free_port, make_tiny_adapter
+from conftest import ROOT, make_tiny_adapter, start_app
 
 from chatapp.model import ModelRegistry, adapter_folders
 from chatapp.settings import Settings
@@ -100,24 +100,9 @@ def test_pickled_adapter_weights_are_refused_and_never_unpickled(tmp_path):
     assert not marker.exists()
 
 
-def start_app(data: Path, port: int) -> subprocess.Popen:
-    env = {**os.environ, "CHATAPP_DATA_DIR": str(data), "GRADIO_ANALYTICS_ENABLED": "False", "HF_HUB_OFFLINE": "1"}
-    env.pop("CHATAPP_AUTH", None)
-    log = open(data / "app.log", "a")
-    return subprocess.Popen([sys.executable, "app.py", "--port", str(port)], cwd=ROOT, env=env, stdout=log,
-                            stderr=subprocess.STDOUT)
-
-
 def open_arena(browser, url: str):
     page = browser.new_page(viewport={"width": 1280, "height": 1400})
-    deadline = time.monotonic() + 120
-    while True:
-        try:
-            page.goto(url, wait_until="load", timeout=5000)
-            break
-        except Exception:
-            assert time.monotonic() < deadline, "the app did not come up"
-            time.sleep(0.5)
+    page.goto(url, wait_until="load")
     page.get_by_role("tab", name="Arena").click()
     page.locator("#arena-prompt textarea").wait_for()
     return page
@@ -129,9 +114,8 @@ def test_a_confirmed_vote_survives_kill_9(browser, tmp_path, artifacts):
     data.mkdir()
     settings = Settings.from_env(data_dir=data)
     make_tiny_adapter(settings, seed=1, scale=0.5)
-    port = free_port()
-    url = f"http://127.0.0.1:{port}/"
-    app = start_app(data, port)
+    app, url = start_app(data)
+    port = int(url.rstrip("/").rsplit(":", 1)[1])
     try:
         page = open_arena(browser, url)
         box = page.locator("#arena-prompt textarea")
@@ -144,7 +128,7 @@ def test_a_confirmed_vote_survives_kill_9(browser, tmp_path, artifacts):
         app.wait()
         assert ArenaStore(settings.arena_db).count() == 1
 
-        app = start_app(data, port)
+        app, _ = start_app(data, port=port)
         page = open_arena(browser, url)
         page.locator("#leaderboard [role=row]:not([aria-rowindex='1'])").first.wait_for(timeout=30_000)
         cells = page.locator("#leaderboard [role=row]:not([aria-rowindex='1'])").first.locator("[role=gridcell]")
