@@ -122,7 +122,7 @@ def cmd_search(store, settings, args) -> int:
         if args.json:
             print(json.dumps({"query": query, "hits": [
                 {"text": doc.page_content, "source": doc.metadata.get("source"), "page": doc.metadata.get("page"),
-                 "score": round(float(score), 4)} for doc, score in hits]}, ensure_ascii=False))
+                 "location": doc.metadata.get("location"), "score": round(float(score), 4)} for doc, score in hits]}, ensure_ascii=False))
             continue
         print(f"# {query}")
         if not hits:

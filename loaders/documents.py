@@ -2,7 +2,8 @@
 
 Every Document carries: source (file name or URL: the key that replace and delete use), kind, title,
 sha256 of the source's bytes, and where the format has one: page (PDF, from 1), start/end (seconds,
-transcripts) or record (JSON/JSONL, from 0). A source that cannot be read raises LoadError, whose
+transcripts), record (JSON/JSONL, from 0), and for the formats of loaders.formats a `location` in words
+("Sheet1, row 12", "slide 3") and a `section` (heading path). A source that cannot be read raises LoadError, whose
 message is one line naming the source and saying why; nothing is returned for it.
 """
 from __future__ import annotations
@@ -26,6 +27,8 @@ KINDS = {
     ".json": "json", ".jsonl": "jsonl", ".ndjson": "jsonl",
     ".vtt": "transcript", ".srt": "transcript", ".xml": "transcript",
     ".txt": "text", ".md": "markdown", ".markdown": "markdown",
+    ".docx": "docx", ".pptx": "pptx", ".xlsx": "xlsx", ".xlsm": "xlsx", ".csv": "csv", ".tsv": "csv",
+    ".epub": "epub",
 }
 SUPPORTED = sorted(KINDS)
 URL_TIMEOUT_S = 15  # the issue allows 20 s for a URL with no network; leave room for the rest
@@ -49,14 +52,17 @@ def source_key(source: str | Path) -> str:
     return str(source).strip() if is_url(source) else Path(source).name
 
 
-def place(metadata: dict, *, page: str, start: Callable[[float], str]) -> str:
-    """Where a stored chunk is, for people: its source, then `page` formatted with its PDF page, or for a
-    transcript passage `start(seconds)`. The wording is the caller's (the CLI and the tab word it differently)."""
+def place(metadata: dict, *, page: str, start: Callable[[float], str], other: str = ", {}") -> str:
+    """Where a stored chunk is, for people: its source, then `page` formatted with its PDF page, for a
+    transcript passage `start(seconds)`, or `other` formatted with the reader's `location` ("Sheet1, row 12",
+    "slide 3"). The wording is the caller's (the CLI and the tab word it differently)."""
     where = metadata.get("source", "?")
     if metadata.get("page"):
         return where + page.format(metadata["page"])
     if metadata.get("start") is not None:
         return where + start(metadata["start"])
+    if metadata.get("location"):
+        return where + other.format(metadata["location"])
     return where
 
 
@@ -103,6 +109,9 @@ def load_bytes(data: bytes, name: str, *, kind: str, suffix: str = "", jq: str |
     if not data.strip():
         raise LoadError(name, "empty file")
     base = {"source": name, "kind": kind, "sha256": hashlib.sha256(data).hexdigest()}
+    # Here, not at the top: the office/e-book parsers cost ~0.3 s of import that most starts never need.
+    from loaders import formats
+
     try:
         if kind == "pdf":
             docs = _pdf(data, name, base)
@@ -112,6 +121,16 @@ def load_bytes(data: bytes, name: str, *, kind: str, suffix: str = "", jq: str |
             docs = _json(data, name, base, lines=kind == "jsonl", jq=jq)
         elif kind == "transcript":
             docs = _transcript_file(data, name, base, suffix)
+        elif kind == "docx":
+            docs = list(formats.docx_sections(data, name, base))
+        elif kind == "pptx":
+            docs = list(formats.pptx_slides(data, name, base))
+        elif kind == "xlsx":
+            docs = list(formats.xlsx(data, name, base))
+        elif kind == "csv":
+            docs = list(formats.csv_rows(data, name, base, _decode))
+        elif kind == "epub":
+            docs = list(formats.epub_chapters(data, name, base, _html))
         else:
             docs = _text(data, name, base)
     except LoadError:
@@ -216,10 +235,16 @@ def _decode(data: bytes, name: str) -> str:
 
 
 def _text(data: bytes, name: str, base: dict) -> list[Document]:
+    from loaders import formats  # see load_bytes
+
     text = _decode(data, name)
-    heading = re.search(r"^#{1,6}\s+(.+)$", text, re.M) if base["kind"] == "markdown" else None
-    title = heading.group(1).strip() if heading else Path(name).stem
-    return [Document(page_content=text, metadata={**base, "title": title})]
+    if base["kind"] != "markdown":
+        return [Document(page_content=text, metadata={**base, "title": Path(name).stem})]
+    docs = formats.markdown_sections(text, base, Path(name).stem)
+    first = next((d.metadata["section"].split(" > ")[0] for d in docs if d.metadata.get("section")), None)
+    for doc in docs:  # the first heading names the document, as before
+        doc.metadata["title"] = first or Path(name).stem
+    return docs
 
 
 def _json_error(name: str, err: json.JSONDecodeError, line: int | None = None) -> LoadError:
