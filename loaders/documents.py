@@ -95,7 +95,7 @@ def expand(sources: Iterable[str | Path]) -> list[str | Path]:
             out.append(str(source).strip())
             continue
         path = Path(source).expanduser()
-        if path.is_dir():
+        if _is_dir(path):
             for child in sorted(path.rglob("*")):
                 rel = child.relative_to(path).parts
                 if child.is_file() and not any(p.startswith(".") for p in rel) and child.suffix.lower() in KINDS:
@@ -105,16 +105,26 @@ def expand(sources: Iterable[str | Path]) -> list[str | Path]:
     return out
 
 
+def _is_dir(path: Path) -> bool:
+    try:
+        return path.is_dir()
+    except OSError:  # a name too long for the file system is no folder; load() gives it its one-line reason
+        return False
+
+
 def load(source: str | Path, *, jq: str | None = None) -> list[Document]:
     """Load one file, folder or URL into Documents (a folder: all its supported files)."""
-    if not is_url(source) and Path(source).expanduser().is_dir():
+    if not is_url(source) and _is_dir(Path(source).expanduser()):
         return [doc for item in expand([source]) for doc in load(item, jq=jq)]
     if is_url(source):
         return _load_url(str(source).strip(), jq=jq)
     path = Path(source).expanduser()
     name = source_key(path)
-    if not path.exists():  # also a name with a NUL byte, which no file system holds
-        raise LoadError(printable(str(source)), "no such file or folder")
+    try:
+        if not path.exists():  # also a name with a NUL byte, which no file system holds
+            raise LoadError(printable(str(source)), "no such file or folder")
+    except OSError as err:  # a name longer than the file system allows
+        raise LoadError(name, f"cannot read: {err.strerror or err}") from None
     kind = KINDS.get(path.suffix.lower())
     if kind is None:
         raise LoadError(name, f"unsupported file type '{printable(path.suffix) or '(none)'}' (supported: {' '.join(SUPPORTED)})")
