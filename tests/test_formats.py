@@ -1,10 +1,14 @@
-"""DOCX, PPTX, XLSX, CSV, EPUB and Markdown sections: real files written by python-docx, python-pptx, openpyxl and
-ebooklib, loaded, stored in the real embedded store, searched, and cited with the right place."""
+"""DOCX, PPTX, XLSX, CSV, EPUB, Markdown sections and scanned PDFs: real files written by python-docx,
+python-pptx, openpyxl and ebooklib, and pages of the attention paper rendered to images; loaded, stored in the
+real embedded store, searched, and cited with the right place."""
 from __future__ import annotations
+
+import time
 
 import docx
 import openpyxl
 import pptx
+import pypdfium2 as pdfium
 import pytest
 from ebooklib import epub
 
@@ -173,3 +177,54 @@ def test_stored_searched_and_cited_with_their_place(tmp_path, files):
             assert best.to_json()["location"] == location
     finally:
         store.close()
+
+
+@pytest.fixture(scope="module")
+def scanned(tmp_path_factory, corpus):
+    """Pages 1 and 8 of the attention paper rendered to images and saved as an image-only PDF, with the
+    paper's page 2 (text layer kept) between them: scan, text, scan."""
+    folder = tmp_path_factory.mktemp("scan")
+    paper = pdfium.PdfDocument(corpus / "pdf" / "attention-is-all-you-need.pdf")
+    images = [paper[index].render(scale=200 / 72, grayscale=True).to_pil() for index in (0, 7)]
+    images[0].save(folder / "images.pdf", save_all=True, append_images=images[1:], resolution=200)
+    scans = pdfium.PdfDocument(folder / "images.pdf")
+    mixed = pdfium.PdfDocument.new()
+    mixed.import_pages(scans, [0])
+    mixed.import_pages(paper, [1])
+    mixed.import_pages(scans, [1])
+    mixed.save(folder / "scanned.pdf")
+    for document in (mixed, scans, paper):
+        document.close()
+    return folder / "scanned.pdf"
+
+
+def test_scanned_pages_are_read_by_ocr_and_keep_their_numbers(scanned):
+    started = time.monotonic()
+    docs = load(scanned)
+    seconds = time.monotonic() - started
+    print(f"OCR: {seconds / 2:.1f} s a scanned page (2 scanned, 1 with text)")
+    assert [d.metadata["page"] for d in docs] == [1, 2, 3]
+    assert [d.metadata.get("ocr", False) for d in docs] == [True, False, True]  # only pages without text
+    assert "Attention Is All You Need" in docs[0].page_content
+    assert "transduction problems such as language modeling" in docs[1].page_content  # page 2's own text layer
+    assert "newstest2014" in docs[2].page_content and "BLEU" in docs[2].page_content  # Table 2, by OCR
+
+
+def test_scanned_pdf_is_stored_searched_and_cited_by_page(tmp_path, scanned):
+    store = get_store(Settings.from_env(data_dir=tmp_path / "data"))
+    try:
+        [result] = store.ingest([scanned])
+        assert result.ok, result.summary()
+        best = rag.retrieve(store, "Which BLEU scores did the Transformer reach on newstest2014?", k=3)[0]
+        assert (best.source, best.location) == ("scanned.pdf", "p. 3")
+    finally:
+        store.close()
+
+
+def test_blank_pdf_says_ocr_found_nothing(tmp_path):
+    blank = pdfium.PdfDocument.new()
+    blank.new_page(612, 792)
+    blank.save(tmp_path / "blank.pdf")
+    blank.close()
+    with pytest.raises(LoadError, match=r"^blank.pdf: PDF has no text, not even by OCR"):
+        load(tmp_path / "blank.pdf")
