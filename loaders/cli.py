@@ -33,7 +33,7 @@ def parser() -> argparse.ArgumentParser:
                             description="Load, split, embed and store each source. Folders are walked. "
                                         "One summary line per source; exit 1 if any source failed.")
     ingest.add_argument("sources", nargs="+", metavar="PATH_OR_URL")
-    ingest.add_argument("--jq", help="jq expression choosing the text of JSON/JSONL sources (LangChain JSONLoader)")
+    ingest.add_argument("--jq", help="jq expression choosing the text of JSON/JSONL sources (the jq library; each result is one Document)")
     ingest.add_argument("--json", action="store_true", help="one JSON object per source on stdout")
     search = sub.add_parser("search", help="the chunks closest to each query",
                             description="Search the store. With --json: one line per query, "
