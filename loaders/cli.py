@@ -122,7 +122,10 @@ def cmd_search(store, settings, args) -> int:
         if args.json:
             print(json.dumps({"query": query, "hits": [
                 {"text": doc.page_content, "source": doc.metadata.get("source"), "page": doc.metadata.get("page"),
-                 "location": doc.metadata.get("location"), "score": round(float(score), 4)} for doc, score in hits]}, ensure_ascii=False))
+                 "score": round(float(score), 4),
+                 # a sheet/row, slide, chapter or heading path, for the formats that have one
+                 **({"location": doc.metadata["location"]} if doc.metadata.get("location") else {})}
+                for doc, score in hits]}, ensure_ascii=False))
             continue
         print(f"# {query}")
         if not hits:
