@@ -28,18 +28,10 @@ ROOT = Path(__file__).resolve().parents[1]
 BOMB_LIMIT_MB = 1536  # the reader's ceiling in these tests (default 3072): the bomb fails sooner, using less
 
 
-def write_pdf(path: Path, contents: list[bytes], *, flate: bool = False) -> None:
-    """A PDF with one page per content stream, all in Helvetica. Written out here because the hostile parts
-    (a stream that inflates to gigabytes, thousands of pages) are what the test is about."""
-    count = len(contents)
-    objects = [b"<< /Type /Catalog /Pages 2 0 R >>",
-               b"<< /Type /Pages /Kids [%s] /Count %d >>" % (b" ".join(b"%d 0 R" % (4 + 2 * i) for i in range(count)), count),
-               b"<< /Type /Font /Subtype /Type1 /BaseFont /Helvetica >>"]
-    for i, content in enumerate(contents):
-        objects.append(b"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 612 792] /Resources << /Font << /F1 3 0 R >> >>"
-                       b" /Contents %d 0 R >>" % (5 + 2 * i))
-        flt = b" /Filter /FlateDecode" if flate else b""
-        objects.append(b"<< /Length %d%s >>\nstream\n" % (len(content), flt) + content + b"\nendstream")
+def write_objects(path: Path, objects: list[bytes]) -> None:
+    """A PDF of these objects (numbered from 1, the first being the catalog) with its cross-reference table.
+    Written out here because the hostile parts (a stream that inflates to gigabytes, thousands of pages)
+    are what the tests are about."""
     with path.open("wb") as out:
         out.write(b"%PDF-1.7\n")
         offsets = []
@@ -52,15 +44,32 @@ def write_pdf(path: Path, contents: list[bytes], *, flate: bool = False) -> None
         out.write(b"trailer\n<< /Size %d /Root 1 0 R >>\nstartxref\n%d\n%%%%EOF\n" % (len(objects) + 1, xref))
 
 
-def flate_bomb(prefix: bytes, gib: int) -> bytes:
-    """A zlib stream of `prefix` then `gib` GiB of spaces, ~1 MB a GiB. Deflate after a full flush starts
+def stream(content: bytes, extra: bytes = b"") -> bytes:
+    return b"<< /Length %d%s >>\nstream\n" % (len(content), extra) + content + b"\nendstream"
+
+
+def write_pdf(path: Path, contents: list[bytes], *, flate: bool = False) -> None:
+    """A PDF with one page per content stream, all in Helvetica."""
+    count = len(contents)
+    objects = [b"<< /Type /Catalog /Pages 2 0 R >>",
+               b"<< /Type /Pages /Kids [%s] /Count %d >>" % (b" ".join(b"%d 0 R" % (4 + 2 * i) for i in range(count)), count),
+               b"<< /Type /Font /Subtype /Type1 /BaseFont /Helvetica >>"]
+    for i, content in enumerate(contents):
+        objects.append(b"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 612 792] /Resources << /Font << /F1 3 0 R >> >>"
+                       b" /Contents %d 0 R >>" % (5 + 2 * i))
+        objects.append(stream(content, b" /Filter /FlateDecode" if flate else b""))
+    write_objects(path, objects)
+
+
+def flate_bomb(prefix: bytes, gib: float, fill: bytes = b" ") -> bytes:
+    """A zlib stream of `prefix` then `gib` GiB of `fill` bytes, ~1 MB a GiB. Deflate after a full flush starts
     afresh, so every 16 MiB block compresses to the same bytes: compressed once, repeated, and the checksum
     computed over the blocks without ever holding the inflated data."""
-    block = b" " * (1 << 24)
+    block = fill * (1 << 24)
     packer = zlib.compressobj(9)
     head = packer.compress(prefix) + packer.flush(zlib.Z_FULL_FLUSH)
     middle = packer.compress(block) + packer.flush(zlib.Z_FULL_FLUSH)
-    blocks = gib * 64
+    blocks = round(gib * 64)
     adler = zlib.adler32(prefix)
     for _ in range(blocks):
         adler = zlib.adler32(block, adler)
@@ -256,3 +265,20 @@ def test_50_mb_html_page_is_read_within_the_memory_ceiling(tmp_path):
     print("16 MB HTML:", result)
     assert result["docs"] >= 1 and result["chars"] > 10 * 2**20
     assert result["reader_mb"] < 3072 and result["self_mb"] < 300
+
+
+def test_a_scanned_page_whose_image_would_inflate_to_400_mb_is_not_rendered(tmp_path):
+    width, height = 16384, 24576  # 402 M pixels of grey: 400 MB once decoded, under 400 KB on disk
+    image = flate_bomb(b"", gib=width * height / 2**30, fill=b"\x00")
+    path = tmp_path / "poster.pdf"
+    write_objects(path, [
+        b"<< /Type /Catalog /Pages 2 0 R >>", b"<< /Type /Pages /Kids [3 0 R] /Count 1 >>",
+        b"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 612 792] /Resources << /XObject << /Im1 5 0 R >> >> /Contents 4 0 R >>",
+        stream(b"q 612 0 0 792 0 0 cm /Im1 Do Q"),
+        stream(image, b" /Type /XObject /Subtype /Image /Width %d /Height %d /ColorSpace /DeviceGray "
+                      b"/BitsPerComponent 8 /Filter /FlateDecode" % (width, height))])
+    result = peak(READ.format(path=str(path)))
+    print("image bomb:", result)
+    assert result["error"] == ("poster.pdf: PDF has no text layer and OCR failed: page 1: an image of 16384×24576 "
+                               "pixels is over the 100 M pixel limit (a decompression bomb?)")
+    assert result["seconds"] < 10 and result["reader_mb"] < 300
