@@ -39,7 +39,9 @@ SUPPORTED = sorted(KINDS)
 MAX_NAME = 200  # characters of a source's name; file systems allow 255 bytes, and it is shown in every citation
 DEFAULT_MAX_SOURCE_MB = 64  # of text from one source; see max_source_chars
 JSONL_MAX_LINE = 16 * 2**20  # bytes of one JSONL record: a "line" longer than this is no record
+PDF_PROGRESS_PAGES = 50  # a text page takes ~15 ms: say so every 50 of them, and after every page read by OCR
 URL_TIMEOUT_S = 15  # the issue allows 20 s for a URL with no network; leave room for the rest
+Progress = Callable[[float, str], None]  # (fraction of this source read, message)
 TRANSCRIPT_PASSAGE_CHARS = 600  # cues are a few words each: group them into passages of ~30 s of speech
 
 
@@ -112,10 +114,11 @@ def _is_dir(path: Path) -> bool:
         return False
 
 
-def load(source: str | Path, *, jq: str | None = None) -> list[Document]:
-    """Load one file, folder or URL into Documents (a folder: all its supported files)."""
+def load(source: str | Path, *, jq: str | None = None, progress: Progress | None = None) -> list[Document]:
+    """Load one file, folder or URL into Documents (a folder: all its supported files). `progress(fraction,
+    message)` hears about long reads: a PDF's pages, and each page read by OCR."""
     if not is_url(source) and _is_dir(Path(source).expanduser()):
-        return [doc for item in expand([source]) for doc in load(item, jq=jq)]
+        return [doc for item in expand([source]) for doc in load(item, jq=jq, progress=progress)]
     if is_url(source):
         return _load_url(str(source).strip(), jq=jq)
     path = Path(source).expanduser()
@@ -128,7 +131,7 @@ def load(source: str | Path, *, jq: str | None = None) -> list[Document]:
     kind = KINDS.get(path.suffix.lower())
     if kind is None:
         raise LoadError(name, f"unsupported file type '{printable(path.suffix) or '(none)'}' (supported: {' '.join(SUPPORTED)})")
-    return _read(path, name, kind=kind, suffix=path.suffix.lower(), jq=jq)
+    return _read(path, name, kind=kind, suffix=path.suffix.lower(), jq=jq, progress=progress)
 
 
 def load_bytes(data: bytes, name: str, *, kind: str, suffix: str = "", jq: str | None = None) -> list[Document]:
@@ -143,15 +146,17 @@ def load_bytes(data: bytes, name: str, *, kind: str, suffix: str = "", jq: str |
         return _read(Path(tmp.name), name, kind=kind, suffix=suffix, jq=jq)
 
 
-def _read(path: Path, name: str, *, kind: str, suffix: str, jq: str | None) -> list[Document]:
+def _read(path: Path, name: str, *, kind: str, suffix: str, jq: str | None,
+          progress: Progress | None = None) -> list[Document]:
     """read_file in the reader child (loaders.reader), whose memory is capped; in this process when the cap is 0."""
     from loaders import reader  # it imports this module in its child
 
     limit = reader.memory_mb()
     if not limit:
-        return read_file(path, name, kind=kind, suffix=suffix, jq=jq)
+        return read_file(path, name, kind=kind, suffix=suffix, jq=jq, progress=progress)
     try:
-        reply = reader.READER.run({"path": str(path), "name": name, "kind": kind, "suffix": suffix, "jq": jq})
+        reply = reader.READER.run({"path": str(path), "name": name, "kind": kind, "suffix": suffix, "jq": jq},
+                                  progress)
     except reader.ReaderDied:
         reply = {"memory": True}
     if reply.get("memory"):
@@ -173,7 +178,8 @@ def _too_much_text(name: str) -> LoadError:
                            "or raise CHATAPP_MAX_SOURCE_MB")
 
 
-def read_file(path: Path, name: str, *, kind: str, suffix: str = "", jq: str | None = None) -> list[Document]:
+def read_file(path: Path, name: str, *, kind: str, suffix: str = "", jq: str | None = None,
+              progress: Progress | None = None) -> list[Document]:
     """Read a file's Documents in this process (the reader child runs this). JSONL is streamed a line at a
     time; other formats need their whole file (a PDF's cross-reference table is at its end, a DOCX is a zip)."""
     if kind == "jsonl":
@@ -182,10 +188,11 @@ def read_file(path: Path, name: str, *, kind: str, suffix: str = "", jq: str | N
         data = path.read_bytes()
     except OSError as err:
         raise LoadError(name, f"cannot read: {err.strerror or err}") from None
-    return parse(data, name, kind=kind, suffix=suffix, jq=jq)
+    return parse(data, name, kind=kind, suffix=suffix, jq=jq, progress=progress)
 
 
-def parse(data: bytes, name: str, *, kind: str, suffix: str = "", jq: str | None = None) -> list[Document]:
+def parse(data: bytes, name: str, *, kind: str, suffix: str = "", jq: str | None = None,
+          progress: Progress | None = None) -> list[Document]:
     """Documents from a source's bytes, in this process."""
     if not data.strip():
         raise LoadError(name, "empty file")
@@ -195,7 +202,7 @@ def parse(data: bytes, name: str, *, kind: str, suffix: str = "", jq: str | None
 
     def read() -> list[Document]:
         if kind == "pdf":
-            return _pdf(data, name, base)
+            return _pdf(data, name, base, progress)
         if kind == "html":
             return _html(data, name, base)
         if kind == "json":
@@ -267,7 +274,7 @@ PDFIUM_LOCK = threading.Lock()  # PDFium is not thread-safe, not even across doc
 _PDFIUM_TEXT = str.maketrans({"\r": None, "\x02": "-", "\ufffe": "-"})  # CRLF lines; hyphens at line ends
 
 
-def _pdf(data: bytes, name: str, base: dict) -> list[Document]:
+def _pdf(data: bytes, name: str, base: dict, progress: Progress | None = None) -> list[Document]:
     # PDFium (pypdfium2) rather than pypdf: 0.22 s against 1.3 s for the 15-page corpus paper, cleaner
     # text (no ligature glyphs), and it recovers a damaged cross-reference table as viewers do.
     import pypdfium2 as pdfium
@@ -308,6 +315,9 @@ def _pdf(data: bytes, name: str, base: dict) -> list[Document]:
                 except ocr.OCRError as err:
                     ocr_failed = f"page {index + 1}: {err}"
             pages.append((text, image is not None))
+            if progress and (image is not None or (index + 1) % PDF_PROGRESS_PAGES == 0 or index + 1 == count):
+                progress((index + 1) / count, f"reading {name}: page {index + 1}/{count}"
+                                              + (" by OCR" if image is not None else ""))
     except pdfium.PdfiumError as err:
         raise LoadError(name, f"truncated or corrupt PDF ({err})") from None
     finally:

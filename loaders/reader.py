@@ -4,6 +4,7 @@ the source gets a one-line reason and the next one is read by a fresh child.
 
     reply = READER.run({"path": "...", "name": "x.pdf", "kind": "pdf", "suffix": ".pdf", "jq": None})
     # {"docs": [[text, metadata], ...]} or {"error": "one-line reason"}; ReaderDied if the child ended
+    # (progress lines, {"progress": [fraction, message]}, go to run's `progress` callback on the way)
 
 One child serves one read at a time and stays up between reads (start-up ~0.5 s, paid once). It runs
 loaders.documents.read_file; its replies are JSON lines, so nothing a hostile file steers is unpickled here.
@@ -23,6 +24,7 @@ import subprocess
 import sys
 import threading
 from pathlib import Path
+from typing import Callable
 
 DEFAULT_MEMORY_MB = 3072
 PACKAGE_ROOT = Path(__file__).resolve().parents[1]
@@ -48,7 +50,8 @@ class Reader:
         return subprocess.Popen([sys.executable, "-m", "loaders.reader", str(limit_mb)], stdin=subprocess.PIPE,
                                 stdout=subprocess.PIPE, env=env)
 
-    def run(self, request: dict) -> dict:
+    def run(self, request: dict, progress: Callable[[float, str], None] | None = None) -> dict:
+        """The child's reply to `request`; its progress lines go to `progress` on the way."""
         limit = memory_mb()
         with self._lock:
             if self._child is None or self._child.poll() is not None or self._limit != limit:
@@ -58,13 +61,19 @@ class Reader:
             try:
                 child.stdin.write(json.dumps(request).encode() + b"\n")
                 child.stdin.flush()
-                line = child.stdout.readline()
+                while True:
+                    line = child.stdout.readline()
+                    reply = json.loads(line) if line else None
+                    if reply is None or "progress" not in reply:
+                        break
+                    if progress:
+                        progress(*reply["progress"])
             except (BrokenPipeError, OSError):
-                line = b""
-            if not line:
+                reply = None
+            if reply is None:
                 self._child = None
                 raise ReaderDied(child.wait())
-            return json.loads(line)
+            return reply
 
     def _stop(self) -> None:
         if self._child is not None:
@@ -85,24 +94,28 @@ atexit.register(READER.close)
 
 
 def main() -> None:
-    """The child: one JSON request a line on stdin, one JSON reply a line on the original stdout."""
+    """The child: one JSON request a line on stdin; on the original stdout, progress lines, then one reply line."""
     limit = int(sys.argv[1]) * 2**20
     resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
     replies = os.fdopen(os.dup(1), "wb")
     os.dup2(2, 1)  # a library's stray print goes to stderr, not into the replies
     from loaders.documents import LoadError, read_file
 
+    def send(reply: str) -> None:
+        replies.write(reply.encode() + b"\n")
+        replies.flush()
+
     for line in sys.stdin.buffer:
         request = json.loads(line)
         try:
-            docs = read_file(Path(request.pop("path")), **request)
+            docs = read_file(Path(request.pop("path")), **request,
+                             progress=lambda fraction, message: send(json.dumps({"progress": [fraction, message]})))
             reply = json.dumps({"docs": [[d.page_content, d.metadata] for d in docs]})
         except LoadError as err:
             reply = json.dumps({"error": err.reason})
         except MemoryError:
             reply = json.dumps({"memory": True})
-        replies.write(reply.encode() + b"\n")
-        replies.flush()
+        send(reply)
 
 
 if __name__ == "__main__":

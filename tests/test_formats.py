@@ -200,7 +200,8 @@ def scanned(tmp_path_factory, corpus):
 
 def test_scanned_pages_are_read_by_ocr_and_keep_their_numbers(scanned):
     started = time.monotonic()
-    docs = load(scanned)
+    heard: list[tuple[float, str]] = []
+    docs = load(scanned, progress=lambda fraction, message: heard.append((round(fraction, 2), message)))
     seconds = time.monotonic() - started
     print(f"OCR: {seconds / 2:.1f} s a scanned page (2 scanned, 1 with text)")
     assert [d.metadata["page"] for d in docs] == [1, 2, 3]
@@ -208,6 +209,8 @@ def test_scanned_pages_are_read_by_ocr_and_keep_their_numbers(scanned):
     assert "Attention Is All You Need" in docs[0].page_content
     assert "transduction problems such as language modeling" in docs[1].page_content  # page 2's own text layer
     assert "newstest2014" in docs[2].page_content and "BLEU" in docs[2].page_content  # Table 2, by OCR
+    # the reader child tells of each page read by OCR as it goes (and of the last page)
+    assert heard == [(0.33, "reading scanned.pdf: page 1/3 by OCR"), (1.0, "reading scanned.pdf: page 3/3 by OCR")]
 
 
 def test_scanned_pdf_is_stored_searched_and_cited_by_page(tmp_path, scanned):

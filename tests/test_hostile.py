@@ -244,6 +244,8 @@ def test_2000_page_pdf_is_stored_with_progress_and_bounded_memory(store, tmp_pat
     assert stored.ok and stored.chunks == 2000
     assert [f for f, _ in seen] == sorted(f for f, _ in seen) and seen[-1][0] == 1.0
     assert sum("embedding long.pdf" in message for _, message in seen) >= 2000 // 256
+    assert [m for _, m in seen if m.startswith("reading long.pdf: page")][-1] == "reading long.pdf: page 2000/2000"
+    assert sum(m.startswith("reading long.pdf: page") for _, m in seen) == 2000 // 50  # every 50 pages
     hits = store.search("audit code AX01234", k=3)
     assert 1234 in [doc.metadata["page"] for doc, _ in hits]
     store.delete("long.pdf")
