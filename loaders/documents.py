@@ -365,7 +365,7 @@ def _decode(data: bytes, name: str) -> str:
 
 
 def _text(data: bytes, name: str, base: dict) -> list[Document]:
-    from loaders import formats  # see load_bytes
+    from loaders import formats  # here for start-up time, as in parse
 
     text = _decode(data, name)
     if base["kind"] != "markdown":
