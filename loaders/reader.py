@@ -4,7 +4,7 @@ the source gets a one-line reason and the next one is read by a fresh child.
 
     reply = READER.run({"path": "...", "name": "x.pdf", "kind": "pdf", "suffix": ".pdf", "jq": None})
     # {"docs": [[text, metadata], ...]} or {"error": "one-line reason"}; ReaderDied if the child ended
-    # (progress lines, {"progress": [fraction, message]}, go to run's `progress` callback on the way)
+    # (the child's progress lines, {"progress": [fraction, message]}, go to `progress` on the way)
 
 One child serves one read at a time and stays up between reads (start-up ~0.5 s, paid once). It runs
 loaders.documents.read_file; its replies are JSON lines, so nothing a hostile file steers is unpickled here.
@@ -61,13 +61,21 @@ class Reader:
             try:
                 child.stdin.write(json.dumps(request).encode() + b"\n")
                 child.stdin.flush()
+                docs: list = []
                 while True:
                     line = child.stdout.readline()
                     reply = json.loads(line) if line else None
-                    if reply is None or "progress" not in reply:
+                    if reply is None:
                         break
-                    if progress:
-                        progress(*reply["progress"])
+                    if "doc" in reply:
+                        docs.append(reply["doc"])
+                    elif "progress" in reply:
+                        if progress:
+                            progress(*reply["progress"])
+                    else:
+                        if reply.get("done"):
+                            reply = {"docs": docs}
+                        break
             except (BrokenPipeError, OSError):
                 reply = None
             if reply is None:
@@ -94,7 +102,8 @@ atexit.register(READER.close)
 
 
 def main() -> None:
-    """The child: one JSON request a line on stdin; on the original stdout, progress lines, then one reply line."""
+    """The child: one JSON request a line on stdin; on the original stdout, progress lines, a line per Document,
+    then {"done": true}, or one line of error."""
     limit = int(sys.argv[1]) * 2**20
     resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
     replies = os.fdopen(os.dup(1), "wb")
@@ -110,7 +119,9 @@ def main() -> None:
         try:
             docs = read_file(Path(request.pop("path")), **request,
                              progress=lambda fraction, message: send(json.dumps({"progress": [fraction, message]})))
-            reply = json.dumps({"docs": [[d.page_content, d.metadata] for d in docs]})
+            for doc in docs:  # a line each: neither side ever holds one string of all the text
+                send(json.dumps({"doc": [doc.page_content, doc.metadata]}))
+            reply = json.dumps({"done": True})
         except LoadError as err:
             reply = json.dumps({"error": err.reason})
         except MemoryError:
