@@ -98,7 +98,8 @@ class Answer:
 
     @property
     def evidence(self) -> list[dict]:
-        return [{"source": s.source, "page": s.page, "quote": s.quote} for s in self.sources if s.quote]
+        return [{"source": s.source, "page": s.page, "quote": s.quote, **({"location": s.where} if s.where else {})}
+                for s in self.sources if s.quote]
 
     def to_json(self) -> dict:
         record = {
