@@ -105,7 +105,10 @@ def main() -> None:
     """The child: one JSON request a line on stdin; on the original stdout, progress lines, a line per Document,
     then {"done": true}, or one line of error."""
     limit = int(sys.argv[1]) * 2**20
-    resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+    try:
+        resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+    except (ValueError, OSError) as err:  # a system that cannot cap it (macOS): read anyway, and say so
+        print(f"loaders.reader: no memory ceiling on this system ({err})", file=sys.stderr)
     replies = os.fdopen(os.dup(1), "wb")
     os.dup2(2, 1)  # a library's stray print goes to stderr, not into the replies
     from loaders.documents import LoadError, read_file
