@@ -284,3 +284,17 @@ def test_a_scanned_page_whose_image_would_inflate_to_400_mb_is_not_rendered(tmp_
     assert result["error"] == ("poster.pdf: PDF has no text layer and OCR failed: page 1: an image of 16384×24576 "
                                "pixels is over the 100 M pixel limit (a decompression bomb?)")
     assert result["seconds"] < 10 and result["reader_mb"] < 300
+
+
+def test_the_reader_serves_threads_at_once_and_comes_back_after_a_bomb(corpus, bomb, monkeypatch):
+    from concurrent.futures import ThreadPoolExecutor
+
+    sources = [corpus / "pdf" / "attention-is-all-you-need.pdf", corpus / "html" / "ars-1.html"] * 3
+    with ThreadPoolExecutor(4) as pool:  # the Documents tab and the CLI may both read while a chat renders
+        first = list(pool.map(load, sources))
+    assert [len(docs) for docs in first[:2]] == [15, 1] and all(
+        [d.page_content for d in a] == [d.page_content for d in b] for a, b in zip(first, first[2:]))
+    monkeypatch.setenv("CHATAPP_READ_MEMORY_MB", str(BOMB_LIMIT_MB))
+    with pytest.raises(LoadError, match="needs more than"):
+        load(bomb)
+    assert [d.page_content for d in load(sources[0])] == [d.page_content for d in first[0]]  # a fresh child
