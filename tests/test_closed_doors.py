@@ -169,7 +169,7 @@ def test_paths_typed_into_the_page_stay_inside_the_data_folder(browser, tmp_path
 SITE_HOOK = '''
 import os, sys
 _log = open(os.environ["CONNECT_LOG"], "a", buffering=1)
-_log.write(f"watching {os.getpid()} {sys.argv!r}\n")
+_log.write(f"watching {os.getpid()} {sys.argv!r}\\n")
 def _watch(event, args):
     if event == "socket.connect":
         _log.write(f"connect {args[1]!r}\\n")

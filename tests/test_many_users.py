@@ -22,6 +22,7 @@ HTML_PAGE = "wikipedia.html"
 
 
 def ask_in_tab(page, question: str) -> None:
+    page.get_by_text("Generation settings").click()  # short answers: eight of them share two cores
     page.locator("#max-new-tokens input[type=number]").fill("48")
     page.locator("#max-new-tokens input[type=number]").press("Enter")
     box = page.locator("#chat-input textarea")
@@ -34,19 +35,23 @@ def test_eight_users_chat_search_and_vote_while_an_upload_is_stored(browser, tmp
     settings = Settings.from_env(data_dir=data)
     make_tiny_adapter(settings, seed=1, scale=0.5)
     with running_app(data) as url:
-        context = browser.new_context(viewport={"width": 1280, "height": 1100})
-        arena = context.new_page()
+        def user_page():
+            # one browser context per user, as different people have: one context would share Chromium's
+            # six connections per host, which the pages' event streams hold open
+            return browser.new_context(viewport={"width": 1280, "height": 1100}).new_page()
+
+        arena = user_page()
         arena.goto(url)
         arena.get_by_role("tab", name="Arena").click()
         arena.locator("#arena-prompt textarea").fill("Reply with one word: hello.")
         arena.locator("#arena-prompt textarea").press("Enter")
         arena.locator("#vote-a:not([disabled])").wait_for(timeout=240_000)  # a battle to vote on, later
 
-        chats = [context.new_page() for _ in QUESTIONS]
+        chats = [user_page() for _ in QUESTIONS]
         for page in chats:
             page.goto(url)
             page.locator("#chat-input textarea").wait_for()
-        documents = context.new_page()
+        documents = user_page()
         documents.goto(url)
         documents.get_by_role("tab", name="Documents").click()
 
