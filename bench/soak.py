@@ -30,7 +30,6 @@ from gradio_client import Client, handle_file
 ROOT = Path(__file__).resolve().parents[1]
 CORPUS = ROOT.parent / "shared" / "corpus"
 sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(Path(__file__).parent))
 
 from machine import matrix_units  # noqa: E402
 

@@ -8,7 +8,7 @@ trafilatura with favor_precision is the best single extractor on the tune half o
 rendered by html2text, is the yardstick for that: when trafilatura's text is much shorter than
 readability's, trafilatura's default (less strict) text is taken, and when that is short too, readability's.
 readability runs only when the precise text is short beside all the page's paragraphs (about 1 page in 10).
-bench/html.py chose this, and the ratios, on 181 pages of Zyte's article-extraction benchmark
+bench/html_extraction.py chose this, and the ratios, on 181 pages of Zyte's article-extraction benchmark
 (bench/results/html.md).
 """
 from __future__ import annotations
@@ -24,7 +24,7 @@ from readability import Document as Readability
 from readability.readability import Unparseable
 
 # A text is kept while it has at least this share of readability's words: the precise one, then
-# trafilatura's default. The largest ratios at the tune half's best F1 (bench/html.py sweeps them).
+# trafilatura's default. The largest ratios at the tune half's best F1 (bench/html_extraction.py sweeps them).
 # Without the middle step (precise text, else readability's) it ties on the tune half, but keeps too
 # little of one of the six pages tested before (mozilla-1: F1 0.73, with the middle step 0.96).
 PRECISE_RATIO, DEFAULT_RATIO = 0.65, 0.55

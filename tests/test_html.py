@@ -63,7 +63,7 @@ def test_load_reads_a_benchmark_page(truth, tmp_path):
 
 @pytest.mark.slow
 def test_holdout_mean_f1_meets_the_target(truth):
-    # the target on pages not tuned on (the holdout half of bench/html.py's split)
+    # the target on pages not tuned on (the holdout half of bench/html_extraction.py's split)
     holdout = [k for k in sorted(truth) if hashlib.sha256(k.encode()).digest()[0] % 2 == 1]
     scores = [token_f1(extract(page(k))[1], truth[k]["articleBody"]) for k in holdout]
     assert len(holdout) == 90

@@ -1,6 +1,6 @@
 """HTML article extraction on pages the extractor was not tuned on: token F1 against human ground truth.
 
-    python bench/html.py [--out bench/results]
+    python bench/html_extraction.py [--out bench/results]
 
 Data: Zyte's article-extraction benchmark, 181 real pages with a hand-made articleBody each
 (bench/data/html/zyte, see the README there). The pages are split in two halves, fixed by the first
@@ -33,10 +33,8 @@ from collections import Counter
 from importlib.metadata import version
 from pathlib import Path
 
-# This script is named html.py: put the repository, not its own folder, first on the path, or
-# `import html` in the libraries below would find this file instead of the standard library's module.
 ROOT = Path(__file__).resolve().parents[1]
-sys.path[0] = str(ROOT)
+sys.path.insert(0, str(ROOT))
 
 import lxml.html  # noqa: E402
 import trafilatura  # noqa: E402
@@ -222,7 +220,7 @@ def main() -> None:
     if tuple(chosen_ratios["cascade (loaders.html)"]) != shipped:
         print(f"NOTE: the tune half now chooses {chosen_ratios['cascade (loaders.html)']}, loaders.html ships {shipped}")
 
-    lines = ["# HTML article extraction (bench/html.py)", "",
+    lines = ["# HTML article extraction (bench/html_extraction.py)", "",
              f"{len(keys)} pages of Zyte's article-extraction benchmark (bench/data/html/zyte), none of them in "
              f"../shared or used to tune before: {len(split['tune'])} tune, {len(split['holdout'])} holdout "
              "(by sha256 of the page id). Ratios of combinations are chosen on tune only.", "",
