@@ -40,10 +40,14 @@ from transformers.generation.streamers import BaseStreamer
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from chatapp import prompts, rag  # noqa: E402
-from chatapp.model import BASE, GenerationSettings, ModelRegistry, base_folder  # noqa: E402
-from chatapp.settings import Settings  # noqa: E402
 from machine import matrix_units  # noqa: E402  (bench/machine.py, beside this script)
+
+from chatapp import prompts, rag  # noqa: E402
+from chatapp.attention import PREFIX_ATTENTION  # noqa: E402
+from chatapp.generation import GenerationSettings  # noqa: E402
+from chatapp.loading import base_folder  # noqa: E402
+from chatapp.model import BASE, ModelRegistry  # noqa: E402
+from chatapp.settings import Settings  # noqa: E402
 
 PDF = ROOT.parent / "shared" / "corpus" / "pdf" / "attention-is-all-you-need.pdf"
 QUESTION = "How many warmup steps were used when training the Transformer, and what optimizer was used?"
@@ -91,14 +95,13 @@ def plain_generate(registry, model, inputs: dict, new_tokens: int, **kwargs) -> 
     clock = Clock()
 
     def run() -> None:
-        attention = model.config._attn_implementation
         model.set_attn_implementation("sdpa")  # transformers' own attention, not the app's prefix-aware one
         try:
             with torch.inference_mode():
                 model.generate(**inputs, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False,
                                streamer=clock, pad_token_id=model.generation_config.pad_token_id, **kwargs)
         finally:
-            model.set_attn_implementation(attention)
+            model.set_attn_implementation(PREFIX_ATTENTION)  # as the registry loaded it
             sync(model.device)
 
     sync(model.device)

@@ -61,7 +61,7 @@ def random_model(folder: Path, layers: int | None) -> Path:
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
-    from chatapp.model import base_folder
+    from chatapp.loading import base_folder
     from chatapp.settings import Settings
 
     source = base_folder(Settings.from_env())
@@ -79,7 +79,7 @@ def load(folder: str, cuda: bool, attn: str | None):
     from peft import prepare_model_for_kbit_training
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from chatapp.model import quantization_config
+    from chatapp.loading import quantization_config
 
     kwargs = {"attn_implementation": attn} if attn else {}
     if cuda:

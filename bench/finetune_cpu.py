@@ -34,11 +34,16 @@ RESULTS = ROOT / "bench" / "results"
 import torch  # noqa: E402
 from datasets import Dataset  # noqa: E402
 from peft import LoraConfig, get_peft_model  # noqa: E402
-from transformers import DataCollatorForSeq2Seq, Trainer, TrainerCallback, TrainingArguments  # noqa: E402
+from transformers import (  # noqa: E402
+    DataCollatorForSeq2Seq,
+    Trainer,
+    TrainerCallback,
+    TrainingArguments,
+)
 
 from bench.machine import matrix_units  # noqa: E402
 from chatapp.datasets import read_records  # noqa: E402
-from chatapp.model import load_base  # noqa: E402
+from chatapp.loading import load_base  # noqa: E402
 from chatapp.settings import Settings  # noqa: E402
 from finetune.config import FinetuneConfig, cpu_has_bf16, training_arguments  # noqa: E402
 from finetune.train import train  # noqa: E402

@@ -67,7 +67,11 @@ def loadavg() -> str:
 # --- the plain LangChain pipeline --------------------------------------------------------------------------
 
 def plain_load():
-    from langchain_community.document_loaders import BSHTMLLoader, JSONLoader, PyPDFLoader
+    from langchain_community.document_loaders import (
+        BSHTMLLoader,
+        JSONLoader,
+        PyPDFLoader,
+    )
     from langchain_text_splitters import RecursiveCharacterTextSplitter
 
     docs = []

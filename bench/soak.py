@@ -250,7 +250,7 @@ def make_variant(data: Path) -> None:
     import torch
     from peft import LoraConfig, get_peft_model
 
-    from chatapp.model import load_base
+    from chatapp.loading import load_base
 
     settings = Settings.from_env(data_dir=data)
     model, _, _ = load_base(settings)

@@ -43,7 +43,7 @@ def run_ask(args) -> int:
     from transformers.utils import logging as hf_logging
 
     from chatapp.backends import make_registry
-    from chatapp.model import GenerationSettings
+    from chatapp.generation import GenerationSettings
     from chatapp.rag import ask
     from chatapp.settings import Settings
     from loaders.store import get_store

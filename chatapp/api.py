@@ -42,7 +42,8 @@ from starlette.concurrency import run_in_threadpool
 
 from chatapp import prompts, rag
 from chatapp.conversations import Conversation, Conversations, Turn
-from chatapp.model import BASE, GenerationSettings
+from chatapp.generation import GenerationSettings
+from chatapp.model import BASE
 from chatapp.remote import LLMServerError
 from chatapp.settings import Settings
 

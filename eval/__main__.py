@@ -149,7 +149,7 @@ def _cmd_score(args) -> int:
 
 def _cmd_rag(args) -> int:
     from chatapp.backends import make_registry
-    from chatapp.model import GenerationSettings
+    from chatapp.generation import GenerationSettings
     from chatapp.settings import Settings
     from eval.answers import evaluate, read_questions
     from loaders.store import get_store

@@ -21,7 +21,7 @@ from pathlib import Path
 
 from chatapp import rag
 from chatapp.evidence import figures
-from chatapp.model import GenerationSettings
+from chatapp.generation import GenerationSettings
 from loaders.terms import figure_key
 
 HIT_AT = (1, 4, 20)

@@ -163,7 +163,7 @@ def _rag_answerer():
 
 def generate_answers(examples: list[Example], variant: str, registry, config: ScoreConfig,
                      progress: Callable[[int, int, str], None] | None = None) -> list[str]:
-    from chatapp.model import GenerationSettings
+    from chatapp.generation import GenerationSettings
 
     generation = GenerationSettings(max_new_tokens=config.max_new_tokens)  # greedy by default
     rag = _rag_answerer() if config.rag else None

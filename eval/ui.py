@@ -105,7 +105,7 @@ def _win_plot(store: ArenaStore):
 
 def build_arena_tab(settings, registry, store: ArenaStore | None = None, generation=None) -> dict:
     """Build the Arena inside the current Blocks context; returns its components by name."""
-    from chatapp.model import GenerationSettings
+    from chatapp.generation import GenerationSettings
 
     store = store or ArenaStore(settings.arena_db)
     generation = generation or GenerationSettings()

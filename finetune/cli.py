@@ -99,10 +99,9 @@ def _synth(argv: list[str]) -> int:
     options = parser.parse_args(argv)
     if options.n < 1:
         raise ValueError("--n must be at least 1")
+    from chatapp.settings import Settings
     from finetune.synth import synthesize
     from loaders.store import get_store
-
-    from chatapp.settings import Settings
 
     store = get_store(Settings.from_env())
     try:

@@ -9,8 +9,17 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from chatapp.datasets import (DatasetError, Example, Preference, fill_placeholders, read_preferences,  # noqa: F401
-                              read_records, split, to_example, to_preference)
+from chatapp.datasets import (  # noqa: F401
+    DatasetError,
+    Example,
+    Preference,
+    fill_placeholders,
+    read_preferences,
+    read_records,
+    split,
+    to_example,
+    to_preference,
+)
 
 
 @dataclass

@@ -6,7 +6,8 @@ from pathlib import Path
 
 import torch
 
-from chatapp.model import base_folder, check_safetensors
+from chatapp.loading import base_folder
+from chatapp.model import check_safetensors
 from chatapp.settings import Settings
 
 

@@ -15,12 +15,29 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
-
-from chatapp.model import base_folder
+from chatapp.loading import base_folder
 from finetune.config import FinetuneConfig, resolve_epochs
-from finetune.data import DatasetError, Example, Preference, read_preferences, split, to_preference_dataset
-from finetune.train import (RunLog, _load_model, _log_to, _peak_memory_mb, _say, adapter_path,
-                            check_run_length, peft_config_for, run_trainer, score_examples, sha256)
+from finetune.data import (
+    DatasetError,
+    Example,
+    Preference,
+    read_preferences,
+    split,
+    to_preference_dataset,
+)
+from finetune.train import (
+    RunLog,
+    _load_model,
+    _log_to,
+    _peak_memory_mb,
+    _say,
+    adapter_path,
+    check_run_length,
+    peft_config_for,
+    run_trainer,
+    score_examples,
+    sha256,
+)
 
 MIN_ARENA_PAIRS = 8  # fewer decisive votes than this teach nothing measurable; the Arena tab offers training from here
 

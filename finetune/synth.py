@@ -11,7 +11,8 @@ import re
 from pathlib import Path
 
 from chatapp.backends import make_registry
-from chatapp.model import GenerationSettings, ModelRegistry
+from chatapp.generation import GenerationSettings
+from chatapp.model import ModelRegistry
 from chatapp.settings import Settings
 
 # The 135M model follows this "Question: / Answer:" form well for the question but often stops at

@@ -19,13 +19,30 @@ from pathlib import Path
 
 import torch
 from peft import load_peft_weights, set_peft_model_state_dict
-from transformers import AutoModelForCausalLM, BitsAndBytesConfig, TrainerCallback, TrainerState
+from transformers import (
+    AutoModelForCausalLM,
+    BitsAndBytesConfig,
+    TrainerCallback,
+    TrainerState,
+)
 from transformers.trainer import TRAINER_STATE_NAME
 from transformers.trainer_utils import TrainOutput, get_last_checkpoint
 
-from chatapp.model import base_folder, load_base, quantization_config
-from finetune.config import FinetuneConfig, TrainConfig, resolve_epochs, training_arguments
-from finetune.data import DatasetError, Example, read_records, split, summarize, to_dataset
+from chatapp.loading import base_folder, load_base, quantization_config
+from finetune.config import (
+    FinetuneConfig,
+    TrainConfig,
+    resolve_epochs,
+    training_arguments,
+)
+from finetune.data import (
+    DatasetError,
+    Example,
+    read_records,
+    split,
+    summarize,
+    to_dataset,
+)
 
 log = logging.getLogger("finetune")
 

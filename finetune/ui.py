@@ -79,7 +79,11 @@ class Trainer:
     def start(self, data: str, name: str, method: str, epochs: float, max_steps: int, learning_rate: float | None,
               lora_r: int, max_length: int, template_vars: str, test_size: float = 0.1,
               forgetting_check: bool = True, from_arena: bool = False) -> str:
-        from finetune.config import PREFERENCE_METHODS, FinetuneConfig, training_arguments
+        from finetune.config import (
+            PREFERENCE_METHODS,
+            FinetuneConfig,
+            training_arguments,
+        )
         from finetune.data import read_preferences, read_records
         from finetune.preference import arena_pairs
 

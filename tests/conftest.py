@@ -156,7 +156,7 @@ def make_tiny_adapter(settings, seed: int, scale: float, name: str = "tiny") -> 
     import torch
     from peft import LoraConfig, get_peft_model
 
-    from chatapp.model import load_base
+    from chatapp.loading import load_base
 
     model, _, _ = load_base(settings)
     peft_model = get_peft_model(model, LoraConfig(r=2, target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM"))

@@ -10,12 +10,12 @@ from concurrent.futures import ThreadPoolExecutor
 
 import openai
 import pytest
+from conftest import data_with_the_paper, make_tiny_adapter, running_app
 from langchain_openai import ChatOpenAI
 
 from chatapp.api import streamable
 from chatapp.rag import Answer
 from chatapp.settings import Settings
-from conftest import data_with_the_paper, make_tiny_adapter, running_app
 
 KEY = "test-key-16"
 PDF = "attention-is-all-you-need.pdf"

@@ -10,9 +10,18 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from eval.ratings import (bootstrap_elo, compute_bt, compute_elo, leaderboard, pairwise_win_fraction, ranks,
-                          style_control, style_counts, style_matrix,
-                          ratings_json)
+from eval.ratings import (
+    bootstrap_elo,
+    compute_bt,
+    compute_elo,
+    leaderboard,
+    pairwise_win_fraction,
+    ranks,
+    ratings_json,
+    style_control,
+    style_counts,
+    style_matrix,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 TRUE = {"strong": 1250.0, "good": 1100.0, "fair": 1000.0, "weak": 850.0}

@@ -14,7 +14,8 @@ pytestmark = [pytest.mark.browser, pytest.mark.slow]
 def launch_arena(settings):
     import gradio as gr
 
-    from chatapp.model import GenerationSettings, ModelRegistry
+    from chatapp.generation import GenerationSettings
+    from chatapp.model import ModelRegistry
     from eval.arena import ArenaStore
     from eval.ui import build_arena_tab
 

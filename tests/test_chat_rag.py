@@ -14,7 +14,9 @@ import torch
 from peft import LoraConfig, get_peft_model
 
 from chatapp import prompts, rag
-from chatapp.model import BASE, GenerationSettings, ModelRegistry, load_base
+from chatapp.generation import GenerationSettings
+from chatapp.loading import load_base
+from chatapp.model import BASE, ModelRegistry
 from chatapp.settings import Settings
 from chatapp.ui import build_chat_tab
 

@@ -10,7 +10,12 @@ import pytest
 import sacrebleu
 from rouge_score import rouge_scorer
 
-from eval.metrics import ROUGE_TYPES, UnicodeTokenizer, bootstrap_interval, compute_metrics
+from eval.metrics import (
+    ROUGE_TYPES,
+    UnicodeTokenizer,
+    bootstrap_interval,
+    compute_metrics,
+)
 
 ROOT = __import__("pathlib").Path(__file__).resolve().parents[1]
 
@@ -114,7 +119,7 @@ def test_metrics_cli_rejects_bad_files_with_the_line(tmp_path):
     assert out.returncode == 1
     assert out.stderr.strip().startswith(f"error: {tmp_path / 'short.txt'}:3:") and "Traceback" not in out.stderr
     out = run_cli("metrics", "--predictions", str(tmp_path / "binary.txt"), "--references", str(tmp_path / "good.txt"))
-    assert out.returncode == 1 and f"binary.txt:3: not UTF-8" in out.stderr
+    assert out.returncode == 1 and "binary.txt:3: not UTF-8" in out.stderr
     assert len(out.stderr.strip().splitlines()) == 1
     out = run_cli("metrics", "--predictions", str(tmp_path / "missing.txt"), "--references", str(tmp_path / "good.txt"))
     assert out.returncode == 1 and "no such file" in out.stderr

@@ -12,7 +12,12 @@ import pytest
 from conftest import make_tiny_adapter
 
 from eval.data import held_out_examples, read_examples
-from eval.score import answer_flags, error_analysis, paired_bootstrap, repeated_ngram_share
+from eval.score import (
+    answer_flags,
+    error_analysis,
+    paired_bootstrap,
+    repeated_ngram_share,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 IDENTITY_VARS = "name=Ada,author=Lovelace Labs"
@@ -43,7 +48,7 @@ def test_bad_records_are_reported_with_their_line(tmp_path):
     good = {"instruction": "Say hi", "input": "", "output": "Hi"}
     array = tmp_path / "data.json"
     array.write_text(json.dumps([good, good, {"instruction": "x", "input": ""}, good], indent=2))
-    with pytest.raises(ValueError, match=rf"data.json:12: missing field .output."):
+    with pytest.raises(ValueError, match=r"data.json:12: missing field .output."):
         read_examples(array)
     lines = tmp_path / "data.jsonl"
     lines.write_text(f"{json.dumps(good)}\n{json.dumps(good)}\n{{broken\n")
@@ -120,7 +125,8 @@ def test_score_cli_generates_scores_and_writes_predictions(corpus, tiny_adapter_
     assert len(rows) == 2 and rows[0]["prompt"] == records[0]["instruction"]
     assert "Ada" in rows[0]["reference"] and set(rows[0]["answers"]) == {"base", "tiny"}
     # greedy decoding: the base answers are what the model layer produces for the same prompt
-    from chatapp.model import GenerationSettings, ModelRegistry
+    from chatapp.generation import GenerationSettings
+    from chatapp.model import ModelRegistry
 
     registry = ModelRegistry(tiny_adapter_data)
     direct = registry.generate([{"role": "user", "content": records[0]["instruction"]}], "base",

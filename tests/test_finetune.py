@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from chatapp.model import BASE, ModelRegistry, base_folder, load_base
+from chatapp.loading import load_base
+from chatapp.model import ModelRegistry
 from chatapp.settings import Settings
 from finetune.config import FinetuneConfig, resolve_epochs, training_arguments
 from finetune.data import DatasetError, read_records, split

@@ -102,7 +102,7 @@ def sequence_logp(model, tokenizer, prompt: list[dict], answer: str) -> float:
 def test_dpo_from_arena_moves_a_tiny_adapter_towards_the_chosen_answers(tmp_path):
     from peft import PeftModel
 
-    from chatapp.model import load_base
+    from chatapp.loading import load_base
 
     data = tmp_path / "data"
     settings = Settings.from_env(data_dir=data)
@@ -138,7 +138,13 @@ def test_dpo_from_arena_moves_a_tiny_adapter_towards_the_chosen_answers(tmp_path
 
 
 def test_method_picks_trl_config_and_flags_are_checked(tmp_path, monkeypatch):
-    from finetune.config import DPOTrainConfig, FinetuneConfig, ORPOTrainConfig, TrainConfig, parse
+    from finetune.config import (
+        DPOTrainConfig,
+        FinetuneConfig,
+        ORPOTrainConfig,
+        TrainConfig,
+        parse,
+    )
 
     monkeypatch.setenv("CHATAPP_DATA_DIR", str(tmp_path))
     config, args = parse(["--method", "dpo", "--from_arena", "--name", "v", "--beta", "0.3"])

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import collections
-import io
 import json
 import random
 import re
@@ -145,10 +144,13 @@ def test_timedtext_xml_entity_and_empty_cue(corpus):
 
 def test_vtt_and_srt_written_by_youtube_transcript_api(tmp_path, corpus):
     """The real formatters of youtube-transcript-api write the corpus transcript; we read it back."""
-    from youtube_transcript_api._transcripts import FetchedTranscript, FetchedTranscriptSnippet
-    from youtube_transcript_api.formatters import SRTFormatter, WebVTTFormatter
-
     import xml.etree.ElementTree as ET
+
+    from youtube_transcript_api._transcripts import (
+        FetchedTranscript,
+        FetchedTranscriptSnippet,
+    )
+    from youtube_transcript_api.formatters import SRTFormatter, WebVTTFormatter
     root = ET.parse(corpus / "youtube" / "timedtext_sample.xml").getroot()
     snippets = [FetchedTranscriptSnippet(text=el.text or "", start=float(el.get("start")), duration=float(el.get("dur")))
                 for el in root.iter("text")]

@@ -11,7 +11,10 @@ import torch
 from peft import LoraConfig, PromptTuningConfig, TaskType, get_peft_model
 
 from chatapp import prompts
-from chatapp.model import BASE, GenerationSettings, ModelRegistry, _offset_causal, base_folder, load_base
+from chatapp.attention import causal_offset
+from chatapp.generation import GenerationSettings
+from chatapp.loading import base_folder, load_base
+from chatapp.model import BASE, ModelRegistry
 from chatapp.settings import Settings
 
 QUESTION = [{"role": "user", "content": "What is the capital of France?"}]
@@ -158,15 +161,15 @@ def test_cpu_prefill_reuses_freed_memory_instead_of_faulting_in_new_pages(regist
 
 def test_offset_causal_masks_are_recognised_and_padded_ones_are_not():
     mask = torch.ones(5, 8, dtype=torch.bool).tril(3)[None, None]  # 5 queries after 3 cached positions
-    assert _offset_causal(mask, 5) == 3
+    assert causal_offset(mask, 5) == 3
     static = torch.zeros(1, 1, 5, 12, dtype=torch.bool)  # a static cache's unused tail stays masked
     static[..., :8] = mask
-    assert _offset_causal(static, 5) == 3
+    assert causal_offset(static, 5) == 3
     padded = mask.clone()
     padded[..., 0] = False  # a left-padded sequence is not plain causal
-    assert _offset_causal(padded, 5) == 0
-    assert _offset_causal(None, 5) == 0 and _offset_causal(mask[..., -1:, :], 1) == 0
-    assert _offset_causal(torch.ones(5, 5, dtype=torch.bool).tril()[None, None], 5) == 0  # nothing cached
+    assert causal_offset(padded, 5) == 0
+    assert causal_offset(None, 5) == 0 and causal_offset(mask[..., -1:, :], 1) == 0
+    assert causal_offset(torch.ones(5, 5, dtype=torch.bool).tril()[None, None], 5) == 0  # nothing cached
 
 
 def test_a_prompt_that_starts_like_an_earlier_one_reuses_its_prefix_and_answers_the_same(settings, registry, corpus):

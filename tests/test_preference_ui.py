@@ -15,7 +15,8 @@ pytestmark = [pytest.mark.browser, pytest.mark.slow]
 def test_vote_with_enter_train_from_the_votes_and_battle_the_new_variant(browser, tmp_path, artifacts):
     import gradio as gr
 
-    from chatapp.model import GenerationSettings, ModelRegistry
+    from chatapp.generation import GenerationSettings
+    from chatapp.model import ModelRegistry
     from chatapp.settings import Settings
     from eval.arena import ArenaStore
     from eval.ui import build_arena_tab

@@ -5,7 +5,8 @@ import pytest
 from pypdf import PdfReader
 
 from chatapp import prompts
-from chatapp.model import GenerationSettings, ModelRegistry
+from chatapp.generation import GenerationSettings
+from chatapp.model import ModelRegistry
 from chatapp.rag import repeating
 from chatapp.settings import Settings
 

@@ -12,12 +12,14 @@ from pathlib import Path
 
 import openai
 import pytest
+from conftest import ROOT, data_with_the_paper, free_port, running_app, stop
 
 from chatapp.backends import make_registry
-from chatapp.model import BASE, GenerationSettings, base_folder
+from chatapp.generation import GenerationSettings
+from chatapp.loading import base_folder
+from chatapp.model import BASE
 from chatapp.remote import LLMServerError, RemoteRegistry
 from chatapp.settings import Settings
-from conftest import ROOT, data_with_the_paper, free_port, running_app, stop
 
 PDF = "attention-is-all-you-need.pdf"
 QUESTION = "How many warmup steps were used?"
