@@ -41,6 +41,8 @@ def build_app(settings, registry, store):
     from loaders.ui import build_documents_tab
 
     with gr.Blocks(title="Chat with your documents") as demo:
+        if settings.auth:  # the login is chatapp/access.py's cookie, so signing out is its route too
+            gr.HTML('<div style="text-align:right"><a href="/logout" id="sign-out">Sign out</a></div>')
         with gr.Tab("Chat"):
             build_chat_tab(settings, registry, store)
         with gr.Tab("Documents"):

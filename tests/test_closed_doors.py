@@ -124,6 +124,13 @@ def test_signing_in_through_the_page_then_chatting(browser, tmp_path, artifacts)
         box.press("Enter")  # the queue's event stream goes through the gate with the session cookie
         page.locator("#chatbot", has_text="No documents are stored yet").wait_for(timeout=120_000)
         page.screenshot(path=str(artifacts / "login-then-chat.png"), full_page=True)
+        page.click("#sign-out")
+        page.wait_for_url("**/login")
+    from chatapp.conversations import Conversations
+
+    saved = Conversations(data / "conversations.sqlite")
+    assert [c.title for c in saved.list(user="ada")] == ["What is the learning rate?"]  # the login names its owner
+    assert saved.list(user="") == []
 
 
 @pytest.mark.browser
