@@ -43,6 +43,20 @@ def _cells(values) -> list[str]:
 
 # --- spreadsheets ------------------------------------------------------------------------------------
 
+def table_rows(rows) -> Iterator[tuple[int, list[str], list]]:
+    """(row number as the file counts it, header, values) for each data row: empty rows are skipped and
+    the first non-empty one is the header."""
+    header: list[str] | None = None
+    for number, values in enumerate(rows, start=1):
+        cells = _cells(values)
+        if not any(cells):
+            continue
+        if header is None:
+            header = cells
+            continue
+        yield number, header, values
+
+
 def xlsx(data: bytes, name: str, base: dict) -> Iterator[Document]:
     """One Document per row of every sheet; the first non-empty row of a sheet is its header."""
     # read_only streams the sheet XML instead of building every cell; data_only gives formulas' cached values.
@@ -50,14 +64,7 @@ def xlsx(data: bytes, name: str, base: dict) -> Iterator[Document]:
     try:
         title = (book.properties.title or "").strip() or Path(name).stem
         for sheet in book.worksheets:
-            header: list[str] | None = None
-            for number, values in enumerate(sheet.iter_rows(values_only=True), start=1):
-                cells = _cells(values)
-                if not any(cells):
-                    continue
-                if header is None:
-                    header = cells
-                    continue
+            for number, header, values in table_rows(sheet.iter_rows(values_only=True)):
                 yield Document(page_content=row_text(header, list(values)), metadata={
                     **base, "title": title, "sheet": sheet.title, "row": number,
                     "location": f"{sheet.title}, row {number}"})
@@ -73,14 +80,7 @@ def csv_rows(data: bytes, name: str, base: dict, decode: Callable[[bytes, str], 
     except csv.Error:  # one column, or too little to tell: plain commas
         dialect = csv.excel
     reader = csv.reader(io.StringIO(text, newline=""), dialect)
-    header: list[str] | None = None
-    for number, values in enumerate(reader, start=1):
-        cells = _cells(values)
-        if not any(cells):
-            continue
-        if header is None:
-            header = cells
-            continue
+    for number, header, values in table_rows(reader):
         yield Document(page_content=row_text(header, values), metadata={
             **base, "title": Path(name).stem, "row": number, "location": f"row {number}"})
 

@@ -1,0 +1,85 @@
+"""Retrieval: is the passage that holds the answer (its file, its page for a PDF, the answer in its text)
+among the top k that `python -m loaders search` returns? Dense only (the plain baseline) beside hybrid
+dense + BM25 (the default), on every answerable question of bench/questions.jsonl, in one run.
+
+    python bench/retrieval.py [--k 5] [--data DIR] [--out bench/results/retrieval.md]
+
+Without --data the whole shared corpus is ingested into a scratch folder first.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from machine import matrix_units  # noqa: E402  (bench/machine.py, beside this script)
+
+from chatapp.settings import Settings  # noqa: E402
+from eval.answers import is_right, read_questions  # noqa: E402
+from loaders.store import get_store  # noqa: E402
+
+CORPUS = ROOT.parent / "shared" / "corpus"
+
+
+def hit_rates(store, questions, k: int) -> dict:
+    found = {"dense": [], "hybrid": []}
+    for question in questions:
+        for arm, hybrid in (("dense", False), ("hybrid", True)):
+            hits = store.search(question.question, k=k, hybrid=hybrid)
+            passages = [{**doc.metadata, "text": doc.page_content} for doc, _ in hits]
+            found[arm].append(any(is_right(p, question) for p in passages))
+    return found
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--k", type=int, default=5)
+    parser.add_argument("--data", type=Path, help="a data folder whose store already holds the corpus")
+    parser.add_argument("--questions", type=Path, default=ROOT / "bench" / "questions.jsonl")
+    parser.add_argument("--out", type=Path)
+    args = parser.parse_args()
+    questions = [q for q in read_questions(args.questions) if q.answerable]
+    with tempfile.TemporaryDirectory(prefix="bench-retrieval-") as scratch:
+        settings = Settings.from_env(data_dir=args.data or Path(scratch))
+        store = get_store(settings)
+        try:
+            if args.data is None:
+                started = time.perf_counter()
+                results = store.ingest([str(CORPUS)])
+                print(f"ingested {sum(r.ok for r in results)} sources in {time.perf_counter() - started:.0f} s",
+                      file=sys.stderr)
+            found = hit_rates(store, questions, args.k)
+        finally:
+            store.close()
+    subsets = {"all answerable": lambda q: True, "PDF": lambda q: q.source.endswith(".pdf"),
+               "paraphrases": lambda q: q.paraphrase, "holdout split": lambda q: q.split == "holdout"}
+    lines = [f"# Right passage in the top {args.k} (`python bench/retrieval.py --k {args.k}`)", "",
+             f"{os.cpu_count()} cores; matrix units: {', '.join(matrix_units()) or 'none'}; "
+             f"{len(questions)} answerable questions of {args.questions.name}", "",
+             "| questions | n | dense only (baseline) | hybrid dense + BM25 (default) |", "|---|---:|---:|---:|"]
+    report = {}
+    for name, keep in subsets.items():
+        index = [i for i, q in enumerate(questions) if keep(q)]
+        dense, hybrid = (sum(found[arm][i] for i in index) for arm in ("dense", "hybrid"))
+        report[name] = {"n": len(index), "dense": dense, "hybrid": hybrid}
+        lines.append(f"| {name} | {len(index)} | {dense}/{len(index)} ({dense / len(index):.0%}) "
+                     f"| {hybrid}/{len(index)} ({hybrid / len(index):.0%}) |")
+    missed = [q.id for i, q in enumerate(questions) if not found["hybrid"][i]]
+    lines += ["", f"Missed by hybrid: {', '.join(missed) or 'none'}"]
+    text = "\n".join(lines)
+    print(text)
+    if args.out:
+        args.out.write_text(text + "\n")
+        args.out.with_suffix(".json").write_text(json.dumps({"k": args.k, "subsets": report, "missed": missed}, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
