@@ -1,6 +1,7 @@
 """Retrieval: is the passage that holds the answer (its file, its page for a PDF, the answer in its text)
-among the top k that `python -m loaders search` returns? Dense only (the plain baseline) beside hybrid
-dense + BM25 (the default), on every answerable question of bench/questions.jsonl, in one run.
+among the top k? Three arms on every answerable question of bench/questions.jsonl, in one run: the store's
+dense search (the plain baseline), its hybrid dense + BM25 search (what `python -m loaders search`
+returns), and the chat's choice (20 hybrid candidates, the top k by evidence: chatapp.rag).
 
     python bench/retrieval.py [--k 5] [--data DIR] [--out bench/results/retrieval.md]
 
@@ -21,6 +22,7 @@ sys.path.insert(0, str(ROOT))
 
 from machine import matrix_units  # noqa: E402  (bench/machine.py, beside this script)
 
+from chatapp import rag  # noqa: E402
 from chatapp.settings import Settings  # noqa: E402
 from eval.answers import is_right, read_questions  # noqa: E402
 from loaders.store import get_store  # noqa: E402
@@ -28,13 +30,19 @@ from loaders.store import get_store  # noqa: E402
 CORPUS = ROOT.parent / "shared" / "corpus"
 
 
-def hit_rates(store, questions, k: int) -> dict:
-    found = {"dense": [], "hybrid": []}
+ARMS = {"dense": "dense only (baseline)", "hybrid": "hybrid dense + BM25 (`loaders search`)",
+        "evidence": "chat: 20 hybrid candidates, top k by evidence"}
+
+
+def hit_rates(store, questions, k: int, candidates: int) -> dict:
+    found = {arm: [] for arm in ARMS}
     for question in questions:
         for arm, hybrid in (("dense", False), ("hybrid", True)):
             hits = store.search(question.question, k=k, hybrid=hybrid)
             passages = [{**doc.metadata, "text": doc.page_content} for doc, _ in hits]
             found[arm].append(any(is_right(p, question) for p in passages))
+        chosen = rag.choose_passages(question.question, rag.retrieve(store, [question.question], candidates), k)
+        found["evidence"].append(any(is_right(p.to_json(), question) for p in chosen))
     return found
 
 
@@ -55,7 +63,7 @@ def main() -> int:
                 results = store.ingest([str(CORPUS)])
                 print(f"ingested {sum(r.ok for r in results)} sources in {time.perf_counter() - started:.0f} s",
                       file=sys.stderr)
-            found = hit_rates(store, questions, args.k)
+            found = hit_rates(store, questions, args.k, settings.candidates)
         finally:
             store.close()
     subsets = {"all answerable": lambda q: True, "PDF": lambda q: q.source.endswith(".pdf"),
@@ -63,16 +71,17 @@ def main() -> int:
     lines = [f"# Right passage in the top {args.k} (`python bench/retrieval.py --k {args.k}`)", "",
              f"{os.cpu_count()} cores; matrix units: {', '.join(matrix_units()) or 'none'}; "
              f"{len(questions)} answerable questions of {args.questions.name}", "",
-             "| questions | n | dense only (baseline) | hybrid dense + BM25 (default) |", "|---|---:|---:|---:|"]
+             "| questions | n | " + " | ".join(ARMS.values()) + " |", "|---|---:|" + "---:|" * len(ARMS)]
     report = {}
     for name, keep in subsets.items():
         index = [i for i, q in enumerate(questions) if keep(q)]
-        dense, hybrid = (sum(found[arm][i] for i in index) for arm in ("dense", "hybrid"))
-        report[name] = {"n": len(index), "dense": dense, "hybrid": hybrid}
-        lines.append(f"| {name} | {len(index)} | {dense}/{len(index)} ({dense / len(index):.0%}) "
-                     f"| {hybrid}/{len(index)} ({hybrid / len(index):.0%}) |")
-    missed = [q.id for i, q in enumerate(questions) if not found["hybrid"][i]]
-    lines += ["", f"Missed by hybrid: {', '.join(missed) or 'none'}"]
+        counts = {arm: sum(found[arm][i] for i in index) for arm in ARMS}
+        report[name] = {"n": len(index), **counts}
+        lines.append(f"| {name} | {len(index)} | " + " | ".join(
+            f"{n}/{len(index)} ({n / len(index):.0%})" for n in counts.values()) + " |")
+    missed = {arm: [q.id for i, q in enumerate(questions) if not found[arm][i]] for arm in ("hybrid", "evidence")}
+    lines += ["", f"Missed by hybrid: {', '.join(missed['hybrid']) or 'none'}",
+              f"Missed by the chat's choice: {', '.join(missed['evidence']) or 'none'}"]
     text = "\n".join(lines)
     print(text)
     if args.out:
