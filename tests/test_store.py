@@ -13,7 +13,7 @@ import pypdf
 import pytest
 
 from chatapp.settings import Settings
-from loaders.store import DocumentStore, StoreError, chunk_id, get_store, open_client
+from loaders.store import DocumentStore, StoreError, chunk_id, get_store, open_engine
 
 ROOT = Path(__file__).resolve().parents[1]
 PDF = "attention-is-all-you-need.pdf"
@@ -37,7 +37,7 @@ def store(settings, corpus):
 def test_one_store_per_process(store, settings):
     assert get_store(settings) is store
     with pytest.raises(StoreError, match="in use by another process"):
-        open_client(settings)  # embedded Qdrant locks its folder: a second client is refused with one line
+        open_engine(settings, store.embeddings)  # Qdrant Edge locks its folder: a second opener gets one line
 
 
 def test_sources_listed_with_chunk_counts(store):
@@ -117,7 +117,7 @@ def test_changed_source_replaces_its_chunks(store, corpus, tmp_path):
 def test_reingest_with_another_chunk_size_leaves_no_stale_chunks(store, corpus):
     # same bytes, split smaller then larger again: the larger split's ids all exist from the smaller one
     source = corpus / "html" / "bbc-1.html"
-    small = DocumentStore(store.client, store.collection, store.embeddings, chunk_size=400, chunk_overlap=50)
+    small = DocumentStore(store.vector_store, store.embeddings, chunk_size=400, chunk_overlap=50)
     smaller = small.ingest([source])[0]
     again = store.ingest([source])[0]
     assert smaller.added == smaller.chunks > again.chunks == again.added
@@ -272,34 +272,57 @@ def test_keyword_vectors_weigh_rare_and_repeated_terms():
     assert terms("4,000 warmup_steps") == ["4000", "warmup", "step"]
 
 
-def test_a_store_made_before_hybrid_search_gains_keyword_vectors_on_open(tmp_path, corpus):
-    """Stores written by earlier versions have dense vectors only: opening one adds the BM25 vector to every
-    chunk, keeping ids, vectors and payloads, and hybrid search then works on it."""
-    from langchain_qdrant import QdrantVectorStore
-    from qdrant_client import models
+@pytest.mark.parametrize("layout", ["current", "before-hybrid"])
+def test_a_local_mode_store_moves_to_qdrant_edge_on_first_open(tmp_path, corpus, layout):
+    """Stores that qdrant-client's local mode wrote under DATA/qdrant, as the previous version wrote them
+    (dense + bm25 through langchain_qdrant) or as older ones did (dense only), are copied into Qdrant Edge
+    on first open with progress: same ids, vectors and payloads, BM25 vectors added where missing."""
+    from langchain_qdrant import QdrantVectorStore, RetrievalMode
+    from qdrant_client import QdrantClient, models
 
     from loaders.documents import load, split
     from loaders.embeddings import SentenceEmbeddings
+    from loaders.server import create_collection
+    from loaders.sparse import BM25Sparse
 
     settings = Settings.from_env(data_dir=tmp_path / "old")
-    client = open_client(settings)
     embeddings = SentenceEmbeddings(settings.embedding_model, cache_dir=settings.models_dir)
-    client.create_collection(settings.collection, vectors_config=models.VectorParams(size=384, distance=models.Distance.DOT))
-    chunks = split(load(corpus / "pdf" / PDF))
-    ids = [chunk_id(PDF, c.metadata["sha256"], c.metadata["chunk"]) for c in chunks]
-    QdrantVectorStore(client=client, collection_name=settings.collection, embedding=embeddings,
-                      distance=models.Distance.DOT).add_documents(chunks, ids=ids)
-    assert not client.get_collection(settings.collection).config.params.sparse_vectors
+    client = QdrantClient(path=str(settings.qdrant_path))
+    chunks = split(load(corpus / "pdf" / PDF)) + split(load(corpus / "html" / "bbc-1.html"))
+    ids = [chunk_id(c.metadata["source"], c.metadata["sha256"], c.metadata["chunk"]) for c in chunks]
+    if layout == "current":
+        create_collection(client, settings.collection, 384)
+        QdrantVectorStore(client=client, collection_name=settings.collection, embedding=embeddings,
+                          distance=models.Distance.DOT, sparse_embedding=BM25Sparse(), sparse_vector_name="bm25",
+                          retrieval_mode=RetrievalMode.HYBRID).add_documents(chunks, ids=ids)
+    else:
+        client.create_collection(settings.collection,
+                                 vectors_config=models.VectorParams(size=384, distance=models.Distance.DOT))
+        QdrantVectorStore(client=client, collection_name=settings.collection, embedding=embeddings,
+                          distance=models.Distance.DOT).add_documents(chunks, ids=ids)
+    before = {str(p.id): p for p in client.scroll(settings.collection, limit=1000, with_vectors=True)[0]}
     client.close()
 
-    store = get_store(settings)
+    seen = []
+    store = DocumentStore.from_settings(settings, progress=lambda f, m: seen.append((f, m)))
     try:
+        assert seen and seen[-1][0] == 1.0 and "Qdrant Edge" in seen[-1][1]
         assert store.count() == len(chunks)
-        assert "bm25" in store.client.get_collection(settings.collection).config.params.sparse_vectors
-        lacking = models.Filter(must_not=[models.HasVectorCondition(has_vector="bm25")])
-        assert store.client.count(settings.collection, count_filter=lacking, exact=True).count == 0
+        after = {p.id: p for p in store.vector_store.scroll(vectors=True)}
+        assert set(after) == set(before) == set(ids)
+        for key, old in before.items():
+            vector = old.vector[""] if isinstance(old.vector, dict) else old.vector
+            assert after[key].payload == old.payload
+            assert after[key].dense == pytest.approx(vector, abs=1e-6)
+            assert after[key].sparse and after[key].sparse[0]  # BM25 vectors for every chunk
         hits = store.search("What value of label smoothing was used?", k=4)
         assert any("label smoothing of value" in doc.page_content for doc, _ in hits)
-        assert {doc.id for doc, _ in hits} <= set(ids)  # the same points, not copies
+        assert store.ingest([corpus / "pdf" / PDF])[0].added == 0  # the same chunks, not copies
     finally:
         store.close()
+    assert (settings.qdrant_path / "collection" / settings.collection).is_dir()  # the old folder is left as it was
+    reopened = DocumentStore.from_settings(settings, progress=lambda f, m: seen.append((f, m)))
+    try:
+        assert reopened.count() == len(chunks) and len(seen) == len([s for s in seen])  # no second migration
+    finally:
+        reopened.close()
