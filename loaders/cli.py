@@ -195,12 +195,13 @@ def cmd_push(store, settings, args) -> int:
             bar.refresh()
 
         try:
-            pushed = push(store.vector_store, args.url, collection, api_key=args.api_key or settings.qdrant_api_key,
-                          progress=progress)
-        except Exception as err:  # unreachable server, refused key: one line
-            print(f"error: cannot push to {args.url}: {type(err).__name__}: {' '.join(str(err).split())[:200]}",
-                  file=sys.stderr)
-            return 1
+            pushed, failure = push(store.vector_store, args.url, collection,
+                                   api_key=args.api_key or settings.qdrant_api_key, progress=progress), None
+        except Exception as err:  # unreachable server, refused key: one line, after the bar closes
+            pushed, failure = 0, f"{type(err).__name__}: {' '.join(str(err).split())[:200]}"
+    if failure:
+        print(f"error: cannot push to {args.url}: {failure}", file=sys.stderr)
+        return 1
     if args.json:
         print(json.dumps({"pushed": pushed, "url": args.url, "collection": collection}))
     else:

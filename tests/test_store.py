@@ -326,3 +326,100 @@ def test_a_local_mode_store_moves_to_qdrant_edge_on_first_open(tmp_path, corpus,
         assert reopened.count() == len(chunks) and len(seen) == len([s for s in seen])  # no second migration
     finally:
         reopened.close()
+
+
+# --- the two engines --------------------------------------------------------------------------------------
+
+QUESTIONS = ["How does multi-head attention let the model attend to different subspaces?",
+             "What value of label smoothing was used?", "BLEU score on WMT 2014 English-to-German",
+             "Minecraft server crash exploit", "Obama interview with the BBC about Kenya", "positional encoding sine",
+             "a test transcript that was made up", "dropout rate", "Who found the bug?", "gun control"]
+
+
+def test_edge_and_the_server_path_give_the_same_top_k_and_push_copies_the_store(store, corpus, tmp_path):
+    """The same sources in Qdrant Edge and through the server's code path (qdrant-client; its local mode
+    stands in for a server: no Qdrant server binary installs from PyPI or Debian here) give the same
+    top-k, hybrid and dense. `python -m loaders push` then copies the embedded store to a 'server' that
+    answers the same again."""
+    from qdrant_client import QdrantClient
+
+    from loaders.server import ServerVectorStore
+
+    sources = [corpus / "pdf" / PDF, corpus / "html" / "ars-1.html", corpus / "html" / "bbc-1.html",
+               corpus / "youtube" / "timedtext_sample.xml"]
+    settings = Settings.from_env(data_dir=tmp_path / "edge")
+    embedded = DocumentStore.from_settings(settings)
+    server = DocumentStore(ServerVectorStore(QdrantClient(path=str(tmp_path / "server")), "documents",
+                                             store.embeddings), store.embeddings)
+
+    def answers(target: DocumentStore) -> dict:
+        return {(q, hybrid): [(doc.id, round(score, 4)) for doc, score in target.search(q, k=6, hybrid=hybrid)]
+                for q in QUESTIONS for hybrid in (True, False)}
+
+    try:
+        for target in (embedded, server):
+            assert all(r.ok for r in target.ingest(sources))
+        assert embedded.count() == server.count() and embedded.list_sources() == server.list_sources()
+        expected = answers(server)
+        assert answers(embedded) == expected
+        embedded.vector_store.build_index()  # HNSW at this size still answers exactly (below full_scan_threshold)
+        assert answers(embedded) == expected
+    finally:
+        embedded.close()
+        server.close()
+
+    target = tmp_path / "pushed"
+    pushed = cli("push", str(target), "--json", data_dir=settings.data_dir)
+    assert pushed.returncode == 0, pushed.stderr
+    assert json.loads(pushed.stdout)["pushed"] > 0
+    copy = DocumentStore(ServerVectorStore(QdrantClient(path=str(target)), "documents", store.embeddings),
+                         store.embeddings)
+    try:
+        assert copy.count() == json.loads(pushed.stdout)["pushed"]
+        assert answers(copy) == expected
+    finally:
+        copy.close()
+    nowhere = cli("push", "http://127.0.0.1:9", data_dir=settings.data_dir)
+    assert nowhere.returncode == 1 and nowhere.stderr.strip().splitlines()[-1].startswith("error: cannot push to")
+
+
+def test_index_build_does_not_freeze_the_process_and_searches_answer_meanwhile(store, tmp_path):
+    """EdgeShard.optimize() holds the GIL for its whole run, so the build runs in a child process on a copy:
+    meanwhile this process keeps running threads and exact searches find each point's own vector."""
+    import threading
+    import time
+
+    from loaders.edge import EdgeVectorStore
+    from loaders.layout import StoredPoint, payload
+
+    rng = np.random.default_rng(7)
+    vectors = rng.standard_normal((20_000, 384)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    ids = [str(uuid) for uuid in (__import__("uuid").UUID(int=i + 1) for i in range(len(vectors)))]
+    engine = EdgeVectorStore(tmp_path / "big", store.embeddings, dimension=384)
+    try:
+        for start in range(0, len(vectors), 2000):
+            engine.write([StoredPoint(ids[i], vectors[i].tolist(), payload("x" * 800, {"source": f"s{i % 7}"}),
+                                      ([i % 97], [1.0])) for i in range(start, start + 2000)])
+        build = engine.index_in_background(threshold=10_000)
+        assert build is not None
+        gaps, last, answered = [], time.monotonic(), 0
+        while build.is_alive():
+            now = time.monotonic()
+            gaps.append(now - last)
+            last = now
+            i = int(rng.integers(len(vectors)))
+            assert engine.query(vectors[i].tolist(), k=1)[0].id == ids[i]
+            answered += 1
+            time.sleep(0.02)
+        assert answered > 20 and max(gaps) < 1.0, (answered, max(gaps))
+        assert engine.unindexed() == 0 and engine.count() == len(vectors)
+        i = 1234
+        assert engine.query(vectors[i].tolist(), k=1)[0].id == ids[i]  # the swapped-in, indexed shard
+    finally:
+        engine.close()
+    reopened = EdgeVectorStore(tmp_path / "big", store.embeddings)
+    try:
+        assert reopened.count() == len(vectors)
+    finally:
+        reopened.close()
