@@ -153,13 +153,13 @@ def cmd_search(store, settings, args) -> int:
 
 def cmd_list(store, settings, args) -> int:
     sources = store.list_sources()
-    if args.json:
-        print(json.dumps(sources, ensure_ascii=False))
-        return 0
     unfinished = store.interrupted()
     if unfinished:  # not listed: their ingest was killed before all their chunks were written
         print(f"not listed, an ingest was interrupted: {', '.join(unfinished)[:200]} (ingest again to finish, "
               "or delete)", file=sys.stderr)
+    if args.json:
+        print(json.dumps(sources, ensure_ascii=False))
+        return 0
     if not sources:
         print("no documents stored yet", file=sys.stderr)
     for entry in sources:
