@@ -39,6 +39,10 @@ HNSW = dict(m=16, ef_construct=64, full_scan_threshold=10_000)  # ef_construct 6
 SCHEMA = {"keyword": edge.PayloadSchemaType.Keyword, "integer": edge.PayloadSchemaType.Integer}
 
 
+class Closing(Exception):
+    """The store is being closed: an index build in progress stops."""
+
+
 class StoreInUse(Exception):
     """Another process has the shard open (Edge locks its WAL)."""
 
@@ -249,7 +253,10 @@ class EdgeVectorStore(VectorStore):
         try:
             # Copied without the lock: searches never change the files, and a write during the copy is
             # caught by the generation check below.
-            shutil.copytree(self.path, copy, ignore=shutil.ignore_patterns("*.lock"))
+            try:
+                shutil.copytree(self.path, copy, ignore=shutil.ignore_patterns("*.lock"), copy_function=self._copy_file)
+            except Closing:
+                return False
             if self.generation != generation or self._closing:
                 return False
             self._child = subprocess.Popen([sys.executable, "-m", "loaders.edge", "optimize", str(copy)],
@@ -280,6 +287,11 @@ class EdgeVectorStore(VectorStore):
             return True
         finally:
             shutil.rmtree(copy, ignore_errors=True)
+
+    def _copy_file(self, source: str, target: str) -> None:
+        if self._closing:  # close() stops a build at the next file, not after copying gigabytes
+            raise Closing()  # not an OSError, which copytree would collect and copy on
+        shutil.copy2(source, target)
 
     def wait_for_index(self, timeout: float | None = None) -> None:
         if self._build is not None:

@@ -96,11 +96,13 @@ class DocumentStore:
                                         cache_dir=settings.models_dir)
         engine = open_engine(settings, embeddings, progress)
         try:
-            return cls(engine, embeddings, chunk_size=settings.chunk_size, chunk_overlap=settings.chunk_overlap,
-                       files_dir=settings.data_dir / "files", hybrid=getattr(settings, "hybrid", True))
+            store = cls(engine, embeddings, chunk_size=settings.chunk_size, chunk_overlap=settings.chunk_overlap,
+                        files_dir=settings.data_dir / "files", hybrid=getattr(settings, "hybrid", True))
         except BaseException:
             engine.close()
             raise
+        engine.index_in_background()  # a store opened with many unindexed points (a migration, a killed build)
+        return store
 
     # -- writing -------------------------------------------------------------------------------------
     def ingest(self, sources: Iterable[str | Path], progress: Progress | None = None,
