@@ -84,7 +84,7 @@ def open_engine(engine: str, path: Path, create: bool):
     return ServerVectorStore(QdrantClient(path=str(path)), "documents", Dimension())
 
 
-def build(engine: str, path: Path, n: int) -> dict:
+def build(engine: str, path: Path, n: int, index: bool = True) -> dict:
     rng = np.random.default_rng(SEED)
     pool = texts(rng)
     store = open_engine(engine, path, create=True)
@@ -105,7 +105,7 @@ def build(engine: str, path: Path, n: int) -> dict:
         store.write(points)
         spent += time.perf_counter() - began
     result = {"insert_s": round(spent, 1), "insert_per_s": round(n / spent)}
-    if engine == "edge":
+    if engine == "edge" and index:
         began = time.perf_counter()
         built = store.build_index()  # the background build's own work, waited for here
         result["index_s"] = round(time.perf_counter() - began, 1)
@@ -185,6 +185,11 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--sizes", default="20000,200000,1000000")
     p.add_argument("--out", default=str(ROOT / "bench" / "results" / "store.md"), help="markdown file, or - for stdout only")
+    p.add_argument("--runs", default=None, help="engine:size pairs, e.g. edge:1000000,local:20000 (default: every "
+                   "engine at every size)")
+    p.add_argument("--index-up-to", type=int, default=None, help="build the HNSW index only up to this many points "
+                   "(a 1M build takes an hour on a loaded 2-core VM); larger stores are searched unindexed")
+    p.add_argument("--append", action="store_true", help="add this run's section to --out instead of replacing it")
     p.add_argument("--work", default=None, help="scratch folder (default: a temporary one, removed after)")
     p.add_argument("--probe", nargs=3, metavar=("ENGINE", "PATH", "N"), help=argparse.SUPPRESS)
     args = p.parse_args()
@@ -192,6 +197,9 @@ def main() -> None:
         print(json.dumps(probe(args.probe[0], Path(args.probe[1]), int(args.probe[2]))))
         return
     work = Path(args.work or tempfile.mkdtemp(prefix="bench-store-"))
+    before = ""
+    if args.append and args.out != "-" and Path(args.out).exists():
+        before = Path(args.out).read_text().replace("(run in progress)", "(run stopped here)") + "\n"
     lines = [f"# Store engines: bulk insert, open, RSS, search (`python bench/store.py`)", "",
              f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, load average "
              f"{os.getloadavg()[0]:.1f} at start, matrix units: {', '.join(matrix_units()) or 'none'}; "
@@ -208,7 +216,9 @@ def main() -> None:
     notes, local_rate, rows = [], None, []
     sizes = [int(s) for s in args.sizes.split(",")]
     # Embedded first, smallest first: the 1M row is the one the targets are about; local mode last (slowest).
-    for engine, n in [("edge", n) for n in sizes] + [("local", n) for n in sizes]:
+    runs = ([(pair.split(":")[0], int(pair.split(":")[1])) for pair in args.runs.split(",")] if args.runs
+            else [("edge", n) for n in sizes] + [("local", n) for n in sizes])
+    for engine, n in runs:
         reason = skip_reason(engine, n, local_rate)
         if reason:
             notes.append(reason)
@@ -216,7 +226,12 @@ def main() -> None:
             continue
         path = work / f"{engine}-{n}"
         shutil.rmtree(path, ignore_errors=True)
-        wrote = build(engine, path, n)
+        index = args.index_up_to is None or n <= args.index_up_to
+        if engine == "edge" and not index:
+            notes.append(f"Qdrant Edge at {n:,}: index build not run (--index-up-to {args.index_up_to:,}), so its "
+                         "searches are exact over unindexed points")
+            emit(f"NOTE {notes[-1]}")
+        wrote = build(engine, path, n, index)
         if engine == "local":
             local_rate = wrote["insert_per_s"]
         done = subprocess.run([sys.executable, __file__, "--probe", engine, str(path), str(n)],
@@ -227,7 +242,7 @@ def main() -> None:
         assert read["count"] == n, read
         name = "Qdrant Edge (embedded)" if engine == "edge" else "qdrant-client local mode (before)"
         index = (f"{wrote['index_s']} s" + ("" if wrote.get("index_built") else " (not swapped)")
-                 if "index_s" in wrote else "none (brute force)")
+                 if "index_s" in wrote else "none (brute force)" if engine == "local" else "not run (exact search)")
         row = (f"| {name} | {n:,} | {wrote['insert_per_s']:,} ({wrote['insert_s']} s) | {index} | {read['open_s']} s "
                f"| {read['rss_open_mb']:,} MB | {read['rss_after_search_mb']:,} MB | {read['first_query_ms']} ms "
                f"| {read['dense_ms'][0]} / {read['dense_ms'][1]} ms | {read['hybrid_ms'][0]} / {read['hybrid_ms'][1]} ms "
@@ -236,7 +251,7 @@ def main() -> None:
         emit(row)
         shutil.rmtree(path, ignore_errors=True)
         if args.out != "-":  # after every row: a long run cut short keeps what it measured
-            Path(args.out).write_text("\n".join(lines + rows + ["", "(run in progress)"]) + "\n")
+            Path(args.out).write_text(before + "\n".join(lines + rows + ["", "(run in progress)"]) + "\n")
     lines += rows
     lines += [""] + [f"- {note}" for note in notes]
     lines += ["- Targets for Qdrant Edge at 1M (issue 15): open ≤ 2 s, search p95 ≤ 10 ms, RSS ≤ 3 GB, "
@@ -245,7 +260,7 @@ def main() -> None:
               "keeps answering meanwhile (exact search over unindexed points).",
               f"- load average at the end: {os.getloadavg()[0]:.1f} (other jobs share these cores)."]
     if args.out != "-":
-        Path(args.out).write_text("\n".join(lines) + "\n")
+        Path(args.out).write_text(before + "\n".join(lines) + "\n")
         print(f"wrote {args.out}")
     if not args.work:
         shutil.rmtree(work, ignore_errors=True)
