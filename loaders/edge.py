@@ -219,11 +219,16 @@ class EdgeVectorStore(VectorStore):
                             edge.Prefetch(depth, query=edge.Query.Nearest(
                                 edge.SparseVector(list(sparse.indices), list(sparse.values)), using=KEYWORDS),
                                 filter=VISIBLE)],
-                query=edge.Fusion.Rrf(RRF_K), filter=VISIBLE, with_payload=True, with_vector=[DENSE])
+                query=edge.Fusion.Rrf(RRF_K), filter=VISIBLE, with_payload=False, with_vector=False)
         with self.lock:
             points = self.shard.query(request)
-        hits = [Hit(str(p.id), p.payload or {}, float(p.score), _dense(p.vector)) for p in points]
-        return ranked(hits, k) if sparse is not None else hits[:k]
+            if sparse is None:
+                return [Hit(str(p.id), p.payload or {}, float(p.score), _dense(p.vector)) for p in points]
+            # Payloads (on disk) and vectors are read for the k kept, not for all 80 fused candidates.
+            top = ranked([Hit(str(p.id), {}, float(p.score)) for p in points], k)
+            records = {str(r.id): r for r in self.shard.retrieve([uuid.UUID(h.id) for h in top], True, [DENSE])}
+        return [Hit(h.id, records[h.id].payload or {}, h.score, _dense(records[h.id].vector))
+                for h in top if h.id in records]
 
     # -- the index ---------------------------------------------------------------------------------------
     def unindexed(self) -> int:

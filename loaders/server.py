@@ -37,6 +37,10 @@ def _where(source: str | None, pending: bool | None) -> models.Filter | None:
     return models.Filter(must=must, must_not=must_not) if must or must_not else None
 
 
+def _dense(vector) -> list[float]:
+    return list((vector.get(DENSE, []) if isinstance(vector, dict) else vector) or [])
+
+
 def create_collection(client: QdrantClient, collection: str, dimension: int) -> None:
     """The layout: unnamed dense vector (DOT), `bm25` sparse with IDF, keyword/integer payload indexes."""
     client.create_collection(collection, vectors_config=models.VectorParams(size=dimension, distance=models.Distance.DOT),
@@ -122,13 +126,18 @@ class ServerVectorStore(QdrantVectorStore):
                 models.Prefetch(query=models.SparseVector(indices=list(sparse.indices), values=list(sparse.values)),
                                 using=KEYWORDS, limit=depth, filter=VISIBLE)],
                 query=models.RrfQuery(rrf=models.Rrf(k=RRF_K)), limit=2 * depth)
-        points = self.client.query_points(self.collection_name, query_filter=VISIBLE, with_payload=True,
-                                          with_vectors=[DENSE], **request).points
-        hits = []
-        for p in points:
-            vector = p.vector.get(DENSE, []) if isinstance(p.vector, dict) else (p.vector or [])
-            hits.append(Hit(str(p.id), p.payload or {}, float(p.score), list(vector)))
-        return ranked(hits, k) if sparse is not None else hits[:k]
+        if sparse is None:
+            points = self.client.query_points(self.collection_name, query_filter=VISIBLE, with_payload=True,
+                                              with_vectors=[DENSE], **request).points
+            return [Hit(str(p.id), p.payload or {}, float(p.score), _dense(p.vector)) for p in points]
+        points = self.client.query_points(self.collection_name, query_filter=VISIBLE, with_payload=False,
+                                          with_vectors=False, **request).points
+        # Payloads and vectors are read for the k kept, not for all 80 fused candidates.
+        top = ranked([Hit(str(p.id), {}, float(p.score)) for p in points], k)
+        records = {str(r.id): r for r in self.client.retrieve(self.collection_name, [h.id for h in top],
+                                                              with_payload=True, with_vectors=[DENSE])}
+        return [Hit(h.id, records[h.id].payload or {}, h.score, _dense(records[h.id].vector))
+                for h in top if h.id in records]
 
     def index_in_background(self, threshold: int = 0) -> None:
         return None  # a server indexes by itself
