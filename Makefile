@@ -4,12 +4,12 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 TORCH_CPU_WHEEL := $(wildcard /opt/wheels/torch-2.13.0+cpu-*.whl)
 
-.PHONY: run test venv browser bench clean
+.PHONY: run test venv browser ocr bench clean
 
-run: $(VENV)/.installed
+run: $(VENV)/.installed ocr
 	GRADIO_ANALYTICS_ENABLED=False HF_HUB_OFFLINE=1 $(PY) app.py
 
-test: $(VENV)/.installed browser
+test: $(VENV)/.installed browser ocr
 	GRADIO_ANALYTICS_ENABLED=False HF_HUB_OFFLINE=1 $(PY) -m pytest -q
 
 venv: $(VENV)/.installed
@@ -36,6 +36,12 @@ browser:
 	@test -x /usr/bin/chromium || { \
 		if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
 		$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq chromium >/dev/null; }
+
+# Debian's tesseract reads scanned PDF pages (loaders/ocr.py); English is its default language pack.
+ocr:
+	@test -x /usr/bin/tesseract || { \
+		if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
+		$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq tesseract-ocr >/dev/null; }
 
 bench: $(VENV)/.installed
 	$(PY) bench/ingest.py

@@ -25,15 +25,6 @@ import time
 log = logging.getLogger("chatapp.app")
 SHUTDOWN_GRACE_S = 5  # open connections (a browser tab's event stream) get this long once asked to stop
 
-def parse_auth(value: str | None) -> tuple[str, str] | None:
-    if not value:
-        return None
-    user, sep, password = value.partition(":")
-    if not sep or not user or not password:
-        raise SystemExit("error: CHATAPP_AUTH must look like user:password")
-    return user, password
-
-
 REMOTE_TRAINING_NOTE = (
     "Answers are generated on the model server at `{url}`; training runs here, in this process, on "
     "`CHATAPP_BASE_MODEL`. To answer with an adapter made here, serve it from that server (vLLM: "
@@ -67,18 +58,26 @@ def build_app(settings, registry, store):
     return demo
 
 
-def build_server(settings, registry, store, demo, auth=None):
-    """The FastAPI app: the /v1 API's routes, then the Gradio page mounted at / (gradio's documented
-    `mount_gradio_app`), so both share one port. Routes added before the mount take precedence over it."""
+def build_server(settings, registry, store, demo, login=None):
+    """The FastAPI app: the /v1 API's routes (and the login form), then the Gradio page mounted at /
+    (gradio's documented `mount_gradio_app`), so all share one port. Routes added before the mount take
+    precedence over it. With a login, every route sits behind chatapp/access.py's gate."""
     import gradio as gr
     from fastapi import FastAPI
 
+    from chatapp.access import guard, logged_in_user, login_router
     from chatapp.api import api_router
 
     server = FastAPI(title="chatapp", docs_url=None, redoc_url=None, openapi_url=None)
     server.include_router(api_router(settings, registry, store))
-    return gr.mount_gradio_app(server, demo, path="/", server_name=settings.host, server_port=settings.port,
-                               auth=auth, max_file_size=f"{settings.max_upload_mb}mb", show_error=True)
+    if login:
+        server.include_router(login_router(login))
+    server = gr.mount_gradio_app(server, demo, path="/", server_name=settings.host, server_port=settings.port,
+                                 auth_dependency=logged_in_user if login else None,
+                                 max_file_size=f"{settings.max_upload_mb}mb", show_error=True)
+    if login:
+        guard(server, login, settings.data_dir)
+    return server
 
 
 def load_model_in_background(registry) -> None:
@@ -97,6 +96,7 @@ def load_model_in_background(registry) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from chatapp.access import Login
     from chatapp.settings import Settings
 
     settings = Settings.from_env()
@@ -105,7 +105,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--port", type=int, default=settings.port, help=f"port (default {settings.port}; CHATAPP_PORT)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    auth = parse_auth(settings.auth)
+    try:
+        login = Login.parse(settings.auth)
+    except ValueError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
 
     import uvicorn
 
@@ -120,11 +124,11 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     registry = make_registry(settings)
     demo = build_app(settings, registry, store)
-    server = build_server(settings, registry, store, demo, auth)
+    server = build_server(settings, registry, store, demo, login)
     load_model_in_background(registry)
     log.info("data in %s; serving on http://%s:%s (OpenAI-compatible API under /v1: %s)%s",
              settings.data_dir.resolve(), args.host, args.port,
-             "bearer key required" if settings.api_key else "off, the page has a login" if auth else "no key",
+             "bearer key required" if settings.api_key else "off, the page has a login" if login else "no key",
              f"; generating on {settings.llm_url}" if settings.llm_url else "")
     # An open page keeps Gradio's event stream alive, and uvicorn's graceful shutdown would wait for it
     # forever: Ctrl+C or a SIGTERM then never stopped the app while a browser tab was open.

@@ -8,6 +8,11 @@ threshold, cite), and the response carries `Answer.to_json()`'s fields (`sources
 and whatever evidence it holds) at the top level, like `python -m chatapp ask --json`; in a stream the
 last chunk carries them. `"retrieval": false` in the body makes it a plain chat with the variant (the
 only case where the client's system message is used: the grounded prompt has its own).
+Saved conversations (chatapp/conversations.py, the Chat tab's): `"store": true` saves the exchange as a new
+conversation, and `"conversation_id": ID` continues a saved one, whose stored turns are then the history
+(the request's earlier messages are not read). Either way the finished turn is saved before the response
+(or the stream's last chunk) carries `conversation_id`. `"user"` (OpenAI's end-user field) names the owner:
+the page's login user sees them in the Chat tab; without a login, conversations of no `user` are the page's.
 Generation settings use OpenAI's names (`max_tokens` or `max_completion_tokens`, `temperature`, `top_p`)
 plus `top_k`; no temperature, or 0, is greedy (the app's default). `"style"` picks the prompt style.
 
@@ -36,6 +41,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
 from chatapp import prompts, rag
+from chatapp.conversations import Conversation, Conversations, Turn
 from chatapp.model import BASE, GenerationSettings
 from chatapp.remote import LLMServerError
 from chatapp.settings import Settings
@@ -172,7 +178,7 @@ def streamable(snapshot: rag.Answer, style: str) -> tuple[str, str]:
 class _Request:
     """One chat completion request, validated."""
 
-    def __init__(self, body, registry):
+    def __init__(self, body, registry, conversations: Conversations):
         if not isinstance(body, dict):
             raise APIError(400, "the body must be a JSON object")
         self.model = body.get("model") or BASE
@@ -191,27 +197,68 @@ class _Request:
         if self.model not in known:
             raise APIError(404, f"The model '{self.model}' does not exist; known: {', '.join(known)}", param="model",
                            code="model_not_found")
+        self.user = body.get("user") or ""
+        if not isinstance(self.user, str):
+            raise APIError(400, "'user' must be a string", param="user")
+        self.conversation: Conversation | None = None  # its stored turns are the history
+        self.conversation_id = body.get("conversation_id")
+        if self.conversation_id is not None:
+            if not isinstance(self.conversation_id, str):
+                raise APIError(400, "'conversation_id' must be a string", param="conversation_id")
+            try:
+                self.conversation = conversations.get(self.conversation_id, self.user)
+            except KeyError:
+                raise APIError(404, f"no conversation '{self.conversation_id}' for this user", param="conversation_id",
+                               code="conversation_not_found") from None
+        elif body.get("store", False) is True:
+            self.conversation_id = conversations.create(self.user)
+        elif body.get("store", False) is not False:
+            raise APIError(400, "'store' must be true or false", param="store")
         self.id = f"chatcmpl-{uuid.uuid4().hex}"
         self.created = int(time.time())
 
+    def extra(self) -> dict:
+        """Top-level fields every response of this request carries besides OpenAI's."""
+        return {"conversation_id": self.conversation_id} if self.conversation_id else {}
 
-def _answers(req: _Request, settings: Settings, registry, store) -> Iterator[tuple[rag.Answer | None, str, str]]:
-    """(snapshot, reasoning, content) as the answer grows; the last is final."""
+
+def _answers(req: _Request, settings: Settings, registry, store,
+             conversations: Conversations) -> Iterator[tuple[rag.Answer | None, str, str]]:
+    """(snapshot, reasoning, content) as the answer grows; the last is final. A stored conversation gets the
+    finished turn when the last snapshot is taken, before the response (or the stream's last chunk) that
+    carries its id is sent."""
+    question = req.messages[-1]["content"]
     if not req.retrieval:
         text = ""
-        pieces = registry.stream([m for m in req.messages if m["role"] != "tool"], req.model, req.generation)
+        messages = [m for m in req.messages if m["role"] != "tool"]
+        if req.conversation is not None:  # the system message as sent, then the stored turns, then the question
+            messages = [*(m for m in messages if m["role"] == "system"), *req.conversation.history(), messages[-1]]
+        pieces = registry.stream(messages, req.model, req.generation)
         try:
             for piece in pieces:
                 text += piece
                 yield None, "", text
         finally:
             pieces.close()
+        if req.conversation_id is not None:
+            _save(conversations, req, Turn(question=question, answer=text, status="chat", variant=req.model))
         return
-    question, prior = req.messages[-1]["content"], rag.text_history(req.messages[:-1])
-    for snapshot in rag.answer(question, prior, registry=registry, store=store, variant=req.model, style=req.style,
-                               generation=req.generation, settings=settings):
-        reasoning, content = streamable(snapshot, req.style)
-        yield snapshot, reasoning, content
+    prior = req.conversation.history() if req.conversation is not None else rag.text_history(req.messages[:-1])
+    final = None
+    for final in rag.answer(question, prior, registry=registry, store=store, variant=req.model, style=req.style,
+                            generation=req.generation, settings=settings):
+        reasoning, content = streamable(final, req.style)
+        yield final, reasoning, content
+    if req.conversation_id is not None:
+        _save(conversations, req, Turn.from_answer(final, req.model, req.style))
+
+
+def _save(conversations: Conversations, req: _Request, turn: Turn) -> None:
+    try:
+        conversations.append_turn(req.conversation_id, turn, req.user)
+    except KeyError:  # deleted (in the Chat tab) while this answer was generated
+        raise APIError(404, f"conversation '{req.conversation_id}' was deleted meanwhile; the turn was not saved",
+                       param="conversation_id", code="conversation_not_found") from None
 
 
 def _error_for(exc: Exception) -> APIError:
@@ -256,7 +303,7 @@ def _stream(req: _Request, answers: Iterator) -> Iterator[str]:
         return
     finally:
         answers.close()
-    yield _chunk(req, {}, "stop", **evidence_fields(last))
+    yield _chunk(req, {}, "stop", **evidence_fields(last), **req.extra())
     yield "data: [DONE]\n\n"
 
 
@@ -271,12 +318,14 @@ def _complete(req: _Request, answers: Iterator) -> dict:
     if reasoning:
         message["reasoning_content"] = reasoning
     return {"id": req.id, "object": "chat.completion", "created": req.created, "model": req.model,
-            "choices": [{"index": 0, "message": message, "finish_reason": "stop"}], **evidence_fields(last)}
+            "choices": [{"index": 0, "message": message, "finish_reason": "stop"}], **evidence_fields(last), **req.extra()}
 
 
-def api_router(settings: Settings, registry, store) -> APIRouter:
-    """The /v1 routes, for `app.include_router` on the FastAPI app the Gradio page is mounted on."""
+def api_router(settings: Settings, registry, store, conversations: Conversations | None = None) -> APIRouter:
+    """The /v1 routes, for `app.include_router` on the FastAPI app the Gradio page is mounted on. Stored
+    conversations go to `conversations` (default: settings.conversations_db, the Chat tab's)."""
     router = APIRouter(prefix="/v1")
+    conversations = conversations or Conversations(settings.conversations_db)
 
     @router.get("/models")
     def list_models(request: Request):
@@ -298,10 +347,10 @@ def api_router(settings: Settings, registry, store) -> APIRouter:
                 body = await request.json()
             except ValueError:
                 raise APIError(400, "the body is not valid JSON") from None
-            req = await run_in_threadpool(_Request, body, registry)
+            req = await run_in_threadpool(_Request, body, registry, conversations)
             log.info("/v1/chat/completions %s: model %s, %s, retrieval %s, %d messages", req.id, req.model,
                      "streamed" if req.stream else "not streamed", "on" if req.retrieval else "off", len(req.messages))
-            answers = _answers(req, settings, registry, store)
+            answers = _answers(req, settings, registry, store, conversations)
             if req.stream:  # StreamingResponse iterates a plain iterator on the thread pool
                 return StreamingResponse(_stream(req, answers), media_type="text/event-stream",
                                          headers={"Cache-Control": "no-cache"})

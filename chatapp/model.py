@@ -241,11 +241,32 @@ def _shared_length(a: list[int], b: list[int]) -> int:
 # Variants: base + adapters on disk, all on the one base in memory
 
 
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")  # unpickling them can run any code
+
+
+class UnsafeAdapter(ValueError):
+    """An adapter folder whose weights are not safetensors."""
+
+
 def adapter_folders(settings: Settings) -> dict[str, Path]:
+    """Every finished adapter. A folder starting with "." is one being written (training saves to
+    .NAME.partial and renames it into place), so it is never listed, even when a run was killed."""
     root = Path(settings.adapters_dir)
     if not root.is_dir():
         return {}
-    return {p.name: p for p in sorted(root.iterdir()) if (p / "adapter_config.json").is_file()}
+    return {p.name: p for p in sorted(root.iterdir())
+            if not p.name.startswith(".") and (p / "adapter_config.json").is_file()}
+
+
+def check_safetensors(name: str, folder: Path) -> None:
+    """Adapters load only from safetensors: a pickled .bin or .pt from someone else is refused before PEFT
+    (which would fall back to torch.load on it) ever opens it."""
+    pickled = sorted(p.name for p in folder.iterdir() if p.suffix.lower() in PICKLE_SUFFIXES)
+    if pickled:
+        raise UnsafeAdapter(f"adapter '{name}' holds pickled weights ({', '.join(pickled)}), which are never loaded; "
+                            "only safetensors are: save it again with save_pretrained(safe_serialization=True)")
+    if not (folder / "adapter_model.safetensors").is_file():
+        raise UnsafeAdapter(f"adapter '{name}' has no adapter_model.safetensors")
 
 
 class _Cancelled(StoppingCriteria):
@@ -406,6 +427,7 @@ class ModelRegistry:
         from peft import PeftConfig, PeftModel
 
         path = folders[variant]
+        check_safetensors(variant, path)
         config = PeftConfig.from_pretrained(path)
         with self._load_lock:
             if config.is_prompt_learning:

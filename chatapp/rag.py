@@ -52,18 +52,19 @@ class Source:
     kind: str = ""
     page: int | None = None  # PDF page, counted from 1
     start: float | None = None  # transcript start, seconds
+    where: str = ""  # the loader's words for any other place: "Sheet1, row 12", "slide 3", a heading path
     sha256: str = ""  # of the source's bytes: finds the stored copy of a PDF
     quote: str = ""  # the sentence or two of `text` that carry the answer
     quote_spans: list[tuple[int, int]] = field(default_factory=list)  # where the quote is in `text`
 
     @property
     def location(self) -> str:
-        """"p. 7", "12:05" or "" — where in the source the passage is."""
+        """"p. 7", "12:05", "Sheet1, row 12", "slide 3" or "" — where in the source the passage is."""
         if self.page is not None:
             return f"p. {self.page}"
         if self.start is not None:
             return timestamp(self.start)
-        return ""
+        return self.where
 
     def to_json(self) -> dict:
         record = {"source": self.source, "page": self.page, "text": self.text, "score": round(self.score, 4),
@@ -71,6 +72,8 @@ class Source:
         if self.start is not None:
             record["start"] = self.start
             record["timestamp"] = timestamp(self.start)
+        if self.where:
+            record["location"] = self.where
         return record
 
 
@@ -95,7 +98,8 @@ class Answer:
 
     @property
     def evidence(self) -> list[dict]:
-        return [{"source": s.source, "page": s.page, "quote": s.quote} for s in self.sources if s.quote]
+        return [{"source": s.source, "page": s.page, "quote": s.quote, **({"location": s.where} if s.where else {})}
+                for s in self.sources if s.quote]
 
     def to_json(self) -> dict:
         record = {
@@ -136,7 +140,8 @@ def _source(doc, score: float, number: int = 0) -> Source:
     meta = doc.metadata or {}
     return Source(number=number, source=str(meta.get("source", "?")), text=doc.page_content, score=score,
                   title=str(meta.get("title") or ""), kind=str(meta.get("kind") or ""),
-                  page=_as_int(meta.get("page")), start=_as_float(meta.get("start")), sha256=str(meta.get("sha256") or ""))
+                  page=_as_int(meta.get("page")), start=_as_float(meta.get("start")), where=str(meta.get("location") or ""),
+                  sha256=str(meta.get("sha256") or ""))
 
 
 def retrieve(store, query: str | list[str], k: int, threshold: float | None = None,

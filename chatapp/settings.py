@@ -75,6 +75,10 @@ class Settings:
         return self.data_dir / "arena.sqlite"
 
     @property
+    def conversations_db(self) -> Path:
+        return self.data_dir / "conversations.sqlite"
+
+    @property
     def runs_dir(self) -> Path:
         return self.data_dir / "runs"
 

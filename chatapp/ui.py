@@ -1,4 +1,5 @@
-"""The Chat tab: streamed, cited answers with the reasoning folded away and a sources panel.
+"""The Chat tab: streamed, cited answers with the reasoning folded away, a sources panel, and the saved
+conversations (chatapp/conversations.py): listed newest first, reopened, renamed, deleted, exported.
 
 Everything that came from a document or from the model is HTML-escaped before it reaches the page:
 a web page with a <script> in it is shown as text and never runs.
@@ -8,10 +9,15 @@ from __future__ import annotations
 import base64
 import html
 import logging
+import re
+import sqlite3
+import tempfile
+from pathlib import Path
 
 import gradio as gr
 
 from chatapp import prompts, rag
+from chatapp.conversations import Conversation, Conversations, Turn
 from chatapp.model import BASE, GenerationSettings
 from chatapp.settings import Settings
 from loaders.pages import highlighted_page
@@ -121,12 +127,58 @@ def answer_messages(answer: rag.Answer) -> list[dict]:
     return messages
 
 
-def build_chat_tab(settings: Settings, registry, store) -> dict:
-    """Build the Chat tab's components inside the caller's `gr.Tab`; returns them by name."""
+def user_of(request: gr.Request | None) -> str:
+    """Whose conversations these are: the login's user name, or "" when the page has no login."""
+    return (request.username if request is not None else None) or ""
+
+
+def stored_answer(turn: Turn) -> rag.Answer:
+    """A saved turn as the finished Answer the page drew, to draw it again."""
+    return rag.Answer(turn.question, standalone_question=turn.standalone_question, answer=turn.answer,
+                      reasoning=turn.reasoning, sources=[rag.Source(**source) for source in turn.sources],
+                      unsupported=list(turn.unsupported), model_answer=turn.model_answer, status=turn.status,
+                      done=True)
+
+
+def conversation_messages(conversation: Conversation) -> list[dict]:
+    """The chatbot's messages for a saved conversation, as they were shown when it was live."""
+    messages = []
+    for turn in conversation.turns:
+        messages.append({"role": "user", "content": html.escape(turn.question)})
+        messages += answer_messages(stored_answer(turn))
+    return messages
+
+
+def export_file(conversation: Conversation, kind: str) -> str:
+    """The conversation written to a fresh temporary file named after its title, for the download."""
+    name = re.sub(r"[^\w-]+", "-", conversation.title).strip("-")[:60] or "conversation"
+    folder = Path(tempfile.mkdtemp(prefix="chatapp-export-"))  # one per export: two users never share a file
+    path = folder / f"{name}.{kind}"
+    path.write_text(conversation.export(kind), encoding="utf-8")
+    return str(path)
+
+
+def build_chat_tab(settings: Settings, registry, store, conversations: Conversations | None = None) -> dict:
+    """Build the Chat tab's components inside the caller's `gr.Tab`; returns them by name. Conversations are
+    saved in `conversations` (default: settings.conversations_db)."""
+    conversations = conversations or Conversations(settings.conversations_db)
     info = gr.Markdown(lambda: model_line(registry), elem_id="model-info")
     # The model loads in the background after the page is up: the line follows it, then the timer stops.
     model_timer = gr.Timer(1.0, active=registry.base is None)
+    current = gr.State(None)  # the id of the conversation this page shows; None until its first turn is saved
     with gr.Row():
+        with gr.Column(scale=1, min_width=280):
+            new_chat = gr.Button("New chat", elem_id="new-chat")
+            listed = gr.Radio(choices=[], value=None, label="Conversations (newest first)", elem_id="conversations")
+            with gr.Accordion("This conversation", open=False, elem_id="conv-tools"):
+                title = gr.Textbox(label="Title", elem_id="conv-title", max_lines=1)
+                with gr.Row():
+                    rename = gr.Button("Rename", elem_id="conv-rename", size="sm")
+                    delete = gr.Button("Delete", elem_id="conv-delete", size="sm", variant="stop")
+                with gr.Row():
+                    export_md_button = gr.Button("Export Markdown", elem_id="conv-export-md", size="sm")
+                    export_json_button = gr.Button("Export JSON", elem_id="conv-export-json", size="sm")
+                exported = gr.File(label="Download", elem_id="conv-export", interactive=False)
         with gr.Column(scale=3):
             chatbot = gr.Chatbot(elem_id="chatbot", label="Chat", height=480, sanitize_html=True, buttons=["copy"])
             with gr.Row():
@@ -134,7 +186,6 @@ def build_chat_tab(settings: Settings, registry, store) -> dict:
                     elem_id="chat-input", placeholder="Ask about your documents…", show_label=False, scale=5, lines=1
                 )
                 send = gr.Button("Send", elem_id="chat-send", variant="primary", scale=1)
-                clear = gr.Button("Clear", elem_id="clear", scale=1)
             sources = gr.HTML(EMPTY_SOURCES, elem_id="sources")
         with gr.Column(scale=1):
             variant = gr.Dropdown(choices=registry.variants(), value=BASE, label="Variant", elem_id="variant")
@@ -147,45 +198,141 @@ def build_chat_tab(settings: Settings, registry, store) -> dict:
                 top_k = gr.Slider(1, 200, value=defaults.top_k, step=1, label="Top-k", elem_id="top-k")
                 top_p = gr.Slider(0.05, 1.0, value=defaults.top_p, step=0.05, label="Top-p", elem_id="top-p")
 
-    def refresh_variants(current):
+    def refresh_variants(current_variant):
         choices = registry.variants()  # rescans the adapters folder: new adapters need no restart
-        return gr.Dropdown(choices=choices, value=current if current in choices else BASE)
+        return gr.Dropdown(choices=choices, value=current_variant if current_variant in choices else BASE)
 
-    def respond(message, history, variant_name, style_name, max_new, sample, temp, k_top, p_top):
+    def conversation_list(user: str, selected: str | None) -> gr.Radio:
+        return gr.Radio(choices=[(s.title, s.id) for s in conversations.list(user)], value=selected)
+
+    def save_turn(conversation_id: str | None, final: rag.Answer, variant_name: str, style_name: str,
+                  user: str) -> str | None:
+        """Store the finished turn; returns the conversation's id (a new one for a first turn, or when the
+        conversation was deleted meanwhile, from another tab)."""
+        turn = Turn.from_answer(final, variant_name, style_name)
+        try:
+            try:
+                if conversation_id is None:
+                    raise KeyError("no conversation yet")
+                conversations.append_turn(conversation_id, turn, user)
+            except KeyError:
+                conversation_id = conversations.create(user)
+                conversations.append_turn(conversation_id, turn, user)
+        except sqlite3.Error as exc:  # a full disk, a broken file: the answer stays on the page
+            log.exception("saving the turn failed")
+            gr.Warning(f"This answer was not saved: {exc}")
+        return conversation_id
+
+    def respond(message, history, conversation_id, variant_name, style_name, max_new, sample, temp, k_top, p_top,
+                request: gr.Request):
         history = list(history or [])
         message = (message or "").strip()
+        keep = (gr.skip(),) * 3  # the conversation's id, list and title change only once the turn is saved
         if not message:
-            yield history, gr.skip(), gr.skip(), gr.skip()
+            yield history, gr.skip(), gr.skip(), gr.skip(), *keep
             return
         generation = GenerationSettings(int(max_new), bool(sample), float(temp), int(k_top), float(p_top))
         # The chatbot holds escaped text; the model and the retriever get it back as typed.
         prior = [{**turn, "content": html.unescape(turn["content"])} for turn in rag.text_history(history)]
         history.append({"role": "user", "content": html.escape(message)})
-        yield history, "", PENDING_SOURCES, gr.skip()
+        yield history, "", PENDING_SOURCES, gr.skip(), *keep
         try:
             latest = None
             for latest in rag.answer(
                 message, prior, store=store, registry=registry, variant=variant_name or BASE,
                 style=style_name or "cot", generation=generation, settings=settings,
             ):
-                yield history + answer_messages(latest), "", sources_html(latest, store) if latest.done else gr.skip(), gr.skip()
-            yield history + answer_messages(latest), "", sources_html(latest, store), model_line(registry)
+                yield history + answer_messages(latest), "", sources_html(latest, store) if latest.done else gr.skip(), gr.skip(), *keep
         except (KeyError, ValueError) as exc:  # an adapter deleted meanwhile, a bad setting
             raise gr.Error(str(exc).strip("'\""), print_exception=False) from None
         except Exception as exc:
             log.exception("answering failed")
             raise gr.Error(f"answering failed: {exc}", print_exception=False) from None
+        # Saved before the page shows the answer as finished: what the page confirms is on disk.
+        user = user_of(request)
+        conversation_id = save_turn(conversation_id, latest, variant_name or BASE, style_name or "cot", user)
+        saved_title = conversations.get(conversation_id, user).title if conversation_id else gr.skip()
+        yield (history + answer_messages(latest), "", sources_html(latest, store), model_line(registry),
+               conversation_id, conversation_list(user, conversation_id), saved_title)
 
-    inputs = [question, chatbot, variant, style, max_new_tokens, do_sample, temperature, top_k, top_p]
-    outputs = [chatbot, question, sources, info]
+    def open_conversation(conversation_id, request: gr.Request):
+        if not conversation_id:
+            return gr.skip(), gr.skip(), gr.skip(), gr.skip(), gr.skip()
+        try:
+            conversation = conversations.get(conversation_id, user_of(request))
+        except KeyError:  # deleted from another tab
+            gr.Warning("That conversation no longer exists.")
+            return gr.skip(), gr.skip(), None, conversation_list(user_of(request), None), ""
+        last = stored_answer(conversation.turns[-1]) if conversation.turns else None
+        return conversation_messages(conversation), sources_html(last, store), conversation.id, gr.skip(), conversation.title
+
+    def list_on_load(request: gr.Request):
+        return conversation_list(user_of(request), None)
+
+    def start_new(request: gr.Request):
+        return [], EMPTY_SOURCES, "", None, conversation_list(user_of(request), None), "", None
+
+    def rename_conversation(conversation_id, new_title, request: gr.Request):
+        user = user_of(request)
+        if not conversation_id:
+            gr.Warning("Ask a question first: a conversation is saved with its first answer.")
+            return gr.skip(), gr.skip()
+        try:
+            conversations.rename(conversation_id, new_title or "", user)
+        except ValueError as exc:
+            gr.Warning(str(exc))
+            return gr.skip(), gr.skip()
+        except KeyError:
+            gr.Warning("That conversation no longer exists.")
+            return conversation_list(user, None), gr.skip()
+        return conversation_list(user, conversation_id), conversations.get(conversation_id, user).title
+
+    def delete_conversation(conversation_id, request: gr.Request):
+        if conversation_id:
+            try:
+                conversations.delete(conversation_id, user_of(request))
+            except KeyError:
+                pass  # already gone (another tab): the page ends up the same
+        return start_new(request)
+
+    def export(conversation_id, kind: str, request: gr.Request):
+        if not conversation_id:
+            gr.Warning("Ask a question first: a conversation is saved with its first answer.")
+            return None
+        try:
+            return export_file(conversations.get(conversation_id, user_of(request)), kind)
+        except KeyError:
+            gr.Warning("That conversation no longer exists.")
+            return None
+
+    def export_markdown(conversation_id, request: gr.Request):
+        return export(conversation_id, "md", request)
+
+    def export_json(conversation_id, request: gr.Request):
+        return export(conversation_id, "json", request)
+
+    inputs = [question, chatbot, current, variant, style, max_new_tokens, do_sample, temperature, top_k, top_p]
+    outputs = [chatbot, question, sources, info, current, listed, title]
     for trigger in (send.click, question.submit):
         trigger(respond, inputs, outputs, concurrency_limit=1, concurrency_id="generation")
-    clear.click(lambda: ([], EMPTY_SOURCES, ""), None, [chatbot, sources, question], queue=False)
+    # Conversation events skip the queue: opening or listing one never waits behind a generation.
+    fresh = [chatbot, sources, question, current, listed, title, exported]
+    new_chat.click(start_new, None, fresh, queue=False)
+    chatbot.clear(start_new, None, fresh, queue=False)  # the chatbot's own bin: the next question starts a new one
+    listed.input(open_conversation, listed, [chatbot, sources, current, listed, title], queue=False)
+    rename.click(rename_conversation, [current, title], [listed, title], queue=False)
+    title.submit(rename_conversation, [current, title], [listed, title], queue=False)
+    delete.click(delete_conversation, current, fresh, queue=False)
+    export_md_button.click(export_markdown, current, exported, queue=False)
+    export_json_button.click(export_json, current, exported, queue=False)
+    # On every page load (a reload, a restart) the list is read again from the database.
+    gr.on(None, list_on_load, None, listed, queue=False)
     variant.focus(refresh_variants, variant, variant, queue=False)
     model_timer.tick(lambda: (model_line(registry), gr.Timer(active=registry.base is None)), None, [info, model_timer],
                      queue=False, show_progress="hidden")
 
     return {
-        "chatbot": chatbot, "question": question, "send": send, "clear": clear, "sources": sources,
+        "chatbot": chatbot, "question": question, "send": send, "new_chat": new_chat, "sources": sources,
         "variant": variant, "style": style, "info": info, "refresh_variants": refresh_variants,
+        "conversations": listed, "current": current, "title": title, "exported": exported,
     }

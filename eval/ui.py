@@ -171,8 +171,11 @@ def build_arena_tab(settings, registry, store: ArenaStore | None = None, generat
                "Which answer is better? Vote to see which variant wrote each.", gr.update(interactive=True),
                *[gr.update(interactive=True)] * len(vote_buttons))
 
-    go.click(run_battle, [prompt, use_rag], [battle_state, answer_a, answer_b, info, reveal, go, *vote_buttons])
-    prompt.submit(run_battle, [prompt, use_rag], [battle_state, answer_a, answer_b, info, reveal, go, *vote_buttons])
+    # Named API endpoints (Gradio's "Use via API"): scripts and bench/soak.py battle and vote as the page does.
+    go.click(run_battle, [prompt, use_rag], [battle_state, answer_a, answer_b, info, reveal, go, *vote_buttons],
+             api_name="battle")
+    prompt.submit(run_battle, [prompt, use_rag], [battle_state, answer_a, answer_b, info, reveal, go, *vote_buttons],
+                  api_name=False)
 
     def make_vote(winner: str):
         def vote(battle):
@@ -194,9 +197,9 @@ def build_arena_tab(settings, registry, store: ArenaStore | None = None, generat
             return (battle, message, *locked, leaderboard_rows(store), _win_plot(store), train_hint(store))
         return vote
 
-    for button, winner in zip(vote_buttons, VOTES.values()):
+    for button, winner, elem_id in zip(vote_buttons, VOTES.values(), VOTE_IDS):
         button.click(make_vote(winner), [battle_state], [battle_state, reveal, *vote_buttons, board, plot, hint],
-                     concurrency_limit=None)  # SQLite serialises writers; votes need not queue behind generation
+                     concurrency_limit=None, api_name=elem_id.replace("-", "_"))  # SQLite serialises writers; votes need not queue behind generation
     refresh.click(lambda: (leaderboard_rows(store), _win_plot(store), intro(), train_hint(store)), None,
                   [board, plot, info, hint])
     return {"prompt": prompt, "go": go, "answer_a": answer_a, "answer_b": answer_b, "votes": vote_buttons,

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import torch
 
-from chatapp.model import base_folder
+from chatapp.model import base_folder, check_safetensors
 from chatapp.settings import Settings
 
 
@@ -19,6 +19,7 @@ def merge(name: str, out: str | Path, dtype: str = "bfloat16", settings: Setting
     adapter = Path(settings.adapters_dir) / name
     if not (adapter / "adapter_config.json").is_file():
         raise FileNotFoundError(f"no adapter '{name}' in {settings.adapters_dir}")
+    check_safetensors(name, adapter)
     if PeftConfig.from_pretrained(adapter).is_prompt_learning:
         raise ValueError(f"'{name}' is a prompt-tuning adapter: a soft prompt has no weights to merge into the base")
     out = Path(out)

@@ -155,6 +155,7 @@ def train_preference(config: FinetuneConfig, args, callbacks: list | tuple = (),
         held_out = _held_out_metrics(trainer.evaluate()) if has_eval else {}
         peak, peak_kind = _peak_memory_mb(str(args.device))
         partial = target.with_name(f".{target.name}.partial")
+        shutil.rmtree(partial, ignore_errors=True)  # what a killed run left there
         trainer.save_model(str(partial))
         if not main:
             return target

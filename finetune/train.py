@@ -18,7 +18,10 @@ from dataclasses import asdict
 from pathlib import Path
 
 import torch
-from transformers import AutoModelForCausalLM, BitsAndBytesConfig, TrainerCallback
+from peft import load_peft_weights, set_peft_model_state_dict
+from transformers import AutoModelForCausalLM, BitsAndBytesConfig, TrainerCallback, TrainerState
+from transformers.trainer import TRAINER_STATE_NAME
+from transformers.trainer_utils import TrainOutput, get_last_checkpoint
 
 from chatapp.model import base_folder, load_base, quantization_config
 from finetune.config import FinetuneConfig, TrainConfig, resolve_epochs, training_arguments
@@ -282,6 +285,18 @@ def _final_metrics(state) -> dict:
     return metrics
 
 
+def finished_checkpoint(args, resume) -> Path | None:
+    """The checkpoint being resumed from, if it already holds every step the run asks for."""
+    if not resume:
+        return None
+    folder = get_last_checkpoint(args.output_dir) if resume is True else resume
+    if not folder or not (Path(folder) / TRAINER_STATE_NAME).is_file():
+        return None
+    state = TrainerState.load_from_json(str(Path(folder) / TRAINER_STATE_NAME))
+    wanted = args.max_steps if args.max_steps and args.max_steps > 0 else state.max_steps
+    return Path(folder) if state.global_step >= wanted else None
+
+
 def run_trainer(trainer, args, cancel: threading.Event | None, name: str):
     """trainer.train() with `--resume_from_checkpoint true|last|latest` meaning the newest checkpoint;
     (result, seconds). A cancelled run raises Cancelled, and saves nothing."""
@@ -291,6 +306,14 @@ def run_trainer(trainer, args, cancel: threading.Event | None, name: str):
     started = time.perf_counter()
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()
+    done = finished_checkpoint(args, resume)
+    if done is not None:
+        # The run was killed after its last step (while saving the adapter). Trainer.train() resumed there
+        # runs one step past max_steps (transformers 5.24), so the finished weights are loaded instead.
+        set_peft_model_state_dict(trainer.model, load_peft_weights(str(done)))
+        trainer.state = TrainerState.load_from_json(str(done / TRAINER_STATE_NAME))
+        _say(f"resumed from {done.name}: the run had finished training; saving its adapter")
+        return TrainOutput(trainer.state.global_step, 0.0, {}), time.perf_counter() - started
     result = trainer.train(resume_from_checkpoint=resume or None)
     seconds = time.perf_counter() - started
     if cancel is not None and cancel.is_set():
@@ -349,6 +372,7 @@ def train(config: FinetuneConfig, args: TrainConfig | None = None, callbacks: li
         peak, peak_kind = _peak_memory_mb(device)
         tokens = next((e["num_tokens"] for e in reversed(trainer.state.log_history) if "num_tokens" in e), None)
         partial = target.with_name(f".{target.name}.partial")  # the same on every rank: FSDP saves collectively
+        shutil.rmtree(partial, ignore_errors=True)  # what a killed run left there
         trainer.save_model(str(partial))  # PEFT format; gathers shards under FSDP
         if not main:
             return target

@@ -15,6 +15,7 @@ import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from chatapp.access import inside_data_folder
 from chatapp.settings import Settings
 
 METHOD_CHOICES = ["lora", "qlora", "prompt-tuning", "dpo", "orpo"]
@@ -89,6 +90,8 @@ class Trainer:
             if not data and not from_arena:
                 raise ValueError("choose or upload a dataset first" + (", or tick 'From arena votes'"
                                                                        if method in PREFERENCE_METHODS else ""))
+            if not from_arena:
+                data = str(inside_data_folder(data, self.settings.data_dir))
             config = FinetuneConfig(data=None if from_arena else str(data), name=(name or "").strip(), method=method,
                                     lora_r=int(lora_r), template_vars=template_vars or None,
                                     data_dir=str(self.settings.data_dir), base=self.settings.base_model,
@@ -186,7 +189,7 @@ def build_finetune_tab(settings: Settings, registry=None):
         with gr.Column():
             upload = gr.File(label="Upload a dataset", file_types=list(DATA_SUFFIXES), elem_id="ft-upload")
             data = gr.Dropdown(label="Dataset", choices=dataset_choices(settings), allow_custom_value=True,
-                               elem_id="ft-data", info="an uploaded file, or a path on the server")
+                               elem_id="ft-data", info="an uploaded file, or a file inside the data folder")
             name = gr.Textbox(label="Adapter name", placeholder="my-task", elem_id="ft-name")
             method = gr.Radio(METHOD_CHOICES, value=default_method, label="Method", elem_id="ft-method",
                               info="qlora: 4-bit base + LoRA (GPU); lora: full-precision base; prompt-tuning: soft "

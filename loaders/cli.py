@@ -29,14 +29,14 @@ CHATAPP_QDRANT_URL, CHATAPP_COLLECTION, CHATAPP_EMBEDDING_MODEL, CHATAPP_CHUNK_S
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m loaders", epilog=EPILOG,
                                 formatter_class=argparse.RawDescriptionHelpFormatter,
-                                description="Load documents (PDF, HTML, JSON/JSONL, YouTube transcripts, text) "
+                                description="Load documents (PDF with OCR, HTML, DOCX, PPTX, XLSX, CSV, EPUB, JSON/JSONL, transcripts, text) "
                                             "into the Qdrant store, and search them.")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
     ingest = sub.add_parser("ingest", help="load, split, embed and store files, folders or URLs",
                             description="Load, split, embed and store each source. Folders are walked. "
                                         "One summary line per source; exit 1 if any source failed.")
     ingest.add_argument("sources", nargs="+", metavar="PATH_OR_URL")
-    ingest.add_argument("--jq", help="jq expression choosing the text of JSON/JSONL sources (LangChain JSONLoader)")
+    ingest.add_argument("--jq", help="jq expression choosing the text of JSON/JSONL sources (the jq library; each result is one Document)")
     ingest.add_argument("--json", action="store_true", help="one JSON object per source on stdout")
     search = sub.add_parser("search", help="the chunks closest to each query",
                             description="Search the store. With --json: one line per query, "
@@ -139,7 +139,10 @@ def cmd_search(store, settings, args) -> int:
         if args.json:
             print(json.dumps({"query": query, "hits": [
                 {"text": doc.page_content, "source": doc.metadata.get("source"), "page": doc.metadata.get("page"),
-                 "score": round(float(score), 4)} for doc, score in hits]}, ensure_ascii=False))
+                 "score": round(float(score), 4),
+                 # a sheet/row, slide, chapter or heading path, for the formats that have one
+                 **({"location": doc.metadata["location"]} if doc.metadata.get("location") else {})}
+                for doc, score in hits]}, ensure_ascii=False))
             continue
         print(f"# {query}")
         if not hits:

@@ -2,23 +2,29 @@
 
 Every Document carries: source (file name or URL: the key that replace and delete use), kind, title,
 sha256 of the source's bytes, and where the format has one: page (PDF, from 1), start/end (seconds,
-transcripts) or record (JSON/JSONL, from 0). A source that cannot be read raises LoadError, whose
+transcripts), record (JSON/JSONL, from 0), and for the formats of loaders.formats a `location` in words
+("Sheet1, row 12", "slide 3") and a `section` (heading path). A source that cannot be read raises LoadError, whose
 message is one line naming the source and saying why; nothing is returned for it.
 """
 from __future__ import annotations
 
 import hashlib
 import html as htmllib
+import itertools
 import json
+import os
 import re
+import sys
 import threading
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import Callable, Iterable, Iterator
 from urllib.parse import parse_qs, urlparse
 
 from langchain_core.documents import Document
+
+from loaders import ocr
 
 KINDS = {
     ".pdf": "pdf",
@@ -26,9 +32,16 @@ KINDS = {
     ".json": "json", ".jsonl": "jsonl", ".ndjson": "jsonl",
     ".vtt": "transcript", ".srt": "transcript", ".xml": "transcript",
     ".txt": "text", ".md": "markdown", ".markdown": "markdown",
+    ".docx": "docx", ".pptx": "pptx", ".xlsx": "xlsx", ".xlsm": "xlsx", ".csv": "csv", ".tsv": "csv",
+    ".epub": "epub",
 }
 SUPPORTED = sorted(KINDS)
+MAX_NAME = 200  # characters of a source's name; file systems allow 255 bytes, and it is shown in every citation
+DEFAULT_MAX_SOURCE_MB = 64  # of text from one source; see max_source_chars
+JSONL_MAX_LINE = 16 * 2**20  # bytes of one JSONL record: a "line" longer than this is no record
+PDF_PROGRESS_PAGES = 50  # a text page takes ~15 ms: say so every 50 of them, and after every page read by OCR
 URL_TIMEOUT_S = 15  # the issue allows 20 s for a URL with no network; leave room for the rest
+Progress = Callable[[float, str], None]  # (fraction of this source read, message)
 TRANSCRIPT_PASSAGE_CHARS = 600  # cues are a few words each: group them into passages of ~30 s of speech
 
 
@@ -44,19 +57,35 @@ def is_url(source: str | Path) -> bool:
     return isinstance(source, str) and source.split("://", 1)[0].lower() in ("http", "https")
 
 
+def printable(text: str) -> str:
+    """`text` with control characters (NUL, newlines, escape sequences) shown as '?': it goes into one-line
+    messages, logs and the store's payloads."""
+    return "".join(ch if ch.isprintable() else "?" for ch in text)
+
+
 def source_key(source: str | Path) -> str:
-    """The name a source is stored under: a URL as given, a file by its name (as the issue asks)."""
-    return str(source).strip() if is_url(source) else Path(source).name
+    """The name a source is stored under: a URL as given, a file by its name alone (no folders, so no '../'),
+    control characters shown as '?', and at most MAX_NAME characters (the suffix kept)."""
+    if is_url(source):
+        return printable(str(source).strip())
+    name = printable(Path(source).name)
+    if len(name) > MAX_NAME:
+        suffix = Path(name).suffix if len(Path(name).suffix) < 16 else ""
+        name = name[: MAX_NAME - len(suffix) - 1] + "…" + suffix
+    return name
 
 
-def place(metadata: dict, *, page: str, start: Callable[[float], str]) -> str:
-    """Where a stored chunk is, for people: its source, then `page` formatted with its PDF page, or for a
-    transcript passage `start(seconds)`. The wording is the caller's (the CLI and the tab word it differently)."""
+def place(metadata: dict, *, page: str, start: Callable[[float], str], other: str = ", {}") -> str:
+    """Where a stored chunk is, for people: its source, then `page` formatted with its PDF page, for a
+    transcript passage `start(seconds)`, or `other` formatted with the reader's `location` ("Sheet1, row 12",
+    "slide 3"). The wording is the caller's (the CLI and the tab word it differently)."""
     where = metadata.get("source", "?")
     if metadata.get("page"):
         return where + page.format(metadata["page"])
     if metadata.get("start") is not None:
         return where + start(metadata["start"])
+    if metadata.get("location"):
+        return where + other.format(metadata["location"])
     return where
 
 
@@ -68,7 +97,7 @@ def expand(sources: Iterable[str | Path]) -> list[str | Path]:
             out.append(str(source).strip())
             continue
         path = Path(source).expanduser()
-        if path.is_dir():
+        if _is_dir(path):
             for child in sorted(path.rglob("*")):
                 rel = child.relative_to(path).parts
                 if child.is_file() and not any(p.startswith(".") for p in rel) and child.suffix.lower() in KINDS:
@@ -78,49 +107,144 @@ def expand(sources: Iterable[str | Path]) -> list[str | Path]:
     return out
 
 
-def load(source: str | Path, *, jq: str | None = None) -> list[Document]:
-    """Load one file, folder or URL into Documents (a folder: all its supported files)."""
-    if not is_url(source) and Path(source).expanduser().is_dir():
-        return [doc for item in expand([source]) for doc in load(item, jq=jq)]
+def _is_dir(path: Path) -> bool:
+    try:
+        return path.is_dir()
+    except OSError:  # a name too long for the file system is no folder; load() gives it its one-line reason
+        return False
+
+
+def load(source: str | Path, *, jq: str | None = None, progress: Progress | None = None) -> list[Document]:
+    """Load one file, folder or URL into Documents (a folder: all its supported files). `progress(fraction,
+    message)` hears about long reads: a PDF's pages, and each page read by OCR."""
+    if not is_url(source) and _is_dir(Path(source).expanduser()):
+        return [doc for item in expand([source]) for doc in load(item, jq=jq, progress=progress)]
     if is_url(source):
         return _load_url(str(source).strip(), jq=jq)
     path = Path(source).expanduser()
-    name = path.name
-    if not path.exists():
-        raise LoadError(str(source), "no such file or folder")
+    name = source_key(path)
+    try:
+        if not path.exists():  # also a name with a NUL byte, which no file system holds
+            raise LoadError(printable(str(source)), "no such file or folder")
+    except OSError as err:  # a name longer than the file system allows
+        raise LoadError(name, f"cannot read: {err.strerror or err}") from None
     kind = KINDS.get(path.suffix.lower())
     if kind is None:
-        raise LoadError(name, f"unsupported file type '{path.suffix or '(none)'}' (supported: {' '.join(SUPPORTED)})")
+        raise LoadError(name, f"unsupported file type '{printable(path.suffix) or '(none)'}' (supported: {' '.join(SUPPORTED)})")
+    return _read(path, name, kind=kind, suffix=path.suffix.lower(), jq=jq, progress=progress)
+
+
+def load_bytes(data: bytes, name: str, *, kind: str, suffix: str = "", jq: str | None = None) -> list[Document]:
+    """Load a source whose bytes are already in hand (an upload, a fetched URL): read from a temporary copy,
+    so it gets the same memory ceiling as a file."""
+    import tempfile
+
+    name = name if is_url(name) else source_key(name)
+    with tempfile.NamedTemporaryFile(suffix=".source") as tmp:
+        tmp.write(data)
+        tmp.flush()
+        return _read(Path(tmp.name), name, kind=kind, suffix=suffix, jq=jq)
+
+
+def _read(path: Path, name: str, *, kind: str, suffix: str, jq: str | None,
+          progress: Progress | None = None) -> list[Document]:
+    """read_file in the reader child (loaders.reader), whose memory is capped; in this process when the cap is 0."""
+    from loaders import reader  # it imports this module in its child
+
+    limit = reader.memory_mb()
+    if not limit:
+        return read_file(path, name, kind=kind, suffix=suffix, jq=jq, progress=progress)
+    try:
+        reply = reader.READER.run({"path": str(path), "name": name, "kind": kind, "suffix": suffix, "jq": jq},
+                                  progress)
+    except reader.ReaderDied:
+        reply = {"memory": True}
+    if reply.get("memory"):
+        raise LoadError(name, f"reading it needs more than {limit} MB of memory (a decompression bomb?); "
+                              "CHATAPP_READ_MEMORY_MB sets the limit")
+    if "error" in reply:
+        raise LoadError(name, reply["error"])
+    return [Document(page_content=text, metadata=metadata) for text, metadata in reply["docs"]]
+
+
+def max_source_chars() -> int:
+    """The most text one source may give (CHATAPP_MAX_SOURCE_MB, default 64): ~64k chunks, a quarter of an hour
+    of embedding on two cores. It bounds the memory an ingest holds for one source."""
+    return int(float(os.environ.get("CHATAPP_MAX_SOURCE_MB", DEFAULT_MAX_SOURCE_MB)) * 2**20)
+
+
+def _too_much_text(name: str) -> LoadError:
+    return LoadError(name, f"more than {max_source_chars() / 2**20:g} MB of text: split it into smaller files, "
+                           "or raise CHATAPP_MAX_SOURCE_MB")
+
+
+def read_file(path: Path, name: str, *, kind: str, suffix: str = "", jq: str | None = None,
+              progress: Progress | None = None) -> list[Document]:
+    """Read a file's Documents in this process (the reader child runs this). JSONL is streamed a line at a
+    time; other formats need their whole file (a PDF's cross-reference table is at its end, a DOCX is a zip)."""
+    if kind == "jsonl":
+        return _jsonl(path, name, jq=jq)
     try:
         data = path.read_bytes()
     except OSError as err:
         raise LoadError(name, f"cannot read: {err.strerror or err}") from None
-    return load_bytes(data, name, kind=kind, suffix=path.suffix.lower(), jq=jq)
+    return parse(data, name, kind=kind, suffix=suffix, jq=jq, progress=progress)
 
 
-def load_bytes(data: bytes, name: str, *, kind: str, suffix: str = "", jq: str | None = None) -> list[Document]:
-    """Load a source whose bytes are already in hand (a file, an upload, a fetched URL)."""
+def parse(data: bytes, name: str, *, kind: str, suffix: str = "", jq: str | None = None,
+          progress: Progress | None = None) -> list[Document]:
+    """Documents from a source's bytes, in this process."""
     if not data.strip():
         raise LoadError(name, "empty file")
     base = {"source": name, "kind": kind, "sha256": hashlib.sha256(data).hexdigest()}
-    try:
+    # Here, not at the top: the office/e-book parsers cost ~0.3 s of import that most starts never need.
+    from loaders import formats
+
+    def read() -> list[Document]:
         if kind == "pdf":
-            docs = _pdf(data, name, base)
-        elif kind == "html":
-            docs = _html(data, name, base)
-        elif kind in ("json", "jsonl"):
-            docs = _json(data, name, base, lines=kind == "jsonl", jq=jq)
-        elif kind == "transcript":
-            docs = _transcript_file(data, name, base, suffix)
-        else:
-            docs = _text(data, name, base)
-    except LoadError:
+            return _pdf(data, name, base, progress)
+        if kind == "html":
+            return _html(data, name, base)
+        if kind == "json":
+            return _json(data, name, base, jq=jq)
+        if kind == "jsonl":
+            return _json_lines(data.splitlines(keepends=True), name, base, jq=jq)
+        if kind == "transcript":
+            return _transcript_file(data, name, base, suffix)
+        if kind == "docx":
+            return list(formats.docx_sections(data, name, base))
+        if kind == "pptx":
+            return list(formats.pptx_slides(data, name, base))
+        if kind == "xlsx":
+            return list(formats.xlsx(data, name, base))
+        if kind == "csv":
+            return list(formats.csv_rows(data, name, base, _decode))
+        if kind == "epub":
+            return list(formats.epub_chapters(data, name, base, _html))
+        return _text(data, name, base)
+
+    docs = _guarded(name, kind, read)
+    return _kept(docs, name)
+
+
+def _guarded(name: str, kind: str, read: Callable[[], list[Document]]) -> list[Document]:
+    """read(), with any library's error turned into a one-line LoadError (MemoryError is the reader's to report)."""
+    try:
+        return read()
+    except (LoadError, MemoryError):
         raise
+    except RecursionError:
+        raise LoadError(name, f"nested too deeply to read (more than ~{sys.getrecursionlimit()} levels)") from None
     except Exception as err:  # a library's own error for a damaged file: keep its words, drop the traceback
         raise LoadError(name, f"cannot read {kind}: {type(err).__name__}: {err}") from None
+
+
+def _kept(docs: list[Document], name: str) -> list[Document]:
     docs = [d for d in docs if d.page_content.strip()]
     if not docs:
         raise LoadError(name, "no text found")
+    if sum(len(d.page_content) for d in docs) > max_source_chars():
+        raise _too_much_text(name)
     return docs
 
 
@@ -150,7 +274,7 @@ PDFIUM_LOCK = threading.Lock()  # PDFium is not thread-safe, not even across doc
 _PDFIUM_TEXT = str.maketrans({"\r": None, "\x02": "-", "\ufffe": "-"})  # CRLF lines; hyphens at line ends
 
 
-def _pdf(data: bytes, name: str, base: dict) -> list[Document]:
+def _pdf(data: bytes, name: str, base: dict, progress: Progress | None = None) -> list[Document]:
     # PDFium (pypdfium2) rather than pypdf: 0.22 s against 1.3 s for the 15-page corpus paper, cleaner
     # text (no ligature glyphs), and it recovers a damaged cross-reference table as viewers do.
     import pypdfium2 as pdfium
@@ -165,45 +289,54 @@ def _pdf(data: bytes, name: str, base: dict) -> list[Document]:
                 raise LoadError(name, "encrypted PDF (it needs a password); save an unencrypted copy and retry") from None
             reason = str(err).replace("Failed to load document ", "").strip(" .()")
             raise LoadError(name, f"truncated or corrupt PDF ({reason})") from None
-        try:
+    pages, ocr_failed = [], None
+    try:
+        with PDFIUM_LOCK:
             title = document.get_metadata_dict().get("Title") or Path(name).stem
-            pages = []
-            for page in document:
+            count = len(document)
+        for index in range(count):
+            # The lock is taken a page at a time and OCR runs outside it: the chat's page pictures
+            # (loaders.pages) need PDFium too, and tesseract takes seconds a page.
+            with PDFIUM_LOCK:
+                page = document[index]
                 text_page = page.get_textpage()
-                pages.append(text_page.get_text_range().translate(_PDFIUM_TEXT))
+                text = text_page.get_text_range().translate(_PDFIUM_TEXT)
                 text_page.close()
+                image = None
+                if not text.strip():  # no text layer: a scan
+                    try:
+                        image = ocr.page_image(page)
+                    except ocr.OCRError as err:
+                        ocr_failed = f"page {index + 1}: {err}"
                 page.close()
-        except pdfium.PdfiumError as err:
-            raise LoadError(name, f"truncated or corrupt PDF ({err})") from None
-        finally:
+            if image is not None:
+                try:
+                    text = ocr.read(image)
+                except ocr.OCRError as err:
+                    ocr_failed = f"page {index + 1}: {err}"
+            pages.append((text, image is not None))
+            if progress and (image is not None or (index + 1) % PDF_PROGRESS_PAGES == 0 or index + 1 == count):
+                progress((index + 1) / count, f"reading {name}: page {index + 1}/{count}"
+                                              + (" by OCR" if image is not None else ""))
+    except pdfium.PdfiumError as err:
+        raise LoadError(name, f"truncated or corrupt PDF ({err})") from None
+    finally:
+        with PDFIUM_LOCK:
             document.close()  # here, under the lock, rather than by a finaliser in some other thread
-    if not any(text.strip() for text in pages):
-        raise LoadError(name, "PDF has no extractable text (scanned images need OCR first)")
-    return [Document(page_content=text, metadata={**base, "title": str(title).strip(), "page": number})
-            for number, text in enumerate(pages, start=1) if text.strip()]
-
-
-_INLINE_TAG = re.compile(r"</?(?:sup|sub|small|mark|ins|del|u)>")
-_MARKDOWN_ESCAPE = re.compile(r"\\([\\`*_{}\[\]()#+\-.!|<>])")
+    if not any(text.strip() for text, _ in pages):
+        if ocr_failed:
+            raise LoadError(name, f"PDF has no text layer and OCR failed: {ocr_failed}")
+        raise LoadError(name, "PDF has no text, not even by OCR (blank pages?)")
+    return [Document(page_content=text, metadata={**base, "title": str(title).strip(), "page": number,
+                                                  **({"ocr": True} if by_ocr else {})})
+            for number, (text, by_ocr) in enumerate(pages, start=1) if text.strip()]
 
 
 def _html(data: bytes, name: str, base: dict) -> list[Document]:
-    import trafilatura
+    from loaders.html import extract  # trafilatura and readability load only when a page does
 
-    # Markdown keeps headings, lists and tables visible in the text; favor_recall measured best
-    # against Readability's article-only references (bench/results/ingest.md).
-    text = trafilatura.extract(data, output_format="markdown", include_tables=True, include_comments=False,
-                               include_links=False, include_images=False, favor_recall=True)
-    if text:
-        # trafilatura's Markdown leaves <sup>/<sub> tags and backslash escapes ("\\[edit\\]") in the text;
-        # they are noise to the embedder and to a reader of the plain-text passage.
-        text = _MARKDOWN_ESCAPE.sub(r"\1", _INLINE_TAG.sub("", text))
-    if not text or not text.strip():
-        # A tiny page with no "article" (trafilatura needs some body): keep its visible text.
-        text = trafilatura.html2txt(data)
-    meta = trafilatura.extract_metadata(data)
-    title = (meta.title if meta and meta.title else None) or Path(name).stem
-    return [Document(page_content=text, metadata={**base, "title": title})]
+    title, text = extract(data, name if is_url(name) else None, with_date=True)
+    return [Document(page_content=text, metadata={**base, "title": title or Path(name).stem})]
 
 
 def _decode(data: bytes, name: str) -> str:
@@ -216,10 +349,16 @@ def _decode(data: bytes, name: str) -> str:
 
 
 def _text(data: bytes, name: str, base: dict) -> list[Document]:
+    from loaders import formats  # here for start-up time, as in parse
+
     text = _decode(data, name)
-    heading = re.search(r"^#{1,6}\s+(.+)$", text, re.M) if base["kind"] == "markdown" else None
-    title = heading.group(1).strip() if heading else Path(name).stem
-    return [Document(page_content=text, metadata={**base, "title": title})]
+    if base["kind"] != "markdown":
+        return [Document(page_content=text, metadata={**base, "title": Path(name).stem})]
+    docs = formats.markdown_sections(text, base, Path(name).stem)
+    first = next((d.metadata["section"].split(" > ")[0] for d in docs if d.metadata.get("section")), None)
+    for doc in docs:  # the first heading names the document, as before
+        doc.metadata["title"] = first or Path(name).stem
+    return docs
 
 
 def _json_error(name: str, err: json.JSONDecodeError, line: int | None = None) -> LoadError:
@@ -249,59 +388,109 @@ def record_text(record, prefix: str = "") -> str:
     return "\n".join(lines)
 
 
-def _json(data: bytes, name: str, base: dict, *, lines: bool, jq: str | None) -> list[Document]:
-    text = _decode(data, name)
-    if lines:
-        records, numbers = [], []
-        for number, line in enumerate(text.splitlines(), start=1):
-            if line.strip():
-                try:
-                    records.append(json.loads(line))
-                except json.JSONDecodeError as err:
-                    raise _json_error(name, err, number) from None
-                numbers.append(number)
-    else:
+def _json(data: bytes, name: str, base: dict, *, jq: str | None) -> list[Document]:
+    program = _jq_program(name, jq) if jq else None
+    try:
+        parsed = json.loads(_decode(data, name))
+    except json.JSONDecodeError as err:
+        raise _json_error(name, err) from None
+    if program is not None:
+        return [Document(page_content=_jq_text(value), metadata={**base, "title": Path(name).stem, "record": index,
+                                                                  "jq": jq})
+                for index, value in enumerate(_jq_values(program, parsed, name, jq))] or _selected_nothing(name, jq)
+    records = parsed if isinstance(parsed, list) else [parsed]
+    return [_record(record, index, name, base) for index, record in enumerate(records)]
+
+
+def _json_lines(lines: Iterable[bytes], name: str, base: dict, *, jq: str | None) -> list[Document]:
+    """One Document a record (or, with `jq`, a selected value), a line at a time: the text is counted as it
+    grows, so an endless file stops at the CHATAPP_MAX_SOURCE_MB limit rather than at the end of memory."""
+    program = _jq_program(name, jq) if jq else None
+    docs: list[Document] = []
+    chars, records, limit = 0, 0, max_source_chars()
+    for number, raw in enumerate(lines, start=1):
+        line = _decode(raw, name)
+        if not line.strip():
+            continue
         try:
-            parsed = json.loads(text)
+            record = json.loads(line)
         except json.JSONDecodeError as err:
-            raise _json_error(name, err) from None
-        records = parsed if isinstance(parsed, list) else [parsed]
-    if jq:
-        return _json_jq(text, name, base, lines=lines, jq=jq)
-    docs = []
-    for index, record in enumerate(records):
-        title = record.get("title") if isinstance(record, dict) else None
-        docs.append(Document(page_content=record_text(record), metadata={
-            **base, "title": title if isinstance(title, str) and title.strip() else Path(name).stem,
-            "record": index}))
-    return docs
+            raise _json_error(name, err, number) from None
+        if program is not None:
+            new = [Document(page_content=_jq_text(value), metadata={
+                **base, "title": Path(name).stem, "record": len(docs) + i, "jq": jq})
+                for i, value in enumerate(_jq_values(program, record, name, jq))]
+        else:
+            new = [_record(record, records, name, base)]
+        records += 1
+        docs += new
+        chars += sum(len(d.page_content) for d in new)
+        if chars > limit:
+            raise _too_much_text(name)
+    if not records:
+        raise LoadError(name, "empty file")
+    return docs or _selected_nothing(name, jq)
 
 
-def _json_jq(text: str, name: str, base: dict, *, lines: bool, jq: str) -> list[Document]:
-    """The user's jq expression picks the text, through LangChain's JSONLoader."""
-    import tempfile
+def _jsonl(path: Path, name: str, *, jq: str | None) -> list[Document]:
+    """A JSONL file streamed: hashed in one pass (the hash goes in every Document), read in a second."""
+    digest = hashlib.sha256()
+    try:
+        with path.open("rb") as file:
+            for block in iter(lambda: file.read(2**20), b""):
+                digest.update(block)
+    except OSError as err:
+        raise LoadError(name, f"cannot read: {err.strerror or err}") from None
+    base = {"source": name, "kind": "jsonl", "sha256": digest.hexdigest()}
 
+    def lines() -> Iterator[bytes]:
+        with path.open("rb") as file:
+            for number in itertools.count(1):
+                line = file.readline(JSONL_MAX_LINE + 1)
+                if not line:
+                    return
+                if len(line) > JSONL_MAX_LINE:
+                    raise LoadError(name, f"line {number} is longer than {JSONL_MAX_LINE // 2**20} MB (not JSON Lines?)")
+                yield line
+
+    return _kept(_guarded(name, "jsonl", lambda: _json_lines(lines(), name, base, jq=jq)), name)
+
+
+def _record(record, index: int, name: str, base: dict) -> Document:
+    title = record.get("title") if isinstance(record, dict) else None
+    return Document(page_content=record_text(record), metadata={
+        **base, "title": title if isinstance(title, str) and title.strip() else Path(name).stem, "record": index})
+
+
+def _jq_program(name: str, jq: str):
+    """The user's jq expression, compiled by the jq library (the C jq's own parser)."""
     import jq as jqlib
-    from langchain_community.document_loaders import JSONLoader
 
     try:
-        jqlib.compile(jq)
+        return jqlib.compile(jq)
     except ValueError as err:
         raise LoadError(name, f"invalid jq expression {jq!r}: {str(err).splitlines()[0]}") from None
-    # JSONLoader reads a path; the bytes may come from an upload or a URL, so hand it a temporary copy.
-    with tempfile.NamedTemporaryFile("w", suffix=".json", encoding="utf-8", delete=False) as tmp:
-        tmp.write(text)
+
+
+def _jq_values(program, value, name: str, jq: str) -> list:
     try:
-        loaded = JSONLoader(tmp.name, jq_schema=jq, text_content=False, json_lines=lines).load()
+        return program.input_value(value).all()
     except ValueError as err:
         raise LoadError(name, f"jq expression {jq!r} failed: {str(err).splitlines()[0]}") from None
-    finally:
-        Path(tmp.name).unlink(missing_ok=True)
-    if not loaded:
-        raise LoadError(name, f"jq expression {jq!r} selected nothing")
-    return [Document(page_content=doc.page_content, metadata={
-        **base, "title": Path(name).stem, "record": doc.metadata.get("seq_num", i + 1) - 1, "jq": jq})
-        for i, doc in enumerate(loaded)]
+
+
+def _jq_text(value) -> str:
+    """A selected value as text, as LangChain's JSONLoader made it (text_content=False): strings as they are,
+    objects and arrays as JSON, null as nothing."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, (dict, list)):
+        return json.dumps(value) if value else ""
+    return "" if value is None else str(value)
+
+
+def _selected_nothing(name: str, jq: str | None):
+    raise LoadError(name, f"jq expression {jq!r} selected nothing")
 
 
 # --- transcripts -----------------------------------------------------------------------------------

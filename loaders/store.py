@@ -139,10 +139,18 @@ class DocumentStore:
 
     def _ingest(self, items: list, progress: Progress | None, jq: str | None) -> list[IngestResult]:
         results: list[IngestResult] = []
-        report = progress or (lambda fraction, message: None)
+        shown, showing = [0.0], threading.Lock()
+
+        def report(fraction: float, message: str) -> None:
+            # Reading runs a source ahead, on its own thread: its page and OCR messages keep the bar where it is.
+            with showing:
+                shown[0] = max(shown[0], fraction)
+                if progress:
+                    progress(shown[0], message)
 
         def read(item) -> list[Document]:
-            return split(load(item, jq=jq), self.chunk_size, self.chunk_overlap)
+            docs = load(item, jq=jq, progress=lambda fraction, message: report(0.0, message))
+            return split(docs, self.chunk_size, self.chunk_overlap)
 
         # Reading (PDF text, trafilatura) runs on one thread and leaves the other core idle, so the next
         # source is read while this one is embedded. One ahead at most: memory stays one source's worth.

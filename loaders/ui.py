@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import os
 
-from loaders.documents import SUPPORTED, place, source_key
+from loaders.documents import SUPPORTED, is_url, place, source_key
 
 COLUMNS = ["source", "kind", "title", "chunks"]
 
@@ -30,7 +30,13 @@ def ingest_uploads(store, settings, files, url: str | None, jq: str | None, prog
         else:
             paths.append(path)
     if url and url.strip():
-        paths.append(url.strip())
+        # Only web addresses: a server path typed here would let anyone with the page store (and then
+        # read back through search) any file the server can read.
+        if is_url(url.strip()):
+            paths.append(url.strip())
+        else:
+            lines.append(f"FAILED {url.strip()[:80]}: only web addresses (http:// or https://) go in this field; "
+                         "upload files instead")
     if not paths and not lines:
         return "Choose files or paste a URL first."
     results = store.ingest(paths, progress=progress, jq=(jq or "").strip() or None) if paths else []
@@ -59,8 +65,9 @@ def build_documents_tab(store, settings) -> None:
     def choices():
         return [e["source"] for e in store.list_sources()]
 
-    gr.Markdown("Add documents to search and chat with: PDF, HTML, JSON/JSONL, transcripts (VTT, SRT, "
-                "YouTube XML), text and Markdown. Files are stored as soon as they are dropped; a URL when you "
+    gr.Markdown("Add documents to search and chat with: PDF (scanned pages are read by OCR), HTML, Word (DOCX), "
+                "PowerPoint (PPTX), Excel (XLSX), CSV, EPUB, JSON/JSONL, transcripts (VTT, SRT, YouTube XML), "
+                "text and Markdown. Files are stored as soon as they are dropped; a URL when you "
                 "press the button. A file already stored under the same name is replaced when its content "
                 "changed and left alone when it did not.")
     with gr.Row():
@@ -113,14 +120,15 @@ def build_documents_tab(store, settings) -> None:
 
     # Dropped files are stored at once: a new user drops a PDF and goes straight to Chat, where a question
     # asked meanwhile waits for it (chatapp.rag); waiting for a button press stored nothing.
+    # Named API endpoints (Gradio's "Use via API"): scripts and bench/soak.py store and search as the page does.
     files.upload(on_upload, [files, jq], [log, table, target, files], concurrency_limit=1,
-                 concurrency_id="ingest")
+                 concurrency_id="ingest", api_name="upload")
     ingest.click(on_ingest, [files, url, jq], [log, table, target, files, url], concurrency_limit=1,
                  concurrency_id="ingest")
     delete.click(on_delete, [target], [delete_log, table, target], concurrency_limit=1)
-    refresh.click(on_refresh, None, [table, target])
-    search.click(lambda q, n: search_text(store, q, n or settings.top_k), [query, k], found)
-    query.submit(lambda q, n: search_text(store, q, n or settings.top_k), [query, k], found)
+    refresh.click(on_refresh, None, [table, target], api_name="sources")
+    search.click(lambda q, n: search_text(store, q, n or settings.top_k), [query, k], found, api_name="search")
+    query.submit(lambda q, n: search_text(store, q, n or settings.top_k), [query, k], found, api_name=False)
 
 
 if __name__ == "__main__":  # a quick look at the tab alone: python -m loaders.ui

@@ -8,6 +8,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -84,37 +85,48 @@ def launch_blocks(demo) -> str:
     return f"http://127.0.0.1:{port}"
 
 
-@contextlib.contextmanager
-def running_app(data: Path, timeout: float = 120, env: dict[str, str] | None = None) -> Iterator[str]:
-    """Start `python app.py` on a free port with `data` as CHATAPP_DATA_DIR (no login), wait until it
-    answers, yield its URL; stop it afterwards and print the end of its log (data/app.log)."""
-    port = free_port()
+def start_app(data: Path, timeout: float = 120, env: dict[str, str] | None = None,
+              port: int | None = None) -> tuple[subprocess.Popen, str]:
+    """Start `python app.py` on `port` (default: a free one) with `data` as CHATAPP_DATA_DIR (no login),
+    wait until it answers; returns the process and its URL. Its log goes to data/app.log (appended, so a
+    restarted app's log follows the killed one's)."""
+    port = port or free_port()
     log = data / "app.log"
     full_env = {**os.environ, "CHATAPP_DATA_DIR": str(data), "GRADIO_ANALYTICS_ENABLED": "False", "HF_HUB_OFFLINE": "1"}
     full_env.pop("CHATAPP_AUTH", None)
     full_env.update(env or {})
-    with open(log, "w") as out:
+    with open(log, "a") as out:
         process = subprocess.Popen([sys.executable, "app.py", "--port", str(port)], cwd=ROOT, env=full_env,
                                    stdout=out, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}/"
+    deadline = time.monotonic() + timeout
+    while True:
+        if process.poll() is not None:
+            pytest.fail(f"app.py exited with {process.returncode}:\n{log.read_text()[-3000:]}")
+        try:
+            with urllib.request.urlopen(url, timeout=2) as response:
+                if response.status == 200:
+                    return process, url
+        except urllib.error.HTTPError:  # it answers: a login-only app refuses an anonymous request
+            return process, url
+        except OSError:
+            pass
+        if time.monotonic() > deadline:
+            stop(process)
+            pytest.fail(f"app.py did not answer on {url} within {timeout:g} s:\n{log.read_text()[-3000:]}")
+        time.sleep(0.5)
+
+
+@contextlib.contextmanager
+def running_app(data: Path, timeout: float = 120, env: dict[str, str] | None = None) -> Iterator[str]:
+    """`start_app`, yielding its URL; stop it afterwards and print the end of its log (data/app.log)."""
+    (data / "app.log").unlink(missing_ok=True)
+    process, url = start_app(data, timeout, env)
     try:
-        deadline = time.monotonic() + timeout
-        while True:
-            if process.poll() is not None:
-                pytest.fail(f"app.py exited with {process.returncode}:\n{log.read_text()[-3000:]}")
-            try:
-                with urllib.request.urlopen(url, timeout=2) as response:
-                    if response.status == 200:
-                        break
-            except OSError:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail(f"app.py did not answer on {url} within {timeout:g} s:\n{log.read_text()[-3000:]}")
-            time.sleep(0.5)
         yield url
     finally:
         stop(process)
-        print(log.read_text()[-2000:])
+        print((data / "app.log").read_text()[-2000:])
 
 
 def stop(process: subprocess.Popen, timeout: float = 20) -> None:

@@ -143,9 +143,11 @@ def test_a_page_login_without_an_api_key_refuses_every_api_request(tmp_path):
         with pytest.raises(urllib.error.HTTPError) as caught:  # the page's config needs the login
             urllib.request.urlopen(page + "config", timeout=10)
         assert caught.value.code == 401
-        login = urllib.request.Request(page + "login", data=b"username=ada&password=lovelace", method="POST")
-        with urllib.request.urlopen(login, timeout=10) as response:
-            assert json.load(response) == {"success": True}
+        opener = urllib.request.build_opener(urllib.request.HTTPCookieProcessor())
+        with opener.open(page + "login", data=b"username=ada&password=lovelace", timeout=10) as response:
+            assert response.url == page  # signed in, sent on to the page
+        with opener.open(page + "config", timeout=10) as response:
+            assert response.status == 200
 
 
 def test_streamable_holds_back_text_that_may_still_change():
@@ -159,3 +161,29 @@ def test_streamable_holds_back_text_that_may_still_change():
     assert partial("Still storing", status="waiting") == ("", "")
     done = Answer("q", raw="x", reasoning="r", answer="a", done=True)
     assert streamable(done, "cot") == ("r", "a")
+
+
+def test_store_saves_the_exchange_and_conversation_id_continues_it_from_the_stored_turns(client, data):
+    """The API writes through the Chat tab's conversations: a follow-up sent alone, with the id, is condensed
+    against the stored first turn (the encoder question), and each user reaches only their own."""
+    from chatapp.conversations import Conversations
+
+    first = client.chat.completions.create(
+        model="base", messages=[{"role": "user", "content": "How many layers does the encoder have?"}],
+        store=True, user="ada")
+    conversation_id = first.model_extra["conversation_id"]
+    follow_up = client.chat.completions.create(model="base", messages=[{"role": "user", "content": "And the decoder?"}],
+                                               user="ada", extra_body={"conversation_id": conversation_id})
+    assert follow_up.model_extra["conversation_id"] == conversation_id
+    assert follow_up.model_extra["standalone_question"] != "And the decoder?"  # the stored history reached rag
+    assert 3 in {s["page"] for s in follow_up.model_extra["sources"]}  # 3.1: the decoder's stack of N = 6 layers
+
+    saved = Conversations(Settings.from_env(data_dir=data).conversations_db).get(conversation_id, "ada")
+    assert [t.question for t in saved.turns] == ["How many layers does the encoder have?", "And the decoder?"]
+    assert saved.turns[1].answer == follow_up.choices[0].message.content and saved.turns[1].variant == "base"
+    for user in ("eve", None):  # another user, or none, cannot continue (or learn of) ada's conversation
+        with pytest.raises(openai.NotFoundError) as caught:
+            client.chat.completions.create(model="base", messages=[{"role": "user", "content": "And then?"}],
+                                           user=user or openai.NOT_GIVEN, extra_body={"conversation_id": conversation_id})
+        assert caught.value.body["code"] == "conversation_not_found"
+    assert len(Conversations(Settings.from_env(data_dir=data).conversations_db).get(conversation_id, "ada").turns) == 2

@@ -266,8 +266,8 @@ def test_bad_jq_expression(corpus):
 
 
 def test_unsupported_type(tmp_path, pdf_bytes):
-    (tmp_path / "slides.pptx").write_bytes(pdf_bytes[:100])
-    assert bad(tmp_path / "slides.pptx").startswith("slides.pptx: unsupported file type '.pptx'")
+    (tmp_path / "slides.key").write_bytes(pdf_bytes[:100])
+    assert bad(tmp_path / "slides.key").startswith("slides.key: unsupported file type '.key'")
 
 
 def test_missing_path(tmp_path):

@@ -88,3 +88,31 @@ def test_delete_a_source(app, page):
     assert {e["source"] for e in store.list_sources()} == before - {"timedtext_sample.xml"}
     page.wait_for_function("() => !document.querySelector('#sources-table').innerText.includes('timedtext_sample.xml')",
                            timeout=10_000)
+
+
+def test_upload_office_files_and_search_cites_their_place(app, page, tmp_path):
+    import openpyxl
+    import pptx
+
+    url, store = app
+    book = openpyxl.Workbook()
+    book.active.title = "Birds"
+    book.active.append(["bird", "colony"])
+    book.active.append(["puffin", "Skomer"])
+    book.active.append(["gannet", "Bass Rock"])  # row 3
+    book.save(tmp_path / "colonies.xlsx")
+    deck = pptx.Presentation()
+    for title in ("Survey", "Gannets nest on the Bass Rock in spring"):
+        deck.slides.add_slide(deck.slide_layouts[5]).shapes.title.text = title
+    deck.save(tmp_path / "survey.pptx")
+    page.set_input_files("#upload-files input[type=file]", [str(tmp_path / "colonies.xlsx"), str(tmp_path / "survey.pptx")])
+    page.wait_for_function("() => document.querySelector('#ingest-log textarea').value.includes('2 of 2 sources stored')",
+                           timeout=120_000)
+    text = page.locator("#ingest-log textarea").input_value()
+    assert "ok     colonies.xlsx: 2 chunks" in text and "ok     survey.pptx: 2 chunks" in text
+    page.fill("#search-query textarea", "Which colony do gannets nest in?")
+    page.click("#search-button")
+    page.wait_for_function("() => document.querySelector('#search-results textarea').value.includes('colonies.xlsx')",
+                           timeout=30_000)
+    found = page.locator("#search-results textarea").input_value()
+    assert "colonies.xlsx, Birds, row 3" in found and "survey.pptx, slide 2" in found
