@@ -1,4 +1,4 @@
-"""python -m loaders ingest|search|list|delete: the document store from the command line.
+"""python -m loaders ingest|search|list|delete|push: the document store from the command line.
 
 Every command reads CHATAPP_* settings (CHATAPP_DATA_DIR for the embedded store, CHATAPP_QDRANT_URL for a
 server). Failures print one line and exit non-zero; no tracebacks.
@@ -17,9 +17,12 @@ EPILOG = """examples:
   python -m loaders search "what is multi-head attention?" --k 4 --json
   python -m loaders list --json
   python -m loaders delete paper.pdf
+  python -m loaders push http://qdrant.example:6333
 
 Sources are stored under their file name (or URL): ingesting a file again adds nothing when its bytes are
-unchanged and replaces its chunks when they changed. Settings: CHATAPP_DATA_DIR (default ./data),
+unchanged and replaces its chunks when they changed. A source shows only once all its chunks are written;
+an ingest that was killed is finished by ingesting the same sources again. The embedded store (Qdrant Edge,
+DATA/store) is used by one process at a time. Settings: CHATAPP_DATA_DIR (default ./data),
 CHATAPP_QDRANT_URL, CHATAPP_COLLECTION, CHATAPP_EMBEDDING_MODEL, CHATAPP_CHUNK_SIZE, CHATAPP_CHUNK_OVERLAP."""
 
 
@@ -46,6 +49,16 @@ def parser() -> argparse.ArgumentParser:
     delete = sub.add_parser("delete", help="remove a source's chunks (by file name or URL, as `list` shows)")
     delete.add_argument("source", metavar="SOURCE")
     delete.add_argument("--json", action="store_true", help='{"source": ..., "deleted": N} on stdout')
+    push = sub.add_parser("push", help="copy the embedded store to a Qdrant server",
+                          description="Copy every stored chunk (ids, vectors, payloads) of the embedded store to "
+                                      "a Qdrant server, into a collection of the same name and layout (made when "
+                                      "missing; points with the same ids are overwritten). Then set "
+                                      "CHATAPP_QDRANT_URL=URL to use it. URL may also be a folder: "
+                                      "qdrant-client's local mode there.")
+    push.add_argument("url", metavar="URL")
+    push.add_argument("--api-key", default=None, help="the server's API key (default CHATAPP_QDRANT_API_KEY)")
+    push.add_argument("--collection", default=None, help="target collection (default: the same name)")
+    push.add_argument("--json", action="store_true", help='{"pushed": N, "url": ..., "collection": ...} on stdout')
     return p
 
 
@@ -84,6 +97,10 @@ def cmd_ingest(store, settings, args) -> int:
     from loaders.documents import expand
 
     total = len(expand(args.sources))
+    unfinished = store.interrupted()
+    if unfinished:
+        print(f"an earlier ingest was interrupted: continuing where it stopped ({len(unfinished)} unfinished: "
+              f"{', '.join(unfinished)[:200]})", file=sys.stderr)
     with tqdm(total=total, unit="source", file=sys.stderr, dynamic_ncols=True,
               bar_format="{l_bar}{bar}| {n:.1f}/{total} sources [{elapsed}<{remaining}] {postfix}") as bar:
         def progress(fraction: float, message: str) -> None:
@@ -139,6 +156,10 @@ def cmd_search(store, settings, args) -> int:
 
 def cmd_list(store, settings, args) -> int:
     sources = store.list_sources()
+    unfinished = store.interrupted()
+    if unfinished:  # not listed: their ingest was killed before all their chunks were written
+        print(f"not listed, an ingest was interrupted: {', '.join(unfinished)[:200]} (ingest again to finish, "
+              "or delete)", file=sys.stderr)
     if args.json:
         print(json.dumps(sources, ensure_ascii=False))
         return 0
@@ -161,10 +182,40 @@ def cmd_delete(store, settings, args) -> int:
     return 0
 
 
+def cmd_push(store, settings, args) -> int:
+    from tqdm import tqdm
+
+    from loaders.edge import EdgeVectorStore
+    from loaders.transfer import push
+
+    if not isinstance(store.vector_store, EdgeVectorStore):
+        print("error: push copies the embedded store; CHATAPP_QDRANT_URL already points at a server", file=sys.stderr)
+        return 2
+    collection = args.collection or settings.collection
+    with tqdm(total=store.count(), unit="chunk", file=sys.stderr, dynamic_ncols=True) as bar:
+        def progress(fraction: float, message: str) -> None:
+            bar.n = round(fraction * bar.total)
+            bar.refresh()
+
+        try:
+            pushed, failure = push(store.vector_store, args.url, collection,
+                                   api_key=args.api_key or settings.qdrant_api_key, progress=progress), None
+        except Exception as err:  # unreachable server, refused key: one line, after the bar closes
+            pushed, failure = 0, f"{type(err).__name__}: {' '.join(str(err).split())[:200]}"
+    if failure:
+        print(f"error: cannot push to {args.url}: {failure}", file=sys.stderr)
+        return 1
+    if args.json:
+        print(json.dumps({"pushed": pushed, "url": args.url, "collection": collection}))
+    else:
+        print(f"pushed {pushed} chunks to {args.url} ({collection}); use it with CHATAPP_QDRANT_URL={args.url}")
+    return 0
+
+
 def _clock(seconds: float) -> str:
     seconds = int(seconds)
     return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}" if seconds >= 3600 \
         else f"{seconds // 60}:{seconds % 60:02d}"
 
 
-COMMANDS = {"ingest": cmd_ingest, "search": cmd_search, "list": cmd_list, "delete": cmd_delete}
+COMMANDS = {"ingest": cmd_ingest, "search": cmd_search, "list": cmd_list, "delete": cmd_delete, "push": cmd_push}

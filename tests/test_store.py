@@ -13,7 +13,7 @@ import pypdf
 import pytest
 
 from chatapp.settings import Settings
-from loaders.store import DocumentStore, StoreError, chunk_id, get_store, open_client
+from loaders.store import DocumentStore, StoreError, chunk_id, get_store, open_engine
 
 ROOT = Path(__file__).resolve().parents[1]
 PDF = "attention-is-all-you-need.pdf"
@@ -37,7 +37,7 @@ def store(settings, corpus):
 def test_one_store_per_process(store, settings):
     assert get_store(settings) is store
     with pytest.raises(StoreError, match="in use by another process"):
-        open_client(settings)  # embedded Qdrant locks its folder: a second client is refused with one line
+        open_engine(settings, store.embeddings)  # Qdrant Edge locks its folder: a second opener gets one line
 
 
 def test_sources_listed_with_chunk_counts(store):
@@ -117,7 +117,7 @@ def test_changed_source_replaces_its_chunks(store, corpus, tmp_path):
 def test_reingest_with_another_chunk_size_leaves_no_stale_chunks(store, corpus):
     # same bytes, split smaller then larger again: the larger split's ids all exist from the smaller one
     source = corpus / "html" / "bbc-1.html"
-    small = DocumentStore(store.client, store.collection, store.embeddings, chunk_size=400, chunk_overlap=50)
+    small = DocumentStore(store.vector_store, store.embeddings, chunk_size=400, chunk_overlap=50)
     smaller = small.ingest([source])[0]
     again = store.ingest([source])[0]
     assert smaller.added == smaller.chunks > again.chunks == again.added
@@ -272,34 +272,154 @@ def test_keyword_vectors_weigh_rare_and_repeated_terms():
     assert terms("4,000 warmup_steps") == ["4000", "warmup", "step"]
 
 
-def test_a_store_made_before_hybrid_search_gains_keyword_vectors_on_open(tmp_path, corpus):
-    """Stores written by earlier versions have dense vectors only: opening one adds the BM25 vector to every
-    chunk, keeping ids, vectors and payloads, and hybrid search then works on it."""
-    from langchain_qdrant import QdrantVectorStore
-    from qdrant_client import models
+@pytest.mark.parametrize("layout", ["current", "before-hybrid"])
+def test_a_local_mode_store_moves_to_qdrant_edge_on_first_open(tmp_path, corpus, layout):
+    """Stores that qdrant-client's local mode wrote under DATA/qdrant, as the previous version wrote them
+    (dense + bm25 through langchain_qdrant) or as older ones did (dense only), are copied into Qdrant Edge
+    on first open with progress: same ids, vectors and payloads, BM25 vectors added where missing."""
+    from langchain_qdrant import QdrantVectorStore, RetrievalMode
+    from qdrant_client import QdrantClient, models
 
     from loaders.documents import load, split
     from loaders.embeddings import SentenceEmbeddings
+    from loaders.server import create_collection
+    from loaders.sparse import BM25Sparse
 
     settings = Settings.from_env(data_dir=tmp_path / "old")
-    client = open_client(settings)
     embeddings = SentenceEmbeddings(settings.embedding_model, cache_dir=settings.models_dir)
-    client.create_collection(settings.collection, vectors_config=models.VectorParams(size=384, distance=models.Distance.DOT))
-    chunks = split(load(corpus / "pdf" / PDF))
-    ids = [chunk_id(PDF, c.metadata["sha256"], c.metadata["chunk"]) for c in chunks]
-    QdrantVectorStore(client=client, collection_name=settings.collection, embedding=embeddings,
-                      distance=models.Distance.DOT).add_documents(chunks, ids=ids)
-    assert not client.get_collection(settings.collection).config.params.sparse_vectors
+    client = QdrantClient(path=str(settings.qdrant_path))
+    chunks = split(load(corpus / "pdf" / PDF)) + split(load(corpus / "html" / "bbc-1.html"))
+    ids = [chunk_id(c.metadata["source"], c.metadata["sha256"], c.metadata["chunk"]) for c in chunks]
+    if layout == "current":
+        create_collection(client, settings.collection, 384)
+        QdrantVectorStore(client=client, collection_name=settings.collection, embedding=embeddings,
+                          distance=models.Distance.DOT, sparse_embedding=BM25Sparse(), sparse_vector_name="bm25",
+                          retrieval_mode=RetrievalMode.HYBRID).add_documents(chunks, ids=ids)
+    else:
+        client.create_collection(settings.collection,
+                                 vectors_config=models.VectorParams(size=384, distance=models.Distance.DOT))
+        QdrantVectorStore(client=client, collection_name=settings.collection, embedding=embeddings,
+                          distance=models.Distance.DOT).add_documents(chunks, ids=ids)
+    before = {str(p.id): p for p in client.scroll(settings.collection, limit=1000, with_vectors=True)[0]}
     client.close()
 
-    store = get_store(settings)
+    seen = []
+    store = DocumentStore.from_settings(settings, progress=lambda f, m: seen.append((f, m)))
     try:
+        assert seen and seen[-1][0] == 1.0 and "Qdrant Edge" in seen[-1][1]
         assert store.count() == len(chunks)
-        assert "bm25" in store.client.get_collection(settings.collection).config.params.sparse_vectors
-        lacking = models.Filter(must_not=[models.HasVectorCondition(has_vector="bm25")])
-        assert store.client.count(settings.collection, count_filter=lacking, exact=True).count == 0
+        after = {p.id: p for p in store.vector_store.scroll(vectors=True)}
+        assert set(after) == set(before) == set(ids)
+        for key, old in before.items():
+            vector = old.vector[""] if isinstance(old.vector, dict) else old.vector
+            assert after[key].payload == old.payload
+            assert after[key].dense == pytest.approx(vector, abs=1e-6)
+            assert after[key].sparse and after[key].sparse[0]  # BM25 vectors for every chunk
         hits = store.search("What value of label smoothing was used?", k=4)
         assert any("label smoothing of value" in doc.page_content for doc, _ in hits)
-        assert {doc.id for doc, _ in hits} <= set(ids)  # the same points, not copies
+        assert store.ingest([corpus / "pdf" / PDF])[0].added == 0  # the same chunks, not copies
     finally:
         store.close()
+    assert (settings.qdrant_path / "collection" / settings.collection).is_dir()  # the old folder is left as it was
+    reopened = DocumentStore.from_settings(settings, progress=lambda f, m: seen.append((f, m)))
+    try:
+        assert reopened.count() == len(chunks) and len(seen) == len([s for s in seen])  # no second migration
+    finally:
+        reopened.close()
+
+
+# --- the two engines --------------------------------------------------------------------------------------
+
+QUESTIONS = ["How does multi-head attention let the model attend to different subspaces?",
+             "What value of label smoothing was used?", "BLEU score on WMT 2014 English-to-German",
+             "Minecraft server crash exploit", "Obama interview with the BBC about Kenya", "positional encoding sine",
+             "a test transcript that was made up", "dropout rate", "Who found the bug?", "gun control"]
+
+
+def test_edge_and_the_server_path_give_the_same_top_k_and_push_copies_the_store(store, corpus, tmp_path):
+    """The same sources in Qdrant Edge and through the server's code path (qdrant-client; its local mode
+    stands in for a server: no Qdrant server binary installs from PyPI or Debian here) give the same
+    top-k, hybrid and dense. `python -m loaders push` then copies the embedded store to a 'server' that
+    answers the same again."""
+    from qdrant_client import QdrantClient
+
+    from loaders.server import ServerVectorStore
+
+    sources = [corpus / "pdf" / PDF, corpus / "html" / "ars-1.html", corpus / "html" / "bbc-1.html",
+               corpus / "youtube" / "timedtext_sample.xml"]
+    settings = Settings.from_env(data_dir=tmp_path / "edge")
+    embedded = DocumentStore.from_settings(settings)
+    server = DocumentStore(ServerVectorStore(QdrantClient(path=str(tmp_path / "server")), "documents",
+                                             store.embeddings), store.embeddings)
+
+    def answers(target: DocumentStore) -> dict:
+        return {(q, hybrid): [(doc.id, round(score, 4)) for doc, score in target.search(q, k=6, hybrid=hybrid)]
+                for q in QUESTIONS for hybrid in (True, False)}
+
+    try:
+        for target in (embedded, server):
+            assert all(r.ok for r in target.ingest(sources))
+        assert embedded.count() == server.count() and embedded.list_sources() == server.list_sources()
+        expected = answers(server)
+        assert answers(embedded) == expected
+        embedded.vector_store.build_index()  # HNSW at this size still answers exactly (below full_scan_threshold)
+        assert answers(embedded) == expected
+    finally:
+        embedded.close()
+        server.close()
+
+    target = tmp_path / "pushed"
+    pushed = cli("push", str(target), "--json", data_dir=settings.data_dir)
+    assert pushed.returncode == 0, pushed.stderr
+    assert json.loads(pushed.stdout)["pushed"] > 0
+    copy = DocumentStore(ServerVectorStore(QdrantClient(path=str(target)), "documents", store.embeddings),
+                         store.embeddings)
+    try:
+        assert copy.count() == json.loads(pushed.stdout)["pushed"]
+        assert answers(copy) == expected
+    finally:
+        copy.close()
+    nowhere = cli("push", "http://127.0.0.1:9", data_dir=settings.data_dir)
+    assert nowhere.returncode == 1 and nowhere.stderr.strip().splitlines()[-1].startswith("error: cannot push to")
+
+
+def test_index_build_does_not_freeze_the_process_and_searches_answer_meanwhile(store, tmp_path):
+    """EdgeShard.optimize() holds the GIL for its whole run, so the build runs in a child process on a copy:
+    meanwhile this process keeps running threads and exact searches find each point's own vector."""
+    import threading
+    import time
+
+    from loaders.edge import EdgeVectorStore
+    from loaders.layout import StoredPoint, payload
+
+    rng = np.random.default_rng(7)
+    vectors = rng.standard_normal((20_000, 384)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    ids = [str(uuid) for uuid in (__import__("uuid").UUID(int=i + 1) for i in range(len(vectors)))]
+    engine = EdgeVectorStore(tmp_path / "big", store.embeddings, dimension=384)
+    try:
+        for start in range(0, len(vectors), 2000):
+            engine.write([StoredPoint(ids[i], vectors[i].tolist(), payload("x" * 800, {"source": f"s{i % 7}"}),
+                                      ([i % 97], [1.0])) for i in range(start, start + 2000)])
+        build = engine.index_in_background(threshold=10_000)
+        assert build is not None
+        gaps, last, answered = [], time.monotonic(), 0
+        while build.is_alive():
+            now = time.monotonic()
+            gaps.append(now - last)
+            last = now
+            i = int(rng.integers(len(vectors)))
+            assert engine.query(vectors[i].tolist(), k=1)[0].id == ids[i]
+            answered += 1
+            time.sleep(0.02)
+        assert answered > 20 and max(gaps) < 1.0, (answered, max(gaps))
+        assert engine.unindexed() == 0 and engine.count() == len(vectors)
+        i = 1234
+        assert engine.query(vectors[i].tolist(), k=1)[0].id == ids[i]  # the swapped-in, indexed shard
+    finally:
+        engine.close()
+    reopened = EdgeVectorStore(tmp_path / "big", store.embeddings)
+    try:
+        assert reopened.count() == len(vectors)
+    finally:
+        reopened.close()
