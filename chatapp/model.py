@@ -54,6 +54,7 @@ def _shared_length(a: list[int], b: list[int]) -> int:
 
 
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")  # unpickling them can run any code
+TRAINER_ARGS_FILE = "training_args.bin"
 
 
 class UnsafeAdapter(ValueError):
@@ -73,7 +74,9 @@ def adapter_folders(settings: Settings) -> dict[str, Path]:
 def check_safetensors(name: str, folder: Path) -> None:
     """Adapters load only from safetensors: a pickled .bin or .pt from someone else is refused before PEFT
     (which would fall back to torch.load on it) ever opens it."""
-    pickled = sorted(p.name for p in folder.iterdir() if p.suffix.lower() in PICKLE_SUFFIXES)
+    # training_args.bin is the Trainer's pickled settings, which loading an adapter never reads
+    pickled = sorted(p.name for p in folder.iterdir()
+                     if p.suffix.lower() in PICKLE_SUFFIXES and p.name != TRAINER_ARGS_FILE)
     if pickled:
         raise UnsafeAdapter(f"adapter '{name}' holds pickled weights ({', '.join(pickled)}), which are never loaded; "
                             "only safetensors are: save it again with save_pretrained(safe_serialization=True)")

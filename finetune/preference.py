@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from chatapp.loading import base_folder
+from chatapp.model import TRAINER_ARGS_FILE
 from finetune.config import FinetuneConfig, resolve_epochs
 from finetune.data import (
     DatasetError,
@@ -174,6 +175,7 @@ def train_preference(config: FinetuneConfig, args, callbacks: list | tuple = (),
         partial = target.with_name(f".{target.name}.partial")
         shutil.rmtree(partial, ignore_errors=True)  # what a killed run left there
         trainer.save_model(str(partial))
+        (partial / TRAINER_ARGS_FILE).unlink(missing_ok=True)  # a pickle; the card holds the settings
         if not main:
             return target
         peft_model = trainer.accelerator.unwrap_model(trainer.model)

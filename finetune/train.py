@@ -29,6 +29,7 @@ from transformers.trainer import TRAINER_STATE_NAME
 from transformers.trainer_utils import TrainOutput, get_last_checkpoint
 
 from chatapp.loading import base_folder, load_base, quantization_config
+from chatapp.model import TRAINER_ARGS_FILE
 from finetune.config import (
     FinetuneConfig,
     TrainConfig,
@@ -391,6 +392,7 @@ def train(config: FinetuneConfig, args: TrainConfig | None = None, callbacks: li
         partial = target.with_name(f".{target.name}.partial")  # the same on every rank: FSDP saves collectively
         shutil.rmtree(partial, ignore_errors=True)  # what a killed run left there
         trainer.save_model(str(partial))  # PEFT format; gathers shards under FSDP
+        (partial / TRAINER_ARGS_FILE).unlink(missing_ok=True)  # a pickle; the card holds the settings
         if not main:
             return target
         peft_model = trainer.accelerator.unwrap_model(trainer.model)

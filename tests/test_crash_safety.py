@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 from conftest import ROOT, make_tiny_adapter, start_app
 
+from chatapp.generation import GenerationSettings
 from chatapp.model import ModelRegistry, adapter_folders
 from chatapp.settings import Settings
 from eval.arena import ArenaStore
@@ -69,6 +70,10 @@ def test_a_killed_training_run_lists_no_half_adapter_and_resumes(tmp_path, corpu
     assert ModelRegistry(settings).variants() == ["base", "me"] and not partial.exists()
     card = json.loads((settings.adapters_dir / "me" / "card.json").read_text())
     assert card["training"]["steps"] == 4
+    assert not (settings.adapters_dir / "me" / "training_args.bin").exists()  # no pickle in an adapter
+    reply = ModelRegistry(settings).generate([{"role": "user", "content": "Who are you?"}], variant="me",
+                                             generation=GenerationSettings(max_new_tokens=8))
+    assert reply.strip()  # the finished adapter loads under the safetensors-only rule
     logged = [json.loads(line) for line in (runs / "log.jsonl").read_text().splitlines()]
     assert sorted({e["step"] for e in logged if "loss" in e}) == [1, 2, 3, 4]
 
