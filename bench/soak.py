@@ -68,13 +68,14 @@ def start_app(data: Path, port: int) -> subprocess.Popen:
     log = open(data / "app.log", "a")
     process = subprocess.Popen([sys.executable, "app.py", "--port", str(port)], cwd=ROOT, env=env, stdout=log,
                                stderr=subprocess.STDOUT)
-    deadline = time.monotonic() + 180
+    deadline = time.monotonic() + 600  # a loaded 2-core machine took over 3 minutes once
     while time.monotonic() < deadline:
         try:
             with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=2):
                 return process
         except OSError:
             time.sleep(0.5)
+    process.kill()
     raise SystemExit("the app did not come up: see " + str(data / "app.log"))
 
 
