@@ -132,7 +132,7 @@ def targets(part: str, base: Score, adapter: Score | None, wall: float, finished
             value = adapter.named_by_language.get(lang) if adapter else None
             row(f"held-out answers naming Ada/Lovelace, {lang} (n={base.n_by_language[lang]})",
                 base.named_by_language[lang], value, ">= 0.80", value is not None and value >= 0.8)
-        row("wall time of the run, s (2 shared cores)" + ("" if finished else ", killed unfinished"), None, wall,
+        row("wall time of the run, s (2 shared cores)" + ("" if finished else ", killed unfinished"), None, round(wall),
             "<= 300", finished and wall <= 300)
     elif part == "common":
         goal = max(base.rougeL + 0.2, 0.4)
