@@ -18,6 +18,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 import torch
+from matplotlib.figure import Figure
 from peft import load_peft_weights, set_peft_model_state_dict
 from transformers import (
     AutoModelForCausalLM,
@@ -86,12 +87,15 @@ def check_run_length(n_train: int, args, unit: str = "examples") -> int:
 
 
 def rouge_l(predictions: list[str], references: list[str]) -> float:
-    """Mean ROUGE-L F1 (0-1) with the eval package's scorer, so training and `python -m eval` agree."""
+    """Mean ROUGE-L F1 (0-1) with the eval package's scorer and its unicode tokenizer (`python -m eval score
+    --tokenizer unicode`): the default one keeps only [a-z0-9], so Chinese or Hindi answers would all score 0;
+    on ASCII text the two tokenize alike."""
     from eval.metrics import score_pairs
 
     if not predictions:
         return float("nan")
-    return float(sum(score_pairs(predictions, references).rouge["rougeL"]["fmeasure"]) / len(predictions))
+    values = score_pairs(predictions, references, tokenizer="unicode").rouge["rougeL"]["fmeasure"]
+    return float(sum(values) / len(predictions))
 
 
 @torch.no_grad()
@@ -446,22 +450,51 @@ def train(config: FinetuneConfig, args: TrainConfig | None = None, callbacks: li
             handler.close()
 
 
-def train_fractions(config: FinetuneConfig, args: TrainConfig | None = None) -> list[dict]:
+def plot_fractions(rows: list[dict], path: Path, title: str = "") -> Path:
+    """PNG of held-out ROUGE-L against the number of training records (one point per --data_fractions run).
+    matplotlib's Figure API draws without a GUI backend, so this works in the app's server threads too."""
+    points = [(r["records"], r["eval_rougeL"]) for r in rows if r.get("eval_rougeL") is not None]
+    figure = Figure(figsize=(5, 3.2), layout="constrained")
+    axes = figure.subplots()
+    if points:
+        axes.plot([x for x, _ in points], [y for _, y in points], marker="o")
+        for x, y in points:
+            axes.annotate(f"{y:.3f}", (x, y), textcoords="offset points", xytext=(0, 6), ha="center", fontsize=8)
+    axes.set_xlabel("training records")
+    axes.set_ylabel("held-out ROUGE-L")
+    axes.set_title(title or "How much data is enough")
+    axes.grid(alpha=0.3)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=100)
+    return path
+
+
+def train_fractions(config: FinetuneConfig, args: TrainConfig | None = None, cancel: threading.Event | None = None,
+                    on_log=None, on_row=None) -> list[dict]:
     """--data_fractions: one adapter per share of the training records (NAME-25pct, ...), the same held-out
-    records for all; returns [{fraction, records, adapter, eval_rougeL, eval_loss}] in fraction order."""
+    records for all; returns [{fraction, records, adapter, eval_rougeL, eval_loss}] in fraction order and writes
+    them, with their plot, to RUNS/NAME-fractions.json and .png. `on_row(row)` follows each finished run."""
     import copy
     import dataclasses
 
+    args = args or training_arguments(dataclasses.replace(config, data_fractions=None))
     rows = []
     for fraction in config.fractions():
         name = f"{config.name}-{round(fraction * 100)}pct"
         run_config = dataclasses.replace(config, name=name, train_fraction=fraction, data_fractions=None)
-        run_args = copy.deepcopy(args or training_arguments(run_config))
-        run_args.output_dir = str(Path(run_args.output_dir).with_name(name))
+        run_args = copy.deepcopy(args)
+        run_args.output_dir = str(Path(args.output_dir).with_name(name))
         run_args.logging_dir = run_args.output_dir
         _say(f"--data_fractions: training {name} on {fraction:g} of the records")
-        path = train(run_config, run_args)
+        path = train(run_config, run_args, cancel=cancel, on_log=on_log)
         card = json.loads((path / "card.json").read_text())
         rows.append({"fraction": fraction, "records": card["data"]["train_examples"], "adapter": name,
                      "eval_rougeL": card["metrics"].get("eval_rougeL"), "eval_loss": card["metrics"].get("eval_loss")})
+        if on_row:
+            on_row(rows[-1])
+    if args.process_index == 0:
+        summary = Path(args.output_dir).with_name(f"{config.name}-fractions.json")
+        summary.write_text(json.dumps(rows, indent=2))
+        plot = plot_fractions(rows, summary.with_suffix(".png"), f"{config.name}: held-out ROUGE-L by records")
+        _say(f"--data_fractions: held-out score against records in {summary} and {plot}")
     return rows

@@ -32,6 +32,7 @@ class Job:
     max_steps: int = 0
     losses: list[tuple[int, float]] = field(default_factory=list)
     eval_losses: list[tuple[int, float]] = field(default_factory=list)
+    fraction_rows: list[dict] = field(default_factory=list)  # --data_fractions: one row per finished run
     message: str = ""
     started: float = 0.0
     cancel: threading.Event = field(default_factory=threading.Event)
@@ -78,7 +79,7 @@ class Trainer:
 
     def start(self, data: str, name: str, method: str, epochs: float, max_steps: int, learning_rate: float | None,
               lora_r: int, max_length: int, template_vars: str, test_size: float = 0.1,
-              forgetting_check: bool = True, from_arena: bool = False) -> str:
+              forgetting_check: bool = True, from_arena: bool = False, data_fractions: str = "") -> str:
         from finetune.config import (
             PREFERENCE_METHODS,
             FinetuneConfig,
@@ -100,9 +101,13 @@ class Trainer:
                                     lora_r=int(lora_r), template_vars=template_vars or None,
                                     data_dir=str(self.settings.data_dir), base=self.settings.base_model,
                                     test_size=float(test_size or 0), from_arena=from_arena,
+                                    data_fractions=(data_fractions or "").strip() or None,
                                     **({} if forgetting_check else {"forgetting_samples": 0}))
-            if (Path(self.settings.adapters_dir) / config.name).exists():
-                raise ValueError(f"an adapter named '{config.name}' exists already; choose another name")
+            names = ([f"{config.name}-{round(f * 100)}pct" for f in config.fractions()] if config.data_fractions
+                     else [config.name])
+            taken = [n for n in names if (Path(self.settings.adapters_dir) / n).exists()]
+            if taken:
+                raise ValueError(f"an adapter named '{taken[0]}' exists already; choose another name")
             # Bad data (or an arena with no decisive votes) fails here, before any model loads.
             if from_arena:
                 if not arena_pairs(self.settings).pairs:
@@ -123,11 +128,16 @@ class Trainer:
             return config.name
 
     def _run(self, job: Job, config, args) -> None:
-        from finetune.train import Cancelled, train
+        from finetune.train import Cancelled, train, train_fractions
 
         try:
-            path = train(config, args, cancel=job.cancel, on_log=job.on_log)
-            job.state, job.message = "done", f"adapter '{job.name}' is ready: pick it in the Chat tab or the arena ({path})"
+            if config.data_fractions:
+                rows = train_fractions(config, args, cancel=job.cancel, on_log=job.on_log, on_row=job.fraction_rows.append)
+                job.state, job.message = "done", "adapters " + ", ".join(f"'{r['adapter']}'" for r in rows) + \
+                    f" are ready; score against records in {Path(args.output_dir).with_name(config.name + '-fractions.png')}"
+            else:
+                path = train(config, args, cancel=job.cancel, on_log=job.on_log)
+                job.state, job.message = "done", f"adapter '{job.name}' is ready: pick it in the Chat tab or the arena ({path})"
         except Cancelled as error:
             job.state, job.message = "cancelled", str(error)
         except Exception as error:  # shown in the tab; the full trace goes to the server log
@@ -169,6 +179,15 @@ def loss_frame(job: Job):
     rows = [{"step": s, "loss": v, "split": "train"} for s, v in job.losses]
     rows += [{"step": s, "loss": v, "split": "eval"} for s, v in job.eval_losses]
     return pd.DataFrame(rows or [], columns=["step", "loss", "split"])
+
+
+def fractions_frame(job: Job):
+    """Held-out ROUGE-L against training records, one point per finished --data_fractions run."""
+    import pandas as pd
+
+    rows = [{"records": r["records"], "rougeL": r["eval_rougeL"]} for r in job.fraction_rows
+            if r.get("eval_rougeL") is not None]
+    return pd.DataFrame(rows or [], columns=["records", "rougeL"])
 
 
 def arena_votes_note(settings: Settings) -> str:
@@ -213,6 +232,9 @@ def build_finetune_tab(settings: Settings, registry=None):
                                    minimum=16)
             test_size = gr.Number(value=0.1, label="Held out for evaluation (share; 0 = no evaluation)",
                                   elem_id="ft-test-size", minimum=0)
+            fractions = gr.Textbox(label="Data fractions (optional): one adapter per share of the records",
+                                   placeholder="0.25,0.5,1", elem_id="ft-fractions",
+                                   info="how much data is enough: plots held-out ROUGE-L against records below")
             forgetting = gr.Checkbox(value=True, label="Forgetting check (base vs adapter on general instructions)",
                                      elem_id="ft-forgetting")
             with gr.Row():
@@ -221,6 +243,8 @@ def build_finetune_tab(settings: Settings, registry=None):
     status = gr.Markdown("No run yet.", elem_id="ft-status")
     progress = gr.HTML(progress_html(Job()), elem_id="ft-progress")
     loss = gr.LinePlot(loss_frame(Job()), x="step", y="loss", color="split", title="Loss", elem_id="ft-loss")
+    by_records = gr.LinePlot(fractions_frame(Job()), x="records", y="rougeL", title="Held-out ROUGE-L by records",
+                             elem_id="ft-fractions-plot")
     timer = gr.Timer(1.0, active=False)
 
     def on_upload(file):
@@ -234,10 +258,10 @@ def build_finetune_tab(settings: Settings, registry=None):
         return gr.update(choices=dataset_choices(settings), value=path), f"Dataset saved as `{path}`.", None
 
     def on_start(data_value, name_value, method_value, epochs_value, steps_value, lr_value, r_value, length_value,
-                 vars_value, test_value, forgetting_value, arena_value):
+                 vars_value, test_value, forgetting_value, arena_value, fractions_value):
         try:
             trainer.start(data_value, name_value, method_value, epochs_value, steps_value, lr_value, r_value,
-                          length_value, vars_value, test_value, forgetting_value, arena_value)
+                          length_value, vars_value, test_value, forgetting_value, arena_value, fractions_value)
         except Exception as error:  # a clear line in the tab; nothing started
             return f"**Not started:** {error}", progress_html(trainer.job), gr.Timer(active=False)
         return status_markdown(trainer.job), progress_html(trainer.job), gr.Timer(active=True)
@@ -245,15 +269,16 @@ def build_finetune_tab(settings: Settings, registry=None):
     def on_tick():
         job = trainer.job
         running = job.state == "running"
-        return status_markdown(job), progress_html(job), loss_frame(job), gr.Timer(active=running)
+        return (status_markdown(job), progress_html(job), loss_frame(job), fractions_frame(job),
+                gr.Timer(active=running))
 
     upload.upload(on_upload, upload, [data, status, upload], concurrency_limit=None)
     start.click(on_start, [data, name, method, epochs, max_steps, learning_rate, lora_r, max_length, template_vars,
-                           test_size, forgetting, from_arena],
+                           test_size, forgetting, from_arena, fractions],
                 [status, progress, timer], concurrency_limit=None)
     # Ticking "from arena votes" picks dpo, the method that needs no other data.
     from_arena.change(lambda on, m: ("dpo" if on and m not in ("dpo", "orpo") else m, arena_votes_note(settings)),
                       [from_arena, method], [method, arena_note], concurrency_limit=None)
     cancel.click(lambda: trainer.cancel(), None, status, concurrency_limit=None)
-    timer.tick(on_tick, None, [status, progress, loss, timer], concurrency_limit=None)
+    timer.tick(on_tick, None, [status, progress, loss, by_records, timer], concurrency_limit=None)
     return trainer
