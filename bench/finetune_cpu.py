@@ -4,9 +4,10 @@ same data (the identity records with their placeholders filled), the same LoRA (
 batch and learning rate.
 
   plain  get_peft_model + Trainer, fp32, each batch padded to its longest example (DataCollatorForSeq2Seq),
-         loss on the answer tokens.
-  ours   finetune.train.train with its CPU defaults: TRL SFTTrainer, completion-only loss, bf16 autocast when
-         the CPU has AVX512-BF16 or AMX (finetune.config.cpu_has_bf16), fp32 otherwise.
+         loss on the answer tokens, peft's default LoRA dropout (0).
+  ours   finetune.train.train with its CPU defaults: TRL SFTTrainer, completion-only loss, padding-free batches
+         (one row per batch, per-example positions), LoRA dropout 0, bf16 autocast when the CPU has AVX512-BF16
+         or AMX (finetune.config.cpu_has_bf16), fp32 otherwise.
 
 Real tokens = non-padding tokens (Trainer's include_num_input_tokens_seen="non_padding"), counted over the
 steps after warm-up; the two arms alternate for --rounds rounds so a change in machine load hits both.
@@ -85,7 +86,7 @@ def plain_arm(settings, opts, out: Path) -> dict:
 
     data = Dataset.from_list([e.to_prompt_completion() for e in examples]).map(
         tokenize, remove_columns=["prompt", "completion"])
-    lora = LoraConfig(task_type="CAUSAL_LM", r=16, lora_alpha=32, lora_dropout=0.05, target_modules="all-linear")
+    lora = LoraConfig(task_type="CAUSAL_LM", r=16, lora_alpha=32, target_modules="all-linear")
     meter = Meter()
     trainer = Trainer(model=get_peft_model(model, lora), args=TrainingArguments(
         output_dir=str(out), max_steps=opts.steps, per_device_train_batch_size=opts.batch, learning_rate=1e-3,
@@ -93,7 +94,7 @@ def plain_arm(settings, opts, out: Path) -> dict:
         include_num_input_tokens_seen="non_padding", dataloader_pin_memory=False, disable_tqdm=True),
         train_dataset=data, data_collator=DataCollatorForSeq2Seq(tokenizer, padding="longest"), callbacks=[meter])
     trainer.train()
-    return {"arm": "plain", "precision": "fp32", **rate(meter, opts.warmup)}
+    return {"arm": "plain", "precision": "fp32", "batching": "padded", **rate(meter, opts.warmup)}
 
 
 def ours_arm(settings, opts, out: Path, name: str) -> dict:
@@ -105,7 +106,9 @@ def ours_arm(settings, opts, out: Path, name: str) -> dict:
                               disable_tqdm=True)
     meter = Meter()
     train(config, args, callbacks=[meter])
-    return {"arm": "ours", "precision": "bf16 autocast" if args.bf16 else "fp32", **rate(meter, opts.warmup)}
+    batching = "padding-free" if args.padding_free else "packed" if args.packing else "padded"
+    return {"arm": "ours", "precision": "bf16 autocast" if args.bf16 else "fp32", "batching": batching,
+            **rate(meter, opts.warmup)}
 
 
 def main(argv=None) -> int:
@@ -137,9 +140,9 @@ def main(argv=None) -> int:
              f"per arm ({opts.warmup} warm-up left out). CPU matrix units: {', '.join(matrix_units()) or 'none'}; "
              f"torch threads {torch.get_num_threads()}, OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS')}; "
              f"load average at the end {', '.join(f'{x:.1f}' for x in os.getloadavg())}.", "",
-             "| round | arm | precision | real tokens | seconds | real tokens/s |", "|---|---|---|---|---|---|"]
+             "| round | arm | precision | batching | real tokens | seconds | real tokens/s |", "|---|---|---|---|---|---|---|"]
     for i, r in enumerate(runs):
-        lines.append(f"| {i // 2 + 1} | {r['arm']} | {r['precision']} | {r['real_tokens']} | {r['seconds']} | "
+        lines.append(f"| {i // 2 + 1} | {r['arm']} | {r['precision']} | {r['batching']} | {r['real_tokens']} | {r['seconds']} | "
                      f"{r['real_tokens_per_second']} |")
     lines += ["", f"ours / plain real tokens/s per round: {', '.join(f'{x:.2f}x' for x in ratios)}"]
     (RESULTS / "finetune-cpu-lora.md").write_text("\n".join(lines) + "\n")

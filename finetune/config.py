@@ -24,16 +24,19 @@ from chatapp.settings import Settings
 
 METHODS = ("auto", "qlora", "lora", "prompt-tuning", "dpo", "orpo")
 PREFERENCE_METHODS = ("dpo", "orpo")  # preference objectives; their adapter follows the auto rule (qlora on CUDA)
-# Learning rates that work for each method when --learning_rate is not given. LoRA: 1e-3, because the
+# Learning rates that work for each method when --learning_rate is not given. LoRA: 2e-3, because the
 # QLoRA paper's 2e-4 (tuned for 7B+ bases) never taught the 135M embedded model a new fact in the identity
-# proof (bench/results/finetune-identity-proof.md) and 1e-3 did; soft prompts need a much larger step,
+# proof (bench/results/finetune-identity-proof.md), and on a tuning split of the identity data (seed 7, 20%
+# held out) 2e-3 reached in 2 epochs the held-out ROUGE-L that 1e-3 needed 4 for (0.50 against 0.49); a bigger
+# base may want less (--learning_rate). Soft prompts need a much larger step,
 # PEFT's prompt-tuning examples use 3e-2.
 # DPO/ORPO: 2e-4 for a LoRA adapter, not TRL's 1e-6 (set for full fine-tuning of large models) -- with LoRA
 # on the 135M model a few dozen pairs move the answers only at this size of step.
-DEFAULT_LEARNING_RATE = {"qlora": 1e-3, "lora": 1e-3, "prompt-tuning": 3e-2, "dpo": 2e-4, "orpo": 2e-4}
-# Epochs by dataset size: a fixed 3 epochs gave 82 identity records 33 steps, which never taught the new name
-# (bench/results/finetune-identity-proof.md); small sets need more passes, large ones fewer.
-TARGET_STEPS, MIN_EPOCHS, MAX_EPOCHS = 80, 3, 30
+DEFAULT_LEARNING_RATE = {"qlora": 2e-3, "lora": 2e-3, "prompt-tuning": 3e-2, "dpo": 2e-4, "orpo": 2e-4}
+# Epochs by dataset size: small sets need more passes, large ones fewer. 40 steps of 4 examples at 2e-3 taught
+# the identity data its new name in ~4 minutes on 2 CPU cores (bench/results/finetune-recipe.md); a fixed
+# 3 epochs of batch 8 at 2e-4 never did (bench/results/finetune-identity-proof.md).
+TARGET_STEPS, MIN_EPOCHS, MAX_EPOCHS = 40, 1, 30
 GENERAL_INSTRUCTIONS = Path(__file__).resolve().parents[2] / "shared" / "corpus" / "finetune" / "alpaca_en_demo.json"
 
 
@@ -60,7 +63,9 @@ class FinetuneConfig:
         "help": "The app's data folder (adapters, runs). Default: CHATAPP_DATA_DIR, else ./data."})
     lora_r: int = field(default=16, metadata={"help": "LoRA rank."})
     lora_alpha: int = field(default=32, metadata={"help": "LoRA alpha (scaling = alpha / r)."})
-    lora_dropout: float = field(default=0.05, metadata={"help": "Dropout on the LoRA branch."})
+    # 0, as Unsloth defaults: on CPU the dropout mask on every LoRA input took 13% of a step (py-spy), and a few
+    # epochs on a small set have not overfitted in any run measured here (bench/results/finetune-recipe.md).
+    lora_dropout: float = field(default=0.0, metadata={"help": "Dropout on the LoRA branch."})
     target_modules: str = field(default="all-linear", metadata={
         "help": "Modules that get LoRA: 'all-linear' or a comma-separated list such as q_proj,v_proj."})
     num_virtual_tokens: int = field(default=20, metadata={"help": "Prompt tuning: number of virtual tokens."})
@@ -156,8 +161,12 @@ class SmallRunDefaults:
     num_train_epochs: float = field(default=0.0, metadata={
         "help": "Total number of training epochs. Default 0 = chosen by dataset size: enough epochs for about "
                 f"{TARGET_STEPS} optimizer steps, at least {MIN_EPOCHS} and at most {MAX_EPOCHS} (see --max_steps)."})
+    # 4, not TrainingArguments' 8: a padding-free row of 8 examples ran 112 real tokens/s on 2 CPU cores against
+    # 135 for 4 (attention grows with the square of the row), and 4 gives twice the optimizer steps per epoch.
+    per_device_train_batch_size: int = field(default=4, metadata={
+        "help": "The batch size per device accelerator core/CPU for training."})
     learning_rate: float | None = field(default=None, metadata={
-        "help": "Initial learning rate. Default by method: 1e-3 for qlora/lora, 3e-2 for prompt-tuning, "
+        "help": "Initial learning rate. Default by method: 2e-3 for qlora/lora, 3e-2 for prompt-tuning, "
                 "2e-4 for dpo/orpo."})
     max_length: int | None = field(default=512, metadata={
         "help": "Maximum tokens per example (longer ones are truncated); with packing, the length of a packed row."})
@@ -197,7 +206,12 @@ class TrainConfig(SmallRunDefaults, SFTConfig):
 
     packing: bool | None = field(default=None, metadata={
         "help": "Pack examples into rows of max_length with per-example position ids, so no example attends to "
-                "another. Default: on with CUDA, off on CPU (padding to the longest example in the batch)."})
+                "another. Default: on with CUDA, off on CPU (each step takes the same examples; see --padding_free)."})
+    padding_free: bool | None = field(default=None, metadata={
+        "help": "Put a batch's examples end to end in one row with per-example position ids instead of padding them to "
+                "the longest (transformers masks each example off from the others). Default: on when packing is off "
+                "and no example is longer than max_length (TRL truncates only padded batches), except for prompt "
+                "tuning, whose soft prompt starts every row."})
 
 
 @dataclass

@@ -319,6 +319,15 @@ def finished_checkpoint(args, resume) -> Path | None:
     return Path(folder) if state.global_step >= wanted else None
 
 
+def use_padding_free(args: TrainConfig, summary, method: str) -> None:
+    """Choose padding-free batches where they are exact: 1.25x the real tokens/s of padded ones on 2 CPU cores
+    (bench/results/finetune-cpu-lora.md). TRL refuses padding_free with a max_length it would not enforce,
+    so max_length is dropped when no example reaches it (summary.truncated == 0: there is nothing to cut)."""
+    args.padding_free = not args.packing and method != "prompt-tuning" and summary.truncated == 0
+    if args.padding_free:
+        args.max_length = None
+
+
 def run_trainer(trainer, args, cancel: threading.Event | None, name: str):
     """trainer.train() with `--resume_from_checkpoint true|last|latest` meaning the newest checkpoint;
     (result, seconds). A cancelled run raises Cancelled, and saves nothing."""
@@ -376,6 +385,8 @@ def train(config: FinetuneConfig, args: TrainConfig | None = None, callbacks: li
         with args.main_process_first(local=True, desc="load the base"):  # converts the embedded GGUF once
             model, tokenizer = _load_model(config, args, config.adapter_method())
         summary = summarize(train_examples, tokenizer, args.max_length)
+        if args.padding_free is None:
+            use_padding_free(args, summary, method)
         if main:
             _say(f"{summary} (train); {len(test_examples)} held out for evaluation; "
                  f"method {method} on {base_folder(config.settings())}; {planned} optimizer steps planned; "
@@ -415,7 +426,8 @@ def train(config: FinetuneConfig, args: TrainConfig | None = None, callbacks: li
                 "learning_rate": args.learning_rate, "num_train_epochs": args.num_train_epochs,
                 "max_steps": args.max_steps, "per_device_train_batch_size": args.per_device_train_batch_size,
                 "gradient_accumulation_steps": args.gradient_accumulation_steps, "world_size": args.world_size,
-                "max_length": args.max_length, "packing": args.packing, "optim": str(args.optim.value
+                "max_length": args.max_length, "packing": args.packing, "padding_free": args.padding_free,
+                "optim": str(args.optim.value
                 if hasattr(args.optim, "value") else args.optim), "seed": args.seed,
                 "completion_only_loss": True,
             },

@@ -124,10 +124,13 @@ def test_defaults_need_only_data_and_name(tmp_path, monkeypatch):
     args = training_arguments(config)
     assert Path(args.output_dir) == tmp_path / "runs" / "n"
     assert config.resolved_method() == ("qlora" if torch.cuda.is_available() else "lora")
-    assert args.learning_rate == 1e-3 and args.num_train_epochs == 0  # 0: chosen by dataset size at the start
-    assert resolve_epochs(args, 82) and args.num_train_epochs == 8  # 11 steps an epoch at batch 8 -> 88 steps
+    assert args.learning_rate == 2e-3 and args.num_train_epochs == 0  # 0: chosen by dataset size at the start
+    assert args.per_device_train_batch_size == 4 and args.padding_free is None  # None: decided from the data
+    assert resolve_epochs(args, 82) and args.num_train_epochs == 2  # 21 steps an epoch at batch 4 -> 42 steps
+    small = training_arguments(config)
+    assert resolve_epochs(small, 16) and small.num_train_epochs == 10  # 4 steps an epoch -> 40 steps
     big = training_arguments(config)
-    assert resolve_epochs(big, 5000) and big.num_train_epochs == 3  # never under 3 epochs
+    assert resolve_epochs(big, 5000) and big.num_train_epochs == 1  # one pass is already 1250 steps
     fixed = training_arguments(config, max_steps=40)
     assert not resolve_epochs(fixed, 82) and fixed.num_train_epochs == 0  # max_steps decides
     assert args.load_best_model_at_end and args.metric_for_best_model == "eval_loss" and not args.greater_is_better
@@ -152,6 +155,8 @@ def test_lora_adapter_is_saved_with_its_card(lora_run, corpus):
     assert (path / "adapter_config.json").is_file() and (path / "adapter_model.safetensors").is_file()
     card = json.loads((path / "card.json").read_text())
     assert card["method"] == "lora" and card["hyperparameters"]["lora_r"] == 16
+    # 96 tokens cut some identity records, and TRL truncates only padded batches: so these were padded.
+    assert card["data"]["summary"]["truncated"] > 0 and card["hyperparameters"]["padding_free"] is False
     assert card["data"]["sha256"] and card["data"]["train_examples"] == 87 and card["data"]["test_examples"] == 4
     assert card["training"]["tokens"] > 0 and card["training"]["tokens_per_second"] > 0
     assert card["training"]["peak_memory_mb"] > 0 and card["training"]["seconds"] > 0
@@ -161,6 +166,22 @@ def test_lora_adapter_is_saved_with_its_card(lora_run, corpus):
     log = [json.loads(line) for line in (Path(args.output_dir) / "log.jsonl").read_text().splitlines()]
     assert any("loss" in e for e in log) and any("eval_rougeL" in e for e in log)
     assert (Path(args.output_dir) / "train.log").read_text().count("step ") >= 6
+
+
+def test_padding_free_default_gives_the_padded_loss(data_root, corpus):
+    """With no record over max_length the default puts each batch in one row; through the real Trainer its first
+    loss equals that of the same batch padded (transformers masks the examples off from each other)."""
+    losses = {}
+    for name, chosen in (("free", {}), ("padded", {"padding_free": False})):
+        config = run_config(data_root, corpus, f"ada-{name}", test_size=0, forgetting_samples=0)
+        args = training_arguments(config, max_steps=1, per_device_train_batch_size=4, logging_steps=1,
+                                  max_length=512, report_to="none", disable_tqdm=True, **chosen)
+        card = json.loads((train(config, args) / "card.json").read_text())
+        assert card["hyperparameters"]["padding_free"] is (name == "free")
+        assert card["data"]["summary"]["truncated"] == 0
+        log = [json.loads(line) for line in (Path(args.output_dir) / "log.jsonl").read_text().splitlines()]
+        losses[name] = next(e["loss"] for e in log if "loss" in e)
+    assert losses["free"] == pytest.approx(losses["padded"], rel=1e-3)
 
 
 def test_best_checkpoint_and_save_total_limit_follow_transformers(lora_run):

@@ -96,3 +96,26 @@ def test_cancel_stops_the_run_and_saves_nothing(app, page, corpus):
     page.wait_for_function("document.querySelector('#ft-status').innerText.includes('Cancelled')", timeout=120000)
     assert trainer.job.step < 200
     assert not (settings.adapters_dir / "ui-cancel").exists()
+
+
+def test_data_fractions_box_trains_one_adapter_per_share_and_plots_them(app, page, corpus, artifacts):
+    settings, registry, trainer, _ = app
+    kept = settings.data_dir / "datasets" / "identity.json"
+    kept.parent.mkdir(parents=True, exist_ok=True)
+    kept.write_bytes((corpus / "finetune" / "identity.json").read_bytes())
+    page.locator("#ft-data input").fill(str(kept))
+    page.locator("#ft-data input").press("Enter")
+    quick_settings(page, "ui-frac", steps=2)
+    fill(page, "ft-test-size", 2)  # held-out records: each run's ROUGE-L is the plotted point
+    fill(page, "ft-fractions", "0.5,1")
+    page.locator("#ft-start").click()
+    page.wait_for_function("document.querySelector('#ft-status').innerText.includes('Done')", timeout=600000)
+    assert {"ui-frac-50pct", "ui-frac-100pct"} <= set(registry.variants())
+    rows = trainer.job.fraction_rows
+    assert [r["records"] for r in rows] == [round(89 * 0.5), 89] and all(0 <= r["eval_rougeL"] <= 1 for r in rows)
+    plot = page.locator("#ft-fractions-plot")
+    plot.scroll_into_view_if_needed()
+    page.wait_for_function("document.querySelectorAll('#ft-fractions-plot canvas, #ft-fractions-plot svg').length > 0",
+                           timeout=30000)
+    assert (settings.runs_dir / "ui-frac-fractions.png").is_file()
+    page.screenshot(path=str(artifacts / "finetune-fractions.png"), full_page=True)
