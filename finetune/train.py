@@ -248,7 +248,7 @@ def peft_config_for(config: FinetuneConfig, method: str, tokenizer_path: str):
     targets = config.target_modules
     targets = targets if targets == "all-linear" else [t.strip() for t in targets.split(",") if t.strip()]
     return LoraConfig(task_type=TaskType.CAUSAL_LM, r=config.lora_r, lora_alpha=config.lora_alpha,
-                      lora_dropout=config.lora_dropout, target_modules=targets)
+                      lora_dropout=config.lora_dropout, target_modules=targets, use_rslora=config.use_rslora)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -420,7 +420,8 @@ def train(config: FinetuneConfig, args: TrainConfig | None = None, callbacks: li
             "hyperparameters": {
                 **({"num_virtual_tokens": config.num_virtual_tokens, "prompt_tuning_init_text": config.prompt_tuning_init_text}
                    if method == "prompt-tuning" else
-                   {"lora_r": config.lora_r, "lora_alpha": config.lora_alpha, "lora_dropout": config.lora_dropout,
+                   {"lora_r": config.lora_r, "lora_alpha": config.lora_alpha, "use_rslora": config.use_rslora,
+                    "lora_dropout": config.lora_dropout,
                     "target_modules": config.target_modules}),
                 "quantization": "nf4 double-quant, bf16 compute" if method == "qlora" else None,
                 "learning_rate": args.learning_rate, "num_train_epochs": args.num_train_epochs,
