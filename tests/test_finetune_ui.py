@@ -40,6 +40,15 @@ def fill(page, elem_id: str, value) -> None:
     box.press("Tab")
 
 
+def type_dataset_path(page, settings, corpus) -> None:
+    """Type the path of identity.json copied into the data folder (a path outside it is refused: test_closed_doors)."""
+    kept = settings.data_dir / "datasets" / "identity.json"
+    kept.parent.mkdir(parents=True, exist_ok=True)
+    kept.write_bytes((corpus / "finetune" / "identity.json").read_bytes())
+    page.locator("#ft-data input").fill(str(kept))
+    page.locator("#ft-data input").press("Enter")
+
+
 def quick_settings(page, name: str, steps: int) -> None:
     fill(page, "ft-name", name)
     page.locator("#ft-method").get_by_text("lora", exact=True).click()
@@ -83,12 +92,7 @@ def test_bad_dataset_is_refused_with_its_reason(app, page, tmp_path):
 
 def test_cancel_stops_the_run_and_saves_nothing(app, page, corpus):
     settings, _, trainer, _ = app
-    # a file of the data folder typed into the field (a path outside it is refused: test_closed_doors)
-    kept = settings.data_dir / "datasets" / "identity.json"
-    kept.parent.mkdir(parents=True, exist_ok=True)
-    kept.write_bytes((corpus / "finetune" / "identity.json").read_bytes())
-    page.locator("#ft-data input").fill(str(kept))
-    page.locator("#ft-data input").press("Enter")
+    type_dataset_path(page, settings, corpus)
     quick_settings(page, "ui-cancel", steps=200)
     page.locator("#ft-start").click()
     page.wait_for_function("/step [1-9]/.test(document.querySelector('#ft-status').innerText)", timeout=120000)
@@ -100,11 +104,7 @@ def test_cancel_stops_the_run_and_saves_nothing(app, page, corpus):
 
 def test_data_fractions_box_trains_one_adapter_per_share_and_plots_them(app, page, corpus, artifacts):
     settings, registry, trainer, _ = app
-    kept = settings.data_dir / "datasets" / "identity.json"
-    kept.parent.mkdir(parents=True, exist_ok=True)
-    kept.write_bytes((corpus / "finetune" / "identity.json").read_bytes())
-    page.locator("#ft-data input").fill(str(kept))
-    page.locator("#ft-data input").press("Enter")
+    type_dataset_path(page, settings, corpus)
     quick_settings(page, "ui-frac", steps=2)
     fill(page, "ft-test-size", 2)  # held-out records: each run's ROUGE-L is the plotted point
     fill(page, "ft-fractions", "0.5,1")
