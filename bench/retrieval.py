@@ -4,8 +4,11 @@ dense search (the plain baseline), its hybrid dense + BM25 search (what `python 
 returns), and the chat's choice (20 hybrid candidates, the top k by evidence: chatapp.rag).
 
     python bench/retrieval.py [--k 5] [--data DIR] [--out bench/results/retrieval.md]
+    python bench/retrieval.py --chunk-sizes 500,700,1000,1500 --out bench/results/chunking.md
 
-Without --data the whole shared corpus is ingested into a scratch folder first.
+Without --data the whole shared corpus is ingested into a scratch folder first. With --chunk-sizes it is
+ingested once per size (overlap 15% of the size, as the default 1000/150) and the arms are compared across
+sizes: the chat asks for the same top k passages whatever their size.
 """
 from __future__ import annotations
 
@@ -46,26 +49,53 @@ def hit_rates(store, questions, k: int, candidates: int) -> dict:
     return found
 
 
+def measure(questions, k: int, data: Path | None, **overrides) -> dict:
+    """hit_rates on the store in `data`, or on the corpus ingested into a scratch folder with `overrides`."""
+    with tempfile.TemporaryDirectory(prefix="bench-retrieval-") as scratch:
+        settings = Settings.from_env(data_dir=data or Path(scratch), **overrides)
+        store = get_store(settings)
+        try:
+            if data is None:
+                started = time.perf_counter()
+                results = store.ingest([str(CORPUS)])
+                print(f"ingested {sum(r.ok for r in results)} sources ({store.count()} chunks of "
+                      f"{settings.chunk_size} characters) in {time.perf_counter() - started:.0f} s", file=sys.stderr)
+            return hit_rates(store, questions, k, settings.candidates)
+        finally:
+            store.close()
+
+
+def chunking(questions, k: int, sizes: list[int]) -> str:
+    lines = [f"# Chunk size against the right passage in the top {k} "
+             f"(`python bench/retrieval.py --chunk-sizes {','.join(map(str, sizes))}`)", "",
+             f"{os.cpu_count()} cores; matrix units: {', '.join(matrix_units()) or 'none'}; "
+             f"{len(questions)} answerable questions of questions.jsonl; overlap 15% of the size", "",
+             "| chunk size | questions | " + " | ".join(ARMS.values()) + " |", "|---:|---|" + "---:|" * len(ARMS)]
+    for size in sizes:
+        found = measure(questions, k, None, chunk_size=size, chunk_overlap=size * 15 // 100)
+        for name, keep in (("all answerable", lambda q: True), ("holdout split", lambda q: q.split == "holdout")):
+            index = [i for i, q in enumerate(questions) if keep(q)]
+            lines.append(f"| {size} | {name} | " + " | ".join(
+                f"{sum(found[arm][i] for i in index)}/{len(index)}" for arm in ARMS) + " |")
+    return "\n".join(lines)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--k", type=int, default=5)
     parser.add_argument("--data", type=Path, help="a data folder whose store already holds the corpus")
     parser.add_argument("--questions", type=Path, default=ROOT / "bench" / "questions.jsonl")
+    parser.add_argument("--chunk-sizes", help="comma-separated chunk sizes to compare (the corpus is ingested per size)")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
     questions = [q for q in read_questions(args.questions) if q.answerable]
-    with tempfile.TemporaryDirectory(prefix="bench-retrieval-") as scratch:
-        settings = Settings.from_env(data_dir=args.data or Path(scratch))
-        store = get_store(settings)
-        try:
-            if args.data is None:
-                started = time.perf_counter()
-                results = store.ingest([str(CORPUS)])
-                print(f"ingested {sum(r.ok for r in results)} sources in {time.perf_counter() - started:.0f} s",
-                      file=sys.stderr)
-            found = hit_rates(store, questions, args.k, settings.candidates)
-        finally:
-            store.close()
+    if args.chunk_sizes:
+        text = chunking(questions, args.k, [int(x) for x in args.chunk_sizes.split(",")])
+        print(text)
+        if args.out:
+            args.out.write_text(text + "\n")
+        return 0
+    found = measure(questions, args.k, args.data)
     subsets = {"all answerable": lambda q: True, "PDF": lambda q: q.source.endswith(".pdf"),
                "paraphrases": lambda q: q.paraphrase, "holdout split": lambda q: q.split == "holdout"}
     lines = [f"# Right passage in the top {args.k} (`python bench/retrieval.py --k {args.k}`)", "",
