@@ -57,6 +57,7 @@ _DECLINES = re.compile(r"\b(not (provided|given|mentioned|stated|relevant|specif
                        r"(contain|cover|say|mention|provide|specify)|no (information|answer|mention))\b", re.IGNORECASE)
 _CITATION = re.compile(r"\[\d{1,3}(?:\s*[,–-]\s*\d{1,3})*\]")  # "[20]" cites a reference; it is no figure
 _NAME = re.compile(r"(?<![\w.])[A-Z][a-z]+(?:[A-Z][a-z]+)*\b|\b[A-Z]{2,}[a-z]*\b")
+_CLOSED = re.compile(r"[.!?:;\"'”’)\]]\s*$")  # a piece that ends as a sentence does
 _SEGMENTER = pysbd.Segmenter(language="en", clean=False, char_span=True)
 # It keeps the text in hand on itself, so concurrent answers (the API, two tabs) would garble each other's
 # sentence spans: one caller at a time (loaders/terms.py does the same for the stemmer).
@@ -75,9 +76,17 @@ def sentence_spans(text: str) -> list[tuple[int, int]]:
     """(start, end) of each sentence; a run-on one (tables, formulas) is cut at MAX_QUOTE_CHARS on a space."""
     spans = []
     with _SEGMENTER_LOCK:
-        segments = _SEGMENTER.segment(text)
-    for segment in segments:
-        start, end = segment.start, segment.end
+        segments = [(s.start, s.end) for s in _SEGMENTER.segment(text)]
+    # pysbd ends a sentence at a PDF's line break inside a URL or a phrase ("available at https://github.com/"
+    # | "tensorflow/tensor2tensor."): a piece that ends without closing punctuation, followed by one that
+    # starts in lower case, is one sentence.
+    joined: list[tuple[int, int]] = []
+    for start, end in segments:
+        if joined and text[start:end].lstrip()[:1].islower() and not _CLOSED.search(text[joined[-1][0]:joined[-1][1]]):
+            joined[-1] = (joined[-1][0], end)
+        else:
+            joined.append((start, end))
+    for start, end in joined:
         while text[start:end].strip():
             if end - start <= MAX_QUOTE_CHARS:
                 spans.append((start, end))

@@ -34,6 +34,17 @@ def test_sentences_are_cut_at_their_ends_and_long_ones_bounded():
     assert all(end - start <= evidence.MAX_QUOTE_CHARS for start, end in spans)
 
 
+def test_a_line_break_inside_a_url_does_not_end_the_sentence(pages):
+    """The PDF breaks "https://github.com/tensorflow/tensor2tensor" across two lines; the quote keeps it whole,
+    while a heading still stands apart from the sentence after it."""
+    passage = next(text for text in pages[10] if "is available at" in text)
+    sentences = [passage[start:end] for start, end in evidence.sentence_spans(passage)]
+    code = next(s for s in sentences if "is available at" in s)
+    assert "tensor2tensor" in code and code.startswith("The code we used")
+    heading = "6.3 English Constituency Parsing\nTo evaluate if the Transformer can generalize, we ran it."
+    assert [heading[a:b] for a, b in evidence.sentence_spans(heading)][0] == "6.3 English Constituency Parsing"
+
+
 def test_figures_compare_across_formats():
     assert evidence.figure_key("4,000") == evidence.figure_key("4000")
     assert evidence.figure_key("−9") == "-9"
