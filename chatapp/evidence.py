@@ -47,8 +47,8 @@ PRECISION_WEIGHT = 0.2  # the share of the sentence's own terms that the questio
 _ASKS_FIGURE = re.compile(
     r"\bhow (many|much|long|large|big|small|often|old|fast|far|high|wide|deep|tall)\b|\bwhen\b|"
     r"\bwhat (year|date|day|month|time|percentage|proportion|fraction|ratio)\b|\bwhich (year|date|day|month)\b|"
-    r"\b(value|number|size|rate|score|percent|percentage|count|amount|dimension|dimensionality|cost|price|"
-    r"bleu|accuracy|steps|epochs|batch)\b",
+    r"\b(values?|numbers?|sizes?|rates?|scores?|percent|percentages?|counts?|amounts?|dimensions?|dimensionality|"
+    r"costs?|prices?|bleu|accuracy|steps|epochs|batch)\b",
     re.IGNORECASE,
 )
 # A figure: 4000, 4,000, 0.1, 28.4, 10%, 2017, 3.5 days. Unicode minus and thin spaces appear in PDFs.

@@ -51,6 +51,13 @@ def test_figures_compare_across_formats():
     assert evidence.figures("BLEU of 28.4 at 10% cost, 3.5 days, 2014-2015") == ["28.4", "10%", "3.5", "2014", "2015"]
 
 
+def test_a_question_in_the_plural_asks_for_figures_as_in_the_singular():
+    for question in ("In what pack sizes do the donut sticks come?", "What dropout rates were tried?",
+                     "Which BLEU scores did the two models reach?", "What values of beta1 and beta2 were used?"):
+        assert evidence.asks_for_figure(question), question
+    assert not evidence.asks_for_figure("Who released the proof-of-concept code?")
+
+
 def test_the_sentence_with_the_figure_asked_for_is_the_best_evidence(pages):
     passages = passages_with(pages, "warmup_steps = 4000", "label smoothing", "Adam optimizer")
     found = evidence.best_sentence("How many warmup steps were used?", passages, [0.5] * len(passages))
