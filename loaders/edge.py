@@ -49,9 +49,11 @@ class StoreInUse(Exception):
 
 def config(dimension: int) -> edge.EdgeConfig:
     return edge.EdgeConfig(
-        vectors={DENSE: edge.EdgeVectorParams(dimension, edge.Distance.Dot)},
-        sparse_vectors={KEYWORDS: edge.EdgeSparseVectorParams(modifier=edge.Modifier.Idf)},
-        on_disk_payload=True,  # payloads (the chunk texts) stay on disk: RSS is the vectors and the graph
+        # Vectors, sparse vectors and payloads are memory-mapped, not read in at open: a 1M-chunk store opens
+        # without reading its gigabytes, and the OS page cache keeps the pages that searches touch.
+        vectors={DENSE: edge.EdgeVectorParams(dimension, edge.Distance.Dot, on_disk=True)},
+        sparse_vectors={KEYWORDS: edge.EdgeSparseVectorParams(modifier=edge.Modifier.Idf, on_disk=True)},
+        on_disk_payload=True,
         hnsw_config=edge.HnswIndexConfig(**HNSW))
 
 
