@@ -49,8 +49,8 @@ class StoreInUse(Exception):
 
 def config(dimension: int) -> edge.EdgeConfig:
     return edge.EdgeConfig(
-        # Vectors, sparse vectors and payloads are memory-mapped, not read in at open: a 1M-chunk store opens
-        # without reading its gigabytes, and the OS page cache keeps the pages that searches touch.
+        # Vectors and sparse vectors are memory-mapped and payloads stay on disk, none read in at open: a
+        # 1M-chunk store opens without reading its gigabytes, and the OS page cache keeps what searches touch.
         vectors={DENSE: edge.EdgeVectorParams(dimension, edge.Distance.Dot, on_disk=True)},
         sparse_vectors={KEYWORDS: edge.EdgeSparseVectorParams(modifier=edge.Modifier.Idf, on_disk=True)},
         on_disk_payload=True,
