@@ -268,6 +268,29 @@ def split(docs: list[Document], chunk_size: int = 1000, chunk_overlap: int = 150
     return chunks
 
 
+KIND_WORDS = {"pdf": "document", "html": "web page", "transcript": "video transcript", "json": "record",
+              "jsonl": "record", "markdown": "document", "text": "document", "docx": "document",
+              "pptx": "slides", "xlsx": "spreadsheet", "csv": "spreadsheet", "epub": "book"}
+
+
+def context_header(metadata: dict) -> str:
+    """The line searched with a chunk but not shown: its source's title, what kind of source it is, and
+    its section. A chunk seldom names what its document is about ("Published 24 July 2015"; the
+    paper's "our model"), while questions do ("when was the BBC article published?", "what did the
+    narrator say?"): the header lets dense and BM25 search match them, as contextual chunk headers do."""
+    title = str(metadata.get("title") or "")
+    if title == Path(str(metadata.get("source") or "")).stem:
+        title = re.sub(r"[_-]+", " ", title)  # a file name standing in for a title reads as words
+    parts = [title, KIND_WORDS.get(str(metadata.get("kind") or ""), ""), str(metadata.get("section") or "")]
+    return " | ".join(p.strip() for p in parts if p and p.strip())
+
+
+def indexed_text(chunk: Document) -> str:
+    """What dense and BM25 search index for a chunk: its context header, then its text."""
+    header = context_header(chunk.metadata or {})
+    return f"{header}\n{chunk.page_content}" if header else chunk.page_content
+
+
 # --- formats -------------------------------------------------------------------------------------
 
 PDFIUM_LOCK = threading.Lock()  # PDFium is not thread-safe, not even across documents (pypdfium2's docs)

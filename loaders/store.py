@@ -29,7 +29,7 @@ from langchain_core.documents import Document
 from qdrant_client import QdrantClient
 
 from loaders import transfer
-from loaders.documents import LoadError, expand, is_url, load, source_key, split
+from loaders.documents import LoadError, expand, indexed_text, is_url, load, source_key, split
 from loaders.edge import EdgeVectorStore, StoreInUse
 from loaders.layout import CONTENT, PENDING, WRITING, Hit, StoredPoint, payload
 from loaders.server import ServerVectorStore
@@ -218,9 +218,12 @@ class DocumentStore:
                     if progress:
                         progress((len(done) + start) / len(chunks),
                                  f"embedding {source}: {len(done) + start}/{len(chunks)} chunks")
-                    dense = self.embeddings.embed_documents([chunk.page_content for _, chunk in batch])
-                    engine.write([StoredPoint(i, vector, payload(chunk.page_content, chunk.metadata, pending=True))
-                                  for (i, chunk), vector in zip(batch, dense)])
+                    texts = [indexed_text(chunk) for _, chunk in batch]
+                    dense = self.embeddings.embed_documents(texts)
+                    sparse = self.keywords.embed_documents(texts)
+                    engine.write([StoredPoint(i, vector, payload(chunk.page_content, chunk.metadata, pending=True),
+                                              (keywords.indices, keywords.values))
+                                  for (i, chunk), vector, keywords in zip(batch, dense, sparse)])
                     written += [i for i, _ in batch]
             except BaseException:
                 if written:  # a failed source leaves nothing behind (a killed one: see the docstring)

@@ -13,6 +13,7 @@ import pypdf
 import pytest
 
 from chatapp.settings import Settings
+from loaders.documents import context_header, indexed_text
 from loaders.store import DocumentStore, StoreError, chunk_id, get_store, open_engine
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -61,13 +62,32 @@ def test_search_finds_the_page_with_cosine_scores(store):
     assert dense == sorted(dense, reverse=True)
     query = np.array(store.embeddings.embed_query("How does multi-head attention let the model attend to "
                                                   "different subspaces?"))
-    passage = np.array(store.embeddings.embed_documents([doc.page_content])[0])
+    passage = np.array(store.embeddings.embed_documents([indexed_text(doc)])[0])  # the stored vector's text
     cosine = float(query @ passage / np.linalg.norm(query) / np.linalg.norm(passage))
     assert score == pytest.approx(cosine, abs=1e-4)
     minecraft = store.search("Minecraft server crash exploit", k=1)[0][0]
     assert minecraft.metadata["source"] == "ars-1.html"
     transcript = store.search("a test transcript that was made up", k=1)[0][0]
     assert transcript.metadata["source"] == "timedtext_sample.xml" and transcript.metadata["start"] == 0.0
+
+
+def test_chunks_are_found_by_their_source_title_and_kind(settings, tmp_path):
+    """Two notes whose text is the same but for a date: only the header, the file name as title, tells them
+    apart, and the question names the document as people do."""
+    for name, date in (("zebra-migration-notes.txt", "24 July 2015"), ("penguin-colony-notes.txt", "3 March 2019")):
+        (tmp_path / name).write_text(f"Published {date}. The figures were checked twice.\n")
+    scratch = get_store(Settings.from_env(data_dir=tmp_path / "titled"))
+    try:
+        assert all(r.ok for r in scratch.ingest([tmp_path / "zebra-migration-notes.txt",
+                                                 tmp_path / "penguin-colony-notes.txt"]))
+        for hybrid in (True, False):
+            top = scratch.search("When were the penguin colony notes published?", k=1, hybrid=hybrid)[0][0]
+            assert top.metadata["source"] == "penguin-colony-notes.txt" and "3 March 2019" in top.page_content
+            assert top.page_content.startswith("Published")  # the header is searched, never shown
+    finally:
+        scratch.close()
+    header = context_header({"title": "timedtext_sample", "source": "timedtext_sample.xml", "kind": "transcript"})
+    assert header == "timedtext sample | video transcript"
 
 
 def test_chunk_ids_are_deterministic(store):
