@@ -7,7 +7,7 @@ batch and learning rate.
          loss on the answer tokens, peft's default LoRA dropout (0).
   ours   finetune.train.train with its CPU defaults: TRL SFTTrainer, completion-only loss, padding-free batches
          (one row per batch, per-example positions), LoRA dropout 0, bf16 autocast when the CPU has AVX512-BF16
-         or AMX (finetune.config.cpu_has_bf16), fp32 otherwise.
+         or AMX (finetune.config.cpu_has_bf16) with the frozen base stored in bf16, fp32 otherwise.
 
 Real tokens = non-padding tokens (Trainer's include_num_input_tokens_seen="non_padding"), counted over the
 steps after warm-up; the two arms alternate for --rounds rounds so a change in machine load hits both.

@@ -217,7 +217,10 @@ def _load_model(config: FinetuneConfig, args: TrainConfig, method: str):
 
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=bool(args.activation_checkpointing))
         return model, tokenizer
-    model, tokenizer, _ = load_base(settings, precision="32bit", device=device)
+    # bf16 autocast on CPU re-casts every frozen fp32 weight at each forward; a base stored in bf16 skips
+    # that (peft keeps the LoRA weights in fp32): 172 -> 189 real tokens/s on 2 AVX512-BF16 cores.
+    precision = "16bit" if device == "cpu" and args.bf16 and method == "lora" else "32bit"
+    model, tokenizer, _ = load_base(settings, precision=precision, device=device)
     return model, tokenizer
 
 
