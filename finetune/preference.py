@@ -28,9 +28,9 @@ from finetune.data import (
 )
 from finetune.train import (
     RunLog,
-    _load_model,
-    _log_to,
-    _peak_memory_mb,
+    load_model,
+    log_to,
+    peak_memory_mb,
     _say,
     adapter_path,
     check_run_length,
@@ -153,10 +153,10 @@ def train_preference(config: FinetuneConfig, args, callbacks: list | tuple = (),
     if resolve_epochs(args, len(train_pairs)):
         _say(f"epochs by dataset size: {args.num_train_epochs:g} for {len(train_pairs)} pairs")
     check_run_length(len(train_pairs), args, unit="pairs")
-    handler = _log_to(Path(args.logging_dir or output_dir)) if main else None
+    handler = log_to(Path(args.logging_dir or output_dir)) if main else None
     try:
         with args.main_process_first(local=True, desc="load the base"):
-            model, tokenizer = _load_model(config, args, adapter)
+            model, tokenizer = load_model(config, args, adapter)
         folder = base_folder(settings)
         if main:
             _say(f"{len(train_pairs)} preference pairs (train), {len(test_pairs)} held out; method {method} "
@@ -171,7 +171,7 @@ def train_preference(config: FinetuneConfig, args, callbacks: list | tuple = (),
             callbacks=[RunLog(Path(args.logging_dir or output_dir), cancel, on_log), *callbacks])
         result, seconds = run_trainer(trainer, args, cancel, config.name)
         held_out = _held_out_metrics(trainer.evaluate()) if has_eval else {}
-        peak, peak_kind = _peak_memory_mb(str(args.device))
+        peak, peak_kind = peak_memory_mb(str(args.device))
         partial = target.with_name(f".{target.name}.partial")
         shutil.rmtree(partial, ignore_errors=True)  # what a killed run left there
         trainer.save_model(str(partial))

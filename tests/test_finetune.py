@@ -14,8 +14,8 @@ from chatapp.loading import load_base
 from chatapp.model import ModelRegistry
 from chatapp.settings import Settings
 from finetune.config import FinetuneConfig, resolve_epochs, training_arguments
-from finetune.data import DatasetError, read_records, split
-from finetune.train import generate_answers, train
+from finetune.data import DatasetError, read_records, split, to_dataset
+from finetune.train import FinetuneTrainer, generate_answers, load_model, peft_config_for, train
 
 ROOT = Path(__file__).resolve().parents[1]
 IDENTITY_VARS = "name=Ada,author=Lovelace Labs"
@@ -182,6 +182,37 @@ def test_padding_free_default_gives_the_padded_loss(data_root, corpus):
         log = [json.loads(line) for line in (Path(args.output_dir) / "log.jsonl").read_text().splitlines()]
         losses[name] = next(e["loss"] for e in log if "loss" in e)
     assert losses["free"] == pytest.approx(losses["padded"], rel=1e-3)
+
+
+def test_labelled_only_head_gives_trls_loss_entropy_and_accuracy(data_root, corpus):
+    """The CPU path that projects only the labelled positions logs what TRL's fused head logs on the same
+    padding-free batch: the loss, the entropy, the token accuracy and the token count."""
+    config = run_config(data_root, corpus, "ada-head", test_size=0, forgetting_samples=0)
+    args = training_arguments(config, max_steps=1, per_device_train_batch_size=4, report_to="none",
+                              padding_free=True, max_length=None, disable_tqdm=True)
+    model, tokenizer = load_model(config, args, "lora")
+    trainer = FinetuneTrainer(model=model, args=args, processing_class=tokenizer,
+                              train_dataset=to_dataset(read_records(config.data, config.variables())[:8]),
+                              peft_config=peft_config_for(config, "lora", ""))
+    batch = next(iter(trainer.get_train_dataloader()))
+    assert batch["input_ids"].shape[0] == 1 and "position_ids" in batch  # one padding-free row
+    trainer.model.train()
+    trainable = [p for p in trainer.model.parameters() if p.requires_grad]
+    gradients = []
+    for labelled_only in (False, True):
+        trainer.labelled_logits_only = labelled_only
+        trainer.model.zero_grad()
+        with trainer.compute_loss_context_manager():
+            loss = trainer.compute_loss(trainer.model, dict(batch))
+        loss.backward()
+        gradients.append(torch.cat([p.grad.flatten() for p in trainable if p.grad is not None]))
+        trainer.log({"loss": loss.item()})
+    fused, labelled = trainer.state.log_history[-2:]
+    assert labelled["loss"] == pytest.approx(fused["loss"], rel=1e-4)
+    assert labelled["entropy"] == pytest.approx(fused["entropy"], rel=1e-3)
+    assert labelled["mean_token_accuracy"] == pytest.approx(fused["mean_token_accuracy"], abs=0.01)
+    assert torch.nn.functional.cosine_similarity(*gradients, dim=0) > 0.999  # the same update
+    assert labelled["num_tokens"] == fused["num_tokens"] == batch["input_ids"].shape[1]
 
 
 def test_best_checkpoint_and_save_total_limit_follow_transformers(lora_run):
