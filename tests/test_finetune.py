@@ -14,6 +14,7 @@ from chatapp.loading import load_base
 from chatapp.model import ModelRegistry
 from chatapp.settings import Settings
 from finetune.config import FinetuneConfig, resolve_epochs, training_arguments
+from finetune.attention import PACKED_ATTENTION
 from finetune.data import DatasetError, read_records, split, to_dataset
 from finetune.train import FinetuneTrainer, generate_answers, load_model, peft_config_for, train
 
@@ -288,11 +289,13 @@ def test_prompt_tuning_saves_a_soft_prompt_that_changes_answers(data_root, corpu
     assert before != after
 
 
-def test_packed_examples_do_not_attend_to_each_other(data_root, corpus):
-    """TRL's padding-free collation (used by --packing) gives each example the same logits as alone."""
+@pytest.mark.parametrize("attention", [None, PACKED_ATTENTION])
+def test_packed_examples_do_not_attend_to_each_other(data_root, corpus, attention):
+    """TRL's padding-free collation (used by --packing and padding_free) gives each example the same logits as
+    alone, with transformers' block-diagonal mask and with the per-example attention CPU training loads."""
     from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
 
-    model, tokenizer, _ = load_base(Settings.from_env(data_dir=data_root))
+    model, tokenizer, _ = load_base(Settings.from_env(data_dir=data_root), attention=attention)
     texts = ["<|im_start|>user\nWho are you?<|im_end|>\n", "<|im_start|>user\nName three fruits please.<|im_end|>\n"]
     ids = [tokenizer(t)["input_ids"] for t in texts]
     packed = DataCollatorForLanguageModeling(pad_token_id=tokenizer.pad_token_id, padding_free=True)(
