@@ -13,6 +13,7 @@ from __future__ import annotations
 import weakref
 
 import torch
+from torch.nn.attention import SDPBackend, sdpa_kernel
 from transformers import AttentionInterface, AttentionMaskInterface
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import sdpa_mask
@@ -44,8 +45,11 @@ def sdpa_packed_rows(module, query, key, value, attention_mask, position_ids=Non
     if lengths is None or not query.shape[2] == key.shape[2] == sum(lengths):
         return sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
     kwargs.pop("is_causal", None)
-    outputs = [sdpa_attention_forward(module, q, k, v, None, is_causal=True, **kwargs)[0]
-               for q, k, v in zip(query.split(lengths, 2), key.split(lengths, 2), value.split(lengths, 2))]
+    # SDPA's math backend: on examples of ~100 tokens its forward and backward took 12-13 ms a layer against
+    # the flash kernel's 20-24 ms (the flash backward is tuned for long sequences).
+    with sdpa_kernel(SDPBackend.MATH):
+        outputs = [sdpa_attention_forward(module, q, k, v, None, is_causal=True, **kwargs)[0]
+                   for q, k, v in zip(query.split(lengths, 2), key.split(lengths, 2), value.split(lengths, 2))]
     return torch.cat(outputs, dim=1), None  # each is (batch, queries, heads, dim)
 
 
