@@ -65,6 +65,9 @@ class FinetuneConfig:
     # on the seed-7 tuning split, 3e-4 x 3 epochs x batch 8 reached held-out ROUGE-L 0.49 with that scaling.
     use_rslora: bool = field(default=True, metadata={
         "help": "Rank-stabilised LoRA: scale the update by alpha/sqrt(r) instead of alpha/r (peft's use_rslora)."})
+    loraplus_lr_ratio: float = field(default=0.0, metadata={
+        "help": "LoRA+ (Hayou et al. 2024): the B matrices learn this many times faster than A (16 in the paper; "
+                "0 = off)."})
     # 0, as Unsloth defaults: on CPU the dropout mask on every LoRA input took 13% of a step (py-spy), and a few
     # epochs on a small set have not overfitted in any run measured here (bench/results/finetune-recipe.md).
     lora_dropout: float = field(default=0.0, metadata={"help": "Dropout on the LoRA branch."})

@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 from matplotlib.figure import Figure
 from peft import load_peft_weights, set_peft_model_state_dict
+from peft.optimizers import create_loraplus_optimizer
 from transformers import (
     AutoModelForCausalLM,
     BitsAndBytesConfig,
@@ -140,13 +141,25 @@ class FinetuneTrainer(SFTTrainer):
     positions (`labelled_logits_only`, see compute_loss)."""
 
     def __init__(self, *args, generation_examples: list[Example] = (), max_new_tokens: int = 64,
-                 labelled_logits_only: bool = False, **kwargs):
+                 labelled_logits_only: bool = False, loraplus_lr_ratio: float = 0.0, **kwargs):
         super().__init__(*args, **kwargs)
+        self.loraplus_lr_ratio = loraplus_lr_ratio
         self.generation_examples = list(generation_examples)
         self.max_new_tokens = max_new_tokens
         self.labelled_logits_only = labelled_logits_only
         self.labelled_metrics = {"train": defaultdict(list), "eval": defaultdict(list)}
         self.labelled_tokens_seen = 0
+
+    def create_optimizer(self, model=None):
+        """With `loraplus_lr_ratio`, LoRA+ (peft's create_loraplus_optimizer): the B matrices take steps that many
+        times larger than A's, with the optimizer and its settings that the TrainingArguments choose."""
+        if self.optimizer is None and self.loraplus_lr_ratio:
+            optimizer_cls, kwargs = self.get_optimizer_cls_and_kwargs(self.args, self.model)
+            kwargs.pop("lr", None)
+            self.optimizer = create_loraplus_optimizer(
+                self.model, optimizer_cls, lr=self.args.learning_rate, loraplus_lr_ratio=self.loraplus_lr_ratio,
+                loraplus_weight_decay=self.args.weight_decay, **kwargs)
+        return super().create_optimizer(model)
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         """With `labelled_logits_only`, project only the positions that have a label. TRL's fused head scores
@@ -455,7 +468,8 @@ def train(config: FinetuneConfig, args: TrainConfig | None = None, callbacks: li
             generation_examples=test_examples[: config.eval_generate_samples] if has_eval else (),
             max_new_tokens=config.eval_max_new_tokens,
             # prompt tuning prepends virtual tokens, so the kept positions would not line up with the labels
-            labelled_logits_only=args.device.type == "cpu" and method != "prompt-tuning")
+            labelled_logits_only=args.device.type == "cpu" and method != "prompt-tuning",
+            loraplus_lr_ratio=config.loraplus_lr_ratio if method != "prompt-tuning" else 0.0)
         result, seconds = run_trainer(trainer, args, cancel, config.name)
         device = str(args.device)
         peak, peak_kind = peak_memory_mb(device)
@@ -477,6 +491,7 @@ def train(config: FinetuneConfig, args: TrainConfig | None = None, callbacks: li
                 **({"num_virtual_tokens": config.num_virtual_tokens, "prompt_tuning_init_text": config.prompt_tuning_init_text}
                    if method == "prompt-tuning" else
                    {"lora_r": config.lora_r, "lora_alpha": config.lora_alpha, "use_rslora": config.use_rslora,
+                    "loraplus_lr_ratio": config.loraplus_lr_ratio,
                     "lora_dropout": config.lora_dropout,
                     "target_modules": config.target_modules}),
                 "quantization": "nf4 double-quant, bf16 compute" if method == "qlora" else None,

@@ -216,6 +216,19 @@ def test_labelled_only_head_gives_trls_loss_entropy_and_accuracy(data_root, corp
     assert labelled["num_tokens"] == fused["num_tokens"] == batch["input_ids"].shape[1]
 
 
+def test_loraplus_gives_the_b_matrices_the_larger_step(data_root, corpus):
+    config = run_config(data_root, corpus, "ada-plus", test_size=0, forgetting_samples=0, loraplus_lr_ratio=16)
+    args = training_arguments(config, max_steps=1, learning_rate=1e-4, report_to="none", disable_tqdm=True)
+    model, tokenizer = load_model(config, args, "lora")
+    trainer = FinetuneTrainer(model=model, args=args, processing_class=tokenizer, loraplus_lr_ratio=16,
+                              train_dataset=to_dataset(read_records(config.data, config.variables())[:4]),
+                              peft_config=peft_config_for(config, "lora", ""))
+    names = {id(p): n for n, p in trainer.model.named_parameters()}
+    steps = {names[id(p)].split(".lora_")[1][0]: group["lr"] for group in trainer.create_optimizer().param_groups
+             for p in group["params"]}
+    assert steps == {"A": pytest.approx(1e-4), "B": pytest.approx(16e-4)}
+
+
 def test_best_checkpoint_and_save_total_limit_follow_transformers(lora_run):
     config, args, path = lora_run
     state = json.loads((Path(args.output_dir) / "checkpoint-6" / "trainer_state.json").read_text())
