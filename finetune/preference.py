@@ -31,7 +31,7 @@ from finetune.train import (
     load_model,
     log_to,
     peak_memory_mb,
-    _say,
+    say,
     adapter_path,
     check_run_length,
     peft_config_for,
@@ -142,7 +142,7 @@ def train_preference(config: FinetuneConfig, args, callbacks: list | tuple = (),
     source = None
     if config.from_arena:
         found = arena_pairs(settings)
-        _say(f"--from_arena: {found}")
+        say(f"--from_arena: {found}")
         if not found.pairs:
             raise DatasetError(f"no preference pairs in the arena's {found.battles} votes ({settings.arena_db}): "
                                "vote 'A is better' or 'B is better' in the Arena tab first")
@@ -151,7 +151,7 @@ def train_preference(config: FinetuneConfig, args, callbacks: list | tuple = (),
     pairs = read_preferences(config.data, config.variables())
     train_pairs, test_pairs = split(pairs, config.test_size, args.seed)
     if resolve_epochs(args, len(train_pairs)):
-        _say(f"epochs by dataset size: {args.num_train_epochs:g} for {len(train_pairs)} pairs")
+        say(f"epochs by dataset size: {args.num_train_epochs:g} for {len(train_pairs)} pairs")
     check_run_length(len(train_pairs), args, unit="pairs")
     handler = log_to(Path(args.logging_dir or output_dir)) if main else None
     try:
@@ -159,7 +159,7 @@ def train_preference(config: FinetuneConfig, args, callbacks: list | tuple = (),
             model, tokenizer = load_model(config, args, adapter)
         folder = base_folder(settings)
         if main:
-            _say(f"{len(train_pairs)} preference pairs (train), {len(test_pairs)} held out; method {method} "
+            say(f"{len(train_pairs)} preference pairs (train), {len(test_pairs)} held out; method {method} "
                  f"({adapter} adapter) on {folder}; logs in {args.logging_dir or output_dir}")
         # The held-out pairs go to the trainer even with eval_strategy no: the card's reward accuracy and
         # margins come from one evaluate() after training, and TRL tokenizes datasets only at construction.
@@ -221,7 +221,7 @@ def train_preference(config: FinetuneConfig, args, callbacks: list | tuple = (),
         if target.exists():
             shutil.rmtree(target)
         partial.rename(target)  # appears to ModelRegistry.variants() whole or not at all
-        _say(f"{trainer.state.global_step} optimizer steps in {seconds:.0f} s; held out: {json.dumps(held_out)}")
+        say(f"{trainer.state.global_step} optimizer steps in {seconds:.0f} s; held out: {json.dumps(held_out)}")
         return target
     finally:
         if handler is not None:

@@ -79,7 +79,7 @@ def check_run_length(n_train: int, args, unit: str = "examples") -> int:
         epochs = math.ceil(MIN_OPTIMIZER_STEPS / max(1, math.ceil(n_train / per_step)))
         hint = (f"--max_steps {MIN_OPTIMIZER_STEPS}" if args.max_steps and args.max_steps > 0
                 else f"--num_train_epochs {epochs}")
-        _say(f"warning: this run takes only {steps} optimizer steps ({n_train} {unit}, {per_step} per step, "
+        say(f"warning: this run takes only {steps} optimizer steps ({n_train} {unit}, {per_step} per step, "
              f"{args.num_train_epochs:g} epochs{f', max_steps {args.max_steps}' if args.max_steps > 0 else ''}); "
              f"fewer than {MIN_OPTIMIZER_STEPS} rarely teaches the model anything. Try {hint}, a smaller "
              f"--per_device_train_batch_size, or more data.")
@@ -245,7 +245,7 @@ class RunLog(TrainerCallback):
             control.should_training_stop = True
 
 
-def _say(message: str) -> None:
+def say(message: str) -> None:
     """To the console and train.log: the lines a user should see even with the progress bar running."""
     print(message, flush=True)
     log.info(message)
@@ -410,7 +410,7 @@ def run_trainer(trainer, args, cancel: threading.Event | None, name: str):
         # runs one step past max_steps (transformers 5.24), so the finished weights are loaded instead.
         set_peft_model_state_dict(trainer.model, load_peft_weights(str(done)))
         trainer.state = TrainerState.load_from_json(str(done / TRAINER_STATE_NAME))
-        _say(f"resumed from {done.name}: the run had finished training; saving its adapter")
+        say(f"resumed from {done.name}: the run had finished training; saving its adapter")
         return TrainOutput(trainer.state.global_step, 0.0, {}), time.perf_counter() - started
     result = trainer.train(resume_from_checkpoint=resume or None)
     seconds = time.perf_counter() - started
@@ -443,7 +443,7 @@ def train(config: FinetuneConfig, args: TrainConfig | None = None, callbacks: li
     if config.train_fraction < 1:  # the first share of the seeded training order; the held-out set is unchanged
         train_examples = train_examples[: max(1, round(len(train_examples) * config.train_fraction))]
     if resolve_epochs(args, len(train_examples)):
-        _say(f"epochs by dataset size: {args.num_train_epochs:g} for {len(train_examples)} examples")
+        say(f"epochs by dataset size: {args.num_train_epochs:g} for {len(train_examples)} examples")
     planned = check_run_length(len(train_examples), args)
     main = args.process_index == 0
     output_dir = Path(args.output_dir)
@@ -455,7 +455,7 @@ def train(config: FinetuneConfig, args: TrainConfig | None = None, callbacks: li
         if args.padding_free is None:
             use_padding_free(args, summary, method)
         if main:
-            _say(f"{summary} (train); {len(test_examples)} held out for evaluation; "
+            say(f"{summary} (train); {len(test_examples)} held out for evaluation; "
                  f"method {method} on {base_folder(config.settings())}; {planned} optimizer steps planned; "
                  f"logs in {args.logging_dir or output_dir}")
         folder = base_folder(config.settings())
@@ -522,8 +522,8 @@ def train(config: FinetuneConfig, args: TrainConfig | None = None, callbacks: li
         if target.exists():
             shutil.rmtree(target)
         partial.rename(target)  # appears to ModelRegistry.variants() whole or not at all
-        _say(f"{trainer.state.global_step} optimizer steps in {seconds:.0f} s; final metrics: {json.dumps(card['metrics'])}")
-        _say(f"forgetting check: {json.dumps(forgetting)}")
+        say(f"{trainer.state.global_step} optimizer steps in {seconds:.0f} s; final metrics: {json.dumps(card['metrics'])}")
+        say(f"forgetting check: {json.dumps(forgetting)}")
         return target
     finally:
         if handler is not None:
@@ -569,7 +569,7 @@ def train_fractions(config: FinetuneConfig, args: TrainConfig | None = None, can
         run_args = copy.deepcopy(args)
         run_args.output_dir = str(Path(args.output_dir).with_name(name))
         run_args.logging_dir = run_args.output_dir
-        _say(f"--data_fractions: training {name} on {fraction:g} of the records")
+        say(f"--data_fractions: training {name} on {fraction:g} of the records")
         path = train(run_config, run_args, cancel=cancel, on_log=on_log)
         card = json.loads((path / "card.json").read_text())
         rows.append({"fraction": fraction, "records": card["data"]["train_examples"], "adapter": name,
@@ -580,5 +580,5 @@ def train_fractions(config: FinetuneConfig, args: TrainConfig | None = None, can
         summary = Path(args.output_dir).with_name(f"{config.name}-fractions.json")
         summary.write_text(json.dumps(rows, indent=2))
         plot = plot_fractions(rows, summary.with_suffix(".png"), f"{config.name}: held-out ROUGE-L by records")
-        _say(f"--data_fractions: held-out score against records in {summary} and {plot}")
+        say(f"--data_fractions: held-out score against records in {summary} and {plot}")
     return rows
