@@ -30,7 +30,7 @@ MAX_QUOTE_CHARS = 320  # a quote is a sentence or two, never the passage
 # Weights of a sentence's score, tuned on bench/questions.jsonl's tune split (bench/scratch notes in the README).
 # On its 62 answerable questions the right passage's best sentence held the fact for 39; with its second
 # best too, for 45: so a quote is the two best sentences of a passage. Always both: dropping a second that
-# scored under 3/4 of the first (as before) lost the fact on 4 of 74 questions (tune 40 -> 39 of 51).
+# scored under 3/4 of the first (as before) lost the fact on 4 of 74 questions (1 of the tune split's 51).
 DENSE_WEIGHT = 2.0  # cosine of the sentence to the question
 PRIOR_WEIGHT = 1.0  # the passage's dense score
 FIGURE_BONUS = 0.3  # the question asks for a figure and the sentence holds one it does not

@@ -66,8 +66,9 @@ class FinetuneConfig:
     use_rslora: bool = field(default=True, metadata={
         "help": "Rank-stabilised LoRA: scale the update by alpha/sqrt(r) instead of alpha/r (peft's use_rslora)."})
     loraplus_lr_ratio: float = field(default=0.0, metadata={
-        "help": "LoRA+ (Hayou et al. 2024): the B matrices learn this many times faster than A (16 in the paper; "
-                "0 = off)."})
+        "help": "LoRA+ (Hayou et al. 2024) for lora/qlora SFT runs: the B matrices learn this many times faster "
+                "than A (16 in the paper; 0 = off, since at the default lr it overshot on one split, "
+                "bench/results/finetune-loraplus.md)."})
     # 0, as Unsloth defaults: on CPU the dropout mask on every LoRA input took 13% of a step (py-spy), and a few
     # epochs on a small set have not overfitted in any run measured here (bench/results/finetune-recipe.md).
     lora_dropout: float = field(default=0.0, metadata={"help": "Dropout on the LoRA branch."})
@@ -192,7 +193,7 @@ class SmallRunDefaults:
                 "(transformers 5 dropped this TrainingArguments option; it keeps its usual name here.)"})
     bf16: bool | None = field(default=None, metadata={
         "help": "bf16 mixed precision (autocast; LoRA weights stay fp32). Default: on with a bf16-capable GPU, and "
-                "on a CPU with AVX512-BF16 or AMX, with the frozen base stored in bf16 (with the CPU path's other savings 2.3x plain fp32 peft + Trainer on 2 AVX512-BF16 cores, bench/results/finetune-cpu-lora.md); off otherwise."})
+                "on a CPU with AVX512-BF16 or AMX, with the frozen base stored in bf16 (with the CPU path's other savings 2.3-2.9x plain fp32 peft + Trainer on 2 AVX512-BF16 cores, bench/results/finetune-cpu-lora.md); off otherwise."})
     optim: str | None = field(default=None, metadata={
         "help": "Optimizer. Default: paged_adamw_8bit for qlora on CUDA, adamw_torch otherwise."})
 

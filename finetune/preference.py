@@ -28,14 +28,14 @@ from finetune.data import (
 )
 from finetune.train import (
     RunLog,
+    adapter_path,
+    check_run_length,
     load_model,
     log_to,
     peak_memory_mb,
-    say,
-    adapter_path,
-    check_run_length,
     peft_config_for,
     run_trainer,
+    say,
     score_examples,
     sha256,
 )
@@ -160,7 +160,7 @@ def train_preference(config: FinetuneConfig, args, callbacks: list | tuple = (),
         folder = base_folder(settings)
         if main:
             say(f"{len(train_pairs)} preference pairs (train), {len(test_pairs)} held out; method {method} "
-                 f"({adapter} adapter) on {folder}; logs in {args.logging_dir or output_dir}")
+                f"({adapter} adapter) on {folder}; logs in {args.logging_dir or output_dir}")
         # The held-out pairs go to the trainer even with eval_strategy no: the card's reward accuracy and
         # margins come from one evaluate() after training, and TRL tokenizes datasets only at construction.
         has_eval = bool(test_pairs)

@@ -80,9 +80,9 @@ def check_run_length(n_train: int, args, unit: str = "examples") -> int:
         hint = (f"--max_steps {MIN_OPTIMIZER_STEPS}" if args.max_steps and args.max_steps > 0
                 else f"--num_train_epochs {epochs}")
         say(f"warning: this run takes only {steps} optimizer steps ({n_train} {unit}, {per_step} per step, "
-             f"{args.num_train_epochs:g} epochs{f', max_steps {args.max_steps}' if args.max_steps > 0 else ''}); "
-             f"fewer than {MIN_OPTIMIZER_STEPS} rarely teaches the model anything. Try {hint}, a smaller "
-             f"--per_device_train_batch_size, or more data.")
+            f"{args.num_train_epochs:g} epochs{f', max_steps {args.max_steps}' if args.max_steps > 0 else ''}); "
+            f"fewer than {MIN_OPTIMIZER_STEPS} rarely teaches the model anything. Try {hint}, a smaller "
+            f"--per_device_train_batch_size, or more data.")
     return steps
 
 
@@ -456,8 +456,8 @@ def train(config: FinetuneConfig, args: TrainConfig | None = None, callbacks: li
             use_padding_free(args, summary, method)
         if main:
             say(f"{summary} (train); {len(test_examples)} held out for evaluation; "
-                 f"method {method} on {base_folder(config.settings())}; {planned} optimizer steps planned; "
-                 f"logs in {args.logging_dir or output_dir}")
+                f"method {method} on {base_folder(config.settings())}; {planned} optimizer steps planned; "
+                f"logs in {args.logging_dir or output_dir}")
         folder = base_folder(config.settings())
         has_eval = bool(test_examples) and args.eval_strategy != "no"
         trainer = FinetuneTrainer(
