@@ -24,8 +24,7 @@ def arm(work: Path, flags: list[str], seed: int, test_size: float) -> dict:
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
     settings = recipe.Settings.from_env(data_dir=work)
-    examples = recipe.read_records(recipe.DATA, dict(p.split("=", 1) for p in recipe.VARIABLES.split(",")))
-    _, held_out = recipe.split(examples, test_size, seed)
+    _, held_out = recipe.split(recipe.identity_examples(), test_size, seed)
     argv = ["--data", str(recipe.DATA), "--name", "arm", "--template_vars", recipe.VARIABLES, "--seed", str(seed),
             "--test_size", str(test_size), *flags]
     run = recipe.run_finetune(argv, {**os.environ, "CHATAPP_DATA_DIR": str(work)}, work / "run.log", 3600)

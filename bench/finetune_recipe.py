@@ -63,6 +63,11 @@ class Score:
     answers: list[str]
 
 
+def identity_examples() -> list[Example]:
+    """identity.json with the bench's {{name}}/{{author}} filled in."""
+    return read_records(DATA, dict(p.split("=", 1) for p in VARIABLES.split(",")))
+
+
 def language(text: str) -> str:
     return "zh" if re.search(r"[\u4e00-\u9fff]", text) else "en"
 
@@ -208,7 +213,7 @@ def main(argv=None) -> int:
     settings = Settings.from_env(data_dir=work)
     print(f"load average at start: {os.getloadavg()}", flush=True)
 
-    examples = read_records(DATA, dict(p.split("=", 1) for p in VARIABLES.split(",")))
+    examples = identity_examples()
     _, held_out = split(examples, TEST_SIZE, SEED)
     base = score(answer(settings, held_out, opts.max_new_tokens), held_out)
     print(f"base: ROUGE-L {base.rougeL}, naming {base.named_by_language}", flush=True)
