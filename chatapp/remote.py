@@ -64,7 +64,9 @@ class RemoteRegistry:
             base_url=self.url,
             # Local servers (transformers serve, Ollama, llama.cpp) need no key, but the client insists on one.
             api_key=self.settings.llm_api_key or "not-needed",
-            timeout=httpx.Timeout(timeout, connect=min(timeout, 5.0)),
+            # openai's own Timeout: the HTTP library under the client changed (httpx, then httpx2 from openai
+            # 3.63, which refuses an httpx.Timeout), and openai re-exports the one it is built on.
+            timeout=openai.Timeout(timeout, connect=min(timeout, 5.0)),
             max_retries=1,
         )
         self.base: str | None = None  # the served model id behind "base", once known
