@@ -21,7 +21,6 @@ import threading
 import time
 from collections.abc import Iterator
 
-import httpx
 import openai
 
 from chatapp.generation import GenerationSettings
@@ -153,9 +152,12 @@ class RemoteRegistry:
                     if choice.delta is not None and choice.delta.content:
                         yield choice.delta.content
         except openai.OpenAIError as exc:
-            raise LLMServerError(f"the model server at {self.url} {_reason(exc)}") from None
-        except httpx.HTTPError as exc:  # the connection dropped mid-stream
-            raise LLMServerError(f"the model server at {self.url} broke off the reply ({exc})") from None
+            reason = _reason(exc)
+            if isinstance(exc, openai.APIConnectionError) and not isinstance(exc, openai.APITimeoutError):
+                # The connection dropped mid-reply: openai wraps the transport's error (httpx's or httpx2's).
+                cause = exc.__cause__ or exc
+                reason = f"broke off the reply ({' '.join(str(cause).split())[:200] or type(cause).__name__})"
+            raise LLMServerError(f"the model server at {self.url} {reason}") from None
         finally:
             response.close()
 

@@ -2,6 +2,7 @@
 loopback port, serving the embedded model's converted folder, and the app's model layer pointed at it."""
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
@@ -32,11 +33,11 @@ def data(tmp_path_factory, corpus):
     return data_with_the_paper(tmp_path_factory.mktemp("remote-data"))
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    """`transformers serve FOLDER` on a free port: (its /v1 URL, the model id it serves, its log file)."""
+@contextlib.contextmanager
+def transformers_serve(log: Path):
+    """`transformers serve` of the embedded model's folder on a free port: (its /v1 URL, model id, process)."""
     folder = base_folder(Settings.from_env())
-    port, log = free_port(), tmp_path_factory.mktemp("serve") / "serve.log"
+    port = free_port()
     with open(log, "w") as out:
         process = subprocess.Popen(
             [sys.executable, "-m", "transformers.cli.transformers", "serve", folder, "--host", "127.0.0.1",
@@ -52,9 +53,17 @@ def server(tmp_path_factory):
             except OSError:
                 assert time.monotonic() < deadline, f"transformers serve did not come up:\n{log.read_text()[-3000:]}"
                 time.sleep(0.5)
-        yield f"http://127.0.0.1:{port}/v1", folder, log
+        yield f"http://127.0.0.1:{port}/v1", folder, process
     finally:
         stop(process)
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    """The module's `transformers serve`: (its /v1 URL, the model id it serves, its log file)."""
+    log = tmp_path_factory.mktemp("serve") / "serve.log"
+    with transformers_serve(log) as (url, folder, _):
+        yield url, folder, log
 
 
 def requests_seen(log: Path) -> int:
@@ -127,3 +136,17 @@ def test_an_unreachable_server_is_one_line_naming_it_with_no_hang(data, tmp_path
         with pytest.raises(openai.APIStatusError) as caught:
             client.chat.completions.create(model="base", messages=[{"role": "user", "content": QUESTION}], max_tokens=8)
         assert caught.value.status_code == 502 and url in caught.value.message
+
+
+def test_a_server_that_dies_mid_reply_is_one_line_saying_so(tmp_path):
+    with transformers_serve(tmp_path / "serve.log") as (url, _, process):
+        registry = RemoteRegistry(Settings.from_env(data_dir=tmp_path, llm_url=url, llm_timeout=30))
+        pieces = registry.stream([{"role": "user", "content": "Write a long story about a lighthouse."}], BASE,
+                                 GenerationSettings(max_new_tokens=400))
+        assert next(pieces)  # the reply has begun
+        process.kill()
+        with pytest.raises(LLMServerError) as caught:
+            for _ in pieces:
+                pass
+    message = str(caught.value)
+    assert url in message and "broke off the reply" in message and "\n" not in message
