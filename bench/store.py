@@ -100,9 +100,10 @@ def build(engine: str, path: Path, n: int, index: bool = True) -> dict:
         points = []
         for j in range(count):
             indices, at = np.unique(terms[j], return_index=True)
+            document = (start + j) // 50  # 50 chunks a file, each file with its own sha256, as ingestion stores them
             points.append(StoredPoint(point_id(start + j), vectors[j].tolist(),
-                                      payload(pool[(start + j) % len(pool)], {"source": f"doc-{(start + j) // 50}",
-                                              "chunk": (start + j) % 50, "sha256": "0" * 64}),
+                                      payload(pool[(start + j) % len(pool)], {"source": f"doc-{document}",
+                                              "chunk": (start + j) % 50, "sha256": f"{document:064x}"}),
                                       (indices.tolist(), weights[j][at].tolist())))
         began = time.perf_counter()  # timed: the engine's write of ready chunks, as migration and ingest hand them
         store.write(points)
