@@ -34,6 +34,9 @@ MAX_QUOTE_CHARS = 320  # a quote is a sentence or two, never the passage
 DENSE_WEIGHT = 2.0  # cosine of the sentence to the question
 PRIOR_WEIGHT = 1.0  # the passage's dense score
 FIGURE_BONUS = 0.3  # the question asks for a figure and the sentence holds one it does not
+# The question asks for a name (who, which company) and the sentence holds one it does not. Question-only
+# quotes of the right passage that hold the fact: tune split 38 -> 40 of 54, holdout 22 of 25 either way.
+NAME_BONUS = 0.3
 QUOTE_SENTENCES = 2
 SECOND_SENTENCE_WEIGHT = 0.3
 PASSAGE_TERMS_WEIGHT = 0.3
@@ -49,6 +52,13 @@ _ASKS_FIGURE = re.compile(
     r"\bwhat (year|date|day|month|time|percentage|proportion|fraction|ratio)\b|\bwhich (year|date|day|month)\b|"
     r"\b(values?|numbers?|sizes?|rates?|scores?|percent|percentages?|counts?|amounts?|dimensions?|dimensionality|"
     r"costs?|prices?|bleu|accuracy|steps|epochs|batch)\b",
+    re.IGNORECASE,
+)
+# Asked for a name: a person, a company, a product. Such a question's evidence names one.
+_ASKS_NAME = re.compile(
+    r"^\W*(who|whom|whose)\b|\b(which|what) (\w+ )?(company|companies|computer|engineer|person|people|member|"
+    r"organi[sz]ation|firm|group|language|system|specification|tool|city|country|engine|browser|library|author|"
+    r"site|website|university|product|brand|software|platform|service|team)\b|\bwhat is the name\b|\bnamed?\b",
     re.IGNORECASE,
 )
 # A figure: 4000, 4,000, 0.1, 28.4, 10%, 2017, 3.5 days. Unicode minus and thin spaces appear in PDFs.
@@ -70,6 +80,20 @@ def figures(text: str) -> list[str]:
 
 def asks_for_figure(question: str) -> bool:
     return bool(_ASKS_FIGURE.search(question or ""))
+
+
+def asks_for_name(question: str) -> bool:
+    return bool(_ASKS_NAME.search(question or ""))
+
+
+def names(text: str) -> frozenset[str]:
+    """The stems of the capitalised words of `text` that do not start a sentence: its names, roughly."""
+    found = set()
+    for match in _NAME.finditer(text):
+        before = text[:match.start()].rstrip()
+        if before and before[-1] not in ".!?:\n\"“(*" and match.group(0).lower() not in STOP:
+            found.update(terms(match.group(0)))
+    return frozenset(found)
 
 
 def sentence_spans(text: str) -> list[tuple[int, int]]:
@@ -106,6 +130,7 @@ class Sentence:
     end: int
     terms: frozenset[str]
     figures: frozenset[str]
+    names: frozenset[str]
     score: float = 0.0
 
 
@@ -130,7 +155,8 @@ class Scorer:
             for start, end in sentence_spans(text):
                 piece = text[start:end]
                 self.sentences.append(Sentence(index, start, end, frozenset(terms(piece)),
-                                               frozenset(figure_key(f) for f in figures(_CITATION.sub(" ", piece)))))
+                                               frozenset(figure_key(f) for f in figures(_CITATION.sub(" ", piece))),
+                                               names(piece)))
         self.question_terms: set[str] = set()
         self._passage_terms: dict[int, frozenset[str]] = {}
         for sentence in self.sentences:
@@ -152,7 +178,7 @@ class Scorer:
         """Score each sentence for the question. `embed(texts) -> unit vectors` (the store's embedder) adds
         the sentence's cosine to the question: worth its cost (~3 ms a sentence) on a few passages only."""
         q_terms = self.question_terms = set(terms(question))
-        wants_figure = asks_for_figure(question)
+        wants_figure, wants_name = asks_for_figure(question), asks_for_name(question)
         dense = [0.0] * len(self.sentences)
         if embed is not None and self.sentences:
             vectors = embed([question] + [self.passages[s.passage][s.start:s.end] for s in self.sentences])
@@ -164,6 +190,7 @@ class Scorer:
             sentence.score = (self.overlap(q_terms, sentence) + PRECISION_WEIGHT * precision + DENSE_WEIGHT * cosine
                               + PRIOR_WEIGHT * self.prior[sentence.passage]
                               + (FIGURE_BONUS if wants_figure and sentence.figures - q_terms else 0.0)
+                              + (NAME_BONUS if wants_name and sentence.names - q_terms else 0.0)
                               - (FRAGMENT_PENALTY if not piece[:1].isupper() and not piece[:1].isdigit() else 0.0))
 
     def best(self, passage: int) -> Sentence | None:

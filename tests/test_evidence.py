@@ -66,6 +66,25 @@ def test_the_sentence_with_the_figure_asked_for_is_the_best_evidence(pages):
     assert "4000" in passages[index][start:end]
 
 
+def test_a_question_for_a_name_prefers_the_sentence_that_names_someone(monkeypatch):
+    passages = ["The released proof-of-concept code crashes the game servers within seconds.",
+                "Developer Ammar Askar released the proof-of-concept code after reporting the bug.",
+                "The bug was reported to the developer two years ago."]
+    question = "Who released the proof-of-concept code?"
+    assert evidence.asks_for_name(question) and not evidence.asks_for_name("How many servers crashed?")
+    assert evidence.names(passages[1]) == {"ammar", "askar"} and not evidence.names(passages[0])
+    assert evidence.best_sentence(question, passages, [0.5] * 3)[0] == 1
+
+    def lead_of_the_named_sentence() -> float:
+        scorer = evidence.Scorer(passages, [0.5] * 3)
+        scorer.score_question(question)
+        return scorer.sentences[1].score - scorer.sentences[0].score
+
+    bonus, with_bonus = evidence.NAME_BONUS, lead_of_the_named_sentence()
+    monkeypatch.setattr(evidence, "NAME_BONUS", 0.0)
+    assert bonus > 0 and with_bonus - lead_of_the_named_sentence() == pytest.approx(bonus)
+
+
 def test_passages_are_ranked_by_evidence_not_by_the_retriever(pages):
     wrong = passages_with(pages, "Table 3")[:3]
     right = passages_with(pages, "label smoothing of value")[:1]
