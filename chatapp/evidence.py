@@ -20,6 +20,7 @@ import math
 import re
 import threading
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import pysbd
@@ -86,14 +87,17 @@ def asks_for_name(question: str) -> bool:
     return bool(_ASKS_NAME.search(question or ""))
 
 
-def names(text: str) -> frozenset[str]:
-    """The stems of the capitalised words of `text` that do not start a sentence: its names, roughly."""
-    found = set()
+def _name_matches(text: str) -> Iterator[re.Match]:
+    """The capitalised words of `text`, less those that start a sentence (a capital there says nothing)."""
     for match in _NAME.finditer(text):
         before = text[:match.start()].rstrip()
-        if before and before[-1] not in ".!?:\n\"“(*" and match.group(0).lower() not in STOP:
-            found.update(terms(match.group(0)))
-    return frozenset(found)
+        if before and before[-1] not in ".!?:\n\"“(" and match.group(0).lower() not in STOP:
+            yield match
+
+
+def names(text: str) -> frozenset[str]:
+    """The stems of the names `text` holds, roughly."""
+    return frozenset(t for match in _name_matches(text) for t in terms(match.group(0)))
 
 
 def sentence_spans(text: str) -> list[tuple[int, int]]:
@@ -272,10 +276,7 @@ def _claims(answer: str) -> list[tuple[str, str, frozenset[str]]]:
         tail = [] if tail and tail[0].lower() in STOP else tail
         shown = " ".join([match.group(0), *tail])
         found.append((figure_key(match.group(0)), shown.strip(), context.get(match.start(), frozenset())))
-    for match in _NAME.finditer(answer or ""):
-        before = answer[:match.start()].rstrip()
-        if not before or before[-1] in ".!?:\n\"“(" or match.group(0).lower() in STOP:
-            continue  # a capital at a sentence start says nothing about a name
+    for match in _name_matches(answer):
         found.append((match.group(0).lower(), match.group(0), frozenset()))
     return found
 

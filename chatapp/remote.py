@@ -152,11 +152,12 @@ class RemoteRegistry:
                     if choice.delta is not None and choice.delta.content:
                         yield choice.delta.content
         except openai.OpenAIError as exc:
-            reason = _reason(exc)
             if isinstance(exc, openai.APIConnectionError) and not isinstance(exc, openai.APITimeoutError):
                 # The connection dropped mid-reply: openai wraps the transport's error (httpx's or httpx2's).
                 cause = exc.__cause__ or exc
                 reason = f"broke off the reply ({' '.join(str(cause).split())[:200] or type(cause).__name__})"
+            else:
+                reason = _reason(exc)
             raise LLMServerError(f"the model server at {self.url} {reason}") from None
         finally:
             response.close()
