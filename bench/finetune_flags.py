@@ -33,6 +33,8 @@ def arm(work: Path, flags: list[str], seed: int, test_size: float) -> dict:
     card = recipe.card_of(adapter)
     return {"extra": flags, "wall": run["wall_seconds"], "rougeL": scored.rougeL, "named": scored.named_by_language,
             "steps": card["optimizer_steps"], "train_s": card["train_seconds"],
+            "forgetting": {k: card["forgetting"][k] for k in ("base_rougeL", "adapter_rougeL", "change")}
+            if card.get("forgetting") else None,
             "answers": [a[:60] for a in scored.answers[:3]]}
 
 
@@ -41,10 +43,12 @@ def main(argv=None) -> int:
     parser.add_argument("--seed", type=int, default=recipe.SEED)
     parser.add_argument("--test_size", type=float, default=recipe.TEST_SIZE)
     parser.add_argument("--work", default=str(recipe.ROOT / "data" / "bench-flags"))
+    parser.add_argument("--no-baseline", action="store_true",
+                        help="run only the arm with FLAGS (its baseline measured earlier on the same split)")
     parser.add_argument("flags", nargs=argparse.REMAINDER, help="after --: the flags of the second arm")
     opts = parser.parse_args(argv)
     flags = [f for f in opts.flags if f != "--"]
-    for extra in ([], flags):
+    for extra in ([flags] if opts.no_baseline else [[], flags]):
         print(json.dumps(arm(Path(opts.work), extra, opts.seed, opts.test_size), ensure_ascii=False), flush=True)
     return 0
 

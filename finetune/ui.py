@@ -226,7 +226,7 @@ def build_finetune_tab(settings: Settings, registry=None):
             epochs = gr.Number(value=0, label="Epochs (0 = by dataset size)", elem_id="ft-epochs", minimum=0)
             max_steps = gr.Number(value=0, precision=0, label="Max steps (0 = by epochs)", elem_id="ft-max-steps",
                                   minimum=0)
-            learning_rate = gr.Number(value=0, minimum=0, label="Learning rate (0 = method default: 5e-4 LoRA, 3e-2 prompt tuning, 2e-4 dpo/orpo)", elem_id="ft-lr")
+            learning_rate = gr.Number(value=0, minimum=0, label="Learning rate (0 = method default: 3e-4 LoRA, 3e-2 prompt tuning, 2e-4 dpo/orpo)", elem_id="ft-lr")
             lora_r = gr.Number(value=16, precision=0, label="LoRA rank", elem_id="ft-lora-r", minimum=1)
             max_length = gr.Number(value=512, precision=0, label="Max tokens per example", elem_id="ft-max-length",
                                    minimum=16)

@@ -125,7 +125,7 @@ def test_defaults_need_only_data_and_name(tmp_path, monkeypatch):
     args = training_arguments(config)
     assert Path(args.output_dir) == tmp_path / "runs" / "n"
     assert config.resolved_method() == ("qlora" if torch.cuda.is_available() else "lora")
-    assert args.learning_rate == 5e-4 and args.num_train_epochs == 0  # 0: chosen by dataset size at the start
+    assert args.learning_rate == 3e-4 and args.num_train_epochs == 0  # 0: chosen by dataset size at the start
     assert args.per_device_train_batch_size == 4 and args.padding_free is None  # None: decided from the data
     assert resolve_epochs(args, 82) and args.num_train_epochs == 2  # 21 steps an epoch at batch 4 -> 42 steps
     small = training_arguments(config)
