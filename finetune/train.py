@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 from matplotlib.figure import Figure
 from peft import load_peft_weights, set_peft_model_state_dict
+from peft.helpers import disable_input_dtype_casting
 from peft.optimizers import create_loraplus_optimizer
 from transformers import (
     AutoModelForCausalLM,
@@ -60,6 +61,9 @@ class Cancelled(RuntimeError):
 # Fewer optimizer steps than this have not moved a LoRA adapter on the 135M base in any run measured here
 # (a 3-step run on 16 records changed no answer); the warning says so before any model loads.
 MIN_OPTIMIZER_STEPS = 20
+# Labelled positions scored at a time by the CPU head (FinetuneTrainer.compute_loss): 128 x a 49,152-token
+# vocabulary in fp32 is 25 MB, under glibc's 32 MB mmap ceiling.
+HEAD_SLICE = 128
 
 
 def optimizer_steps(n_train: int, args) -> int:
@@ -174,20 +178,35 @@ class FinetuneTrainer(SFTTrainer):
         targets = inputs["labels"][:, 1:]
         keep = (targets != -100).any(dim=0).nonzero().flatten()
         features = {k: v for k, v in inputs.items() if k != "labels"}
-        outputs = model(**features, use_cache=False, logits_to_keep=keep)
+        # With bf16 on, the CPU base is stored in bf16 and runs under autocast (accelerate wraps the prepared
+        # model's forward in it; entered here too, so an unprepared model runs the same). peft would cast each
+        # LoRA input up to its fp32 weight and autocast back down for the matmul: ~1,100 copies of
+        # (tokens x 576) a step, forward and backward, for the same values (-4% of a step).
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.args.bf16), \
+                disable_input_dtype_casting(model, active=self.args.bf16):
+            outputs = model(**features, use_cache=False, logits_to_keep=keep)
         targets = targets[:, keep]
         mask = targets != -100
-        log_probs = outputs.logits.float().log_softmax(-1)
-        token_log_probs = log_probs.gather(-1, targets.clamp(min=0).unsqueeze(-1)).squeeze(-1) * mask
+        # fp32 log-probabilities a slice of positions at a time: each slice (25 MB) stays under glibc's mmap
+        # ceiling (chatapp.loading.keep_freed_memory), so it reuses heap pages; one (labelled x vocab) fp32
+        # tensor is ~100 MB, a fresh mmap whose page faults took more time than the softmax itself.
+        nll, entropy, correct = [], [], []
+        for logits, wanted, valid in zip(outputs.logits.split(HEAD_SLICE, 1), targets.split(HEAD_SLICE, 1),
+                                         mask.split(HEAD_SLICE, 1)):
+            log_probs = logits.float().log_softmax(-1)
+            nll.append((log_probs.gather(-1, wanted.clamp(min=0).unsqueeze(-1)).squeeze(-1) * valid).sum())
+            with torch.no_grad():
+                entropy.append(-(log_probs.exp() * log_probs).sum(-1)[valid].sum())
+                correct.append((log_probs.argmax(-1) == wanted)[valid].sum())
         count = mask.sum() if num_items_in_batch is None else num_items_in_batch
-        loss = -token_log_probs.sum() / torch.as_tensor(count).clamp(min=1)
+        loss = -torch.stack(nll).sum() / torch.as_tensor(count).clamp(min=1)
         if self.args.average_tokens_across_devices and num_items_in_batch is not None:
             loss = loss * self.accelerator.num_processes  # as Trainer: DDP averages the gradients
         with torch.no_grad():
             gather = self.accelerator.gather_for_metrics
             valid = gather(mask.sum()).sum()
-            entropy = gather(-(log_probs.exp() * log_probs).sum(-1)[mask].sum()).sum()
-            correct = gather((log_probs.argmax(-1) == targets)[mask].sum()).sum()
+            entropy = gather(torch.stack(entropy).sum()).sum()
+            correct = gather(torch.stack(correct).sum()).sum()
             metrics = self.labelled_metrics[mode]
             metrics["entropy"].append((entropy / valid).item() if valid > 0 else 0.0)
             metrics["mean_token_accuracy"].append((correct / valid).item() if valid > 0 else 0.0)
