@@ -196,7 +196,7 @@ class SmallRunDefaults:
                 "(transformers 5 dropped this TrainingArguments option; it keeps its usual name here.)"})
     bf16: bool | None = field(default=None, metadata={
         "help": "bf16 mixed precision (autocast; LoRA weights stay fp32). Default: on with a bf16-capable GPU, and "
-                "on a CPU with AVX512-BF16 or AMX, with the frozen base stored in bf16 (with the CPU path's other savings 2.3-2.9x plain fp32 peft + Trainer on 2 AVX512-BF16 cores, bench/results/finetune-cpu-lora.md); off otherwise."})
+                "on a CPU with AVX512-BF16 or AMX, with the frozen base stored in bf16 (with the CPU path's other savings a median 3.05x plain fp32 peft + Trainer on 2 AVX512-BF16 cores, bench/results/finetune-cpu-lora.md); off otherwise."})
     optim: str | None = field(default=None, metadata={
         "help": "Optimizer. Default: paged_adamw_8bit for qlora on CUDA, adamw_torch otherwise."})
 
