@@ -6,6 +6,8 @@ base model and PEFT method, adds ROUGE-L of generated answers to each evaluation
 """
 from __future__ import annotations
 
+import copy
+import dataclasses
 import hashlib
 import json
 import logging
@@ -19,12 +21,22 @@ from dataclasses import asdict
 from pathlib import Path
 
 import torch
+import transformers
 from matplotlib.figure import Figure
-from peft import load_peft_weights, set_peft_model_state_dict
+from peft import (
+    LoraConfig,
+    PromptTuningConfig,
+    PromptTuningInit,
+    TaskType,
+    load_peft_weights,
+    prepare_model_for_kbit_training,
+    set_peft_model_state_dict,
+)
 from peft.helpers import disable_input_dtype_casting
 from peft.optimizers import create_loraplus_optimizer
 from transformers import (
     AutoModelForCausalLM,
+    AutoTokenizer,
     BitsAndBytesConfig,
     TrainerCallback,
     TrainerState,
@@ -35,6 +47,7 @@ from trl import SFTTrainer
 
 from chatapp.loading import base_folder, load_base, quantization_config
 from chatapp.model import TRAINER_ARGS_FILE
+from eval.metrics import score_pairs
 from finetune.attention import PACKED_ATTENTION
 from finetune.config import (
     FinetuneConfig,
@@ -98,8 +111,6 @@ def rouge_l(predictions: list[str], references: list[str]) -> float:
     """Mean ROUGE-L F1 (0-1) with the eval package's scorer and its unicode tokenizer (`python -m eval score
     --tokenizer unicode`): the default one keeps only [a-z0-9], so Chinese or Hindi answers would all score 0;
     on ASCII text the two tokenize alike."""
-    from eval.metrics import score_pairs
-
     if not predictions:
         return float("nan")
     values = score_pairs(predictions, references, tokenizer="unicode").rouge["rougeL"]["fmeasure"]
@@ -277,8 +288,6 @@ def log_to(folder: Path) -> logging.Handler:
     log.addHandler(handler)
     log.setLevel(logging.INFO)
     log.propagate = False  # the Trainer's progress callback already prints each log entry to the console
-    import transformers
-
     transformers.utils.logging.add_handler(handler)
     return handler
 
@@ -294,8 +303,6 @@ def load_model(config: FinetuneConfig, args: TrainConfig, method: str):
         if args.is_fsdp_enabled if hasattr(args, "is_fsdp_enabled") else bool(args.fsdp):
             return _load_qlora_for_fsdp(settings)
         model, tokenizer, _ = load_base(settings, precision="4bit", device=device)
-        from peft import prepare_model_for_kbit_training
-
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=bool(args.activation_checkpointing))
         return model, tokenizer
     # bf16 autocast on CPU re-casts every frozen fp32 weight at each forward; a base stored in bf16 skips
@@ -309,8 +316,6 @@ def load_model(config: FinetuneConfig, args: TrainConfig, method: str):
 def _load_qlora_for_fsdp(settings):
     """FSDP shards parameters of one dtype and places them itself, so the 4-bit weights are stored as bf16
     and loaded without a device map; chatapp.model.load_base always places the model, hence this loader."""
-    from transformers import AutoTokenizer
-
     base = quantization_config("4bit").to_dict()
     base.update(bnb_4bit_quant_storage="bfloat16")
     name = base_folder(settings)
@@ -322,8 +327,6 @@ def _load_qlora_for_fsdp(settings):
 
 
 def peft_config_for(config: FinetuneConfig, method: str, tokenizer_path: str):
-    from peft import LoraConfig, PromptTuningConfig, PromptTuningInit, TaskType
-
     if method == "prompt-tuning":
         text = config.prompt_tuning_init_text
         return PromptTuningConfig(
@@ -547,8 +550,6 @@ def train(config: FinetuneConfig, args: TrainConfig | None = None, callbacks: li
     finally:
         if handler is not None:
             log.removeHandler(handler)
-            import transformers
-
             transformers.utils.logging.remove_handler(handler)
             handler.close()
 
@@ -577,9 +578,6 @@ def train_fractions(config: FinetuneConfig, args: TrainConfig | None = None, can
     """--data_fractions: one adapter per share of the training records (NAME-25pct, ...), the same held-out
     records for all; returns [{fraction, records, adapter, eval_rougeL, eval_loss}] in fraction order and writes
     them, with their plot, to RUNS/NAME-fractions.json and .png. `on_row(row)` follows each finished run."""
-    import copy
-    import dataclasses
-
     args = args or training_arguments(dataclasses.replace(config, data_fractions=None))
     rows = []
     for fraction in config.fractions():
