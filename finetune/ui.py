@@ -181,6 +181,13 @@ def loss_frame(job: Job):
     return pd.DataFrame(rows or [], columns=["step", "loss", "split"])
 
 
+def chart_value(frame):
+    """What a LinePlot is given: None until there is a point. An empty frame's columns have no numeric dtype,
+    and a chart first drawn from one, then hidden behind another tab and shown again, drew later points on
+    category axes with no line (Gradio 6.31; seen in tests/test_preference_ui.py's screenshot)."""
+    return None if frame.empty else frame
+
+
 def fractions_frame(job: Job):
     """Held-out ROUGE-L against training records, one point per finished --data_fractions run."""
     import pandas as pd
@@ -242,8 +249,8 @@ def build_finetune_tab(settings: Settings, registry=None):
                 cancel = gr.Button("Cancel", elem_id="ft-cancel")
     status = gr.Markdown("No run yet.", elem_id="ft-status")
     progress = gr.HTML(progress_html(Job()), elem_id="ft-progress")
-    loss = gr.LinePlot(loss_frame(Job()), x="step", y="loss", color="split", title="Loss", elem_id="ft-loss")
-    by_records = gr.LinePlot(fractions_frame(Job()), x="records", y="rougeL", title="Held-out ROUGE-L by records",
+    loss = gr.LinePlot(None, x="step", y="loss", color="split", title="Loss", elem_id="ft-loss")
+    by_records = gr.LinePlot(None, x="records", y="rougeL", title="Held-out ROUGE-L by records",
                              elem_id="ft-fractions-plot")
     timer = gr.Timer(1.0, active=False)
 
@@ -269,8 +276,8 @@ def build_finetune_tab(settings: Settings, registry=None):
     def on_tick():
         job = trainer.job
         running = job.state == "running"
-        return (status_markdown(job), progress_html(job), loss_frame(job), fractions_frame(job),
-                gr.Timer(active=running))
+        return (status_markdown(job), progress_html(job), chart_value(loss_frame(job)),
+                chart_value(fractions_frame(job)), gr.Timer(active=running))
 
     upload.upload(on_upload, upload, [data, status, upload], concurrency_limit=None)
     start.click(on_start, [data, name, method, epochs, max_steps, learning_rate, lora_r, max_length, template_vars,

@@ -55,6 +55,10 @@ def test_vote_with_enter_train_from_the_votes_and_battle_the_new_variant(browser
             field.press("Tab")
         page.locator("#ft-start").click()
         page.wait_for_function("document.querySelector('#ft-status').innerText.includes('Done')", timeout=600_000)
+        # The loss chart draws its two steps as a line on numeric axes. Once drawn before the Arena tab hid it, it
+        # put them on category axes 15 px apart (chart_value in finetune/ui.py).
+        page.wait_for_function("(document.querySelector('#ft-loss .mark-line path')?.getBBox().height || 0) > 40",
+                               timeout=30_000)
         page.screenshot(path=str(artifacts / "finetune-dpo-from-arena.png"), full_page=True)
         card = json.loads((settings.adapters_dir / "voted" / "card.json").read_text())
         assert card["method"] == "dpo" and card["data"]["from_arena"]["battles"] == 15
