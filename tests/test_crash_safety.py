@@ -57,8 +57,10 @@ def test_a_killed_training_run_lists_no_half_adapter_and_resumes(tmp_path, corpu
 
     # 2. resumed, and killed again while the finished adapter is being written (the forgetting check runs
     #    between saving the weights and renaming the folder into place)
+    #    (peft writes the weights, then the config: waiting for both keeps the kill out of that gap, which a
+    #    20 ms poll once hit in a fresh-clone CI)
     run_until(finetune_command(corpus, "--resume_from_checkpoint", "latest"), data,
-              lambda: (partial / "adapter_model.safetensors").is_file())
+              lambda: (partial / "adapter_model.safetensors").is_file() and (partial / "adapter_config.json").is_file())
     assert (partial / "adapter_config.json").is_file()  # a whole-looking adapter sat there...
     assert ModelRegistry(settings).variants() == ["base"]  # ...and was never a variant
 
