@@ -202,13 +202,13 @@ class FinetuneTrainer(SFTTrainer):
         # ceiling (chatapp.loading.keep_freed_memory), so it reuses heap pages; one (labelled x vocab) fp32
         # tensor is ~100 MB, a fresh mmap whose page faults took more time than the softmax itself.
         nll, entropy, correct = [], [], []
-        for logits, wanted, valid in zip(outputs.logits.split(HEAD_SLICE, 1), targets.split(HEAD_SLICE, 1),
-                                         mask.split(HEAD_SLICE, 1)):
+        for logits, wanted, labelled in zip(outputs.logits.split(HEAD_SLICE, 1), targets.split(HEAD_SLICE, 1),
+                                            mask.split(HEAD_SLICE, 1)):
             log_probs = logits.float().log_softmax(-1)
-            nll.append((log_probs.gather(-1, wanted.clamp(min=0).unsqueeze(-1)).squeeze(-1) * valid).sum())
+            nll.append((log_probs.gather(-1, wanted.clamp(min=0).unsqueeze(-1)).squeeze(-1) * labelled).sum())
             with torch.no_grad():
-                entropy.append(-(log_probs.exp() * log_probs).sum(-1)[valid].sum())
-                correct.append((log_probs.argmax(-1) == wanted)[valid].sum())
+                entropy.append(-(log_probs.exp() * log_probs).sum(-1)[labelled].sum())
+                correct.append((log_probs.argmax(-1) == wanted)[labelled].sum())
         count = mask.sum() if num_items_in_batch is None else num_items_in_batch
         loss = -torch.stack(nll).sum() / torch.as_tensor(count).clamp(min=1)
         if self.args.average_tokens_across_devices and num_items_in_batch is not None:
