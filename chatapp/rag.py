@@ -387,8 +387,12 @@ def _ground(result: Answer, question: str, settings: Settings, embed=None) -> No
         source = passages[index]
         result.sources.append(replace(source, quote=evidence.quote_text(source.text, spans), quote_spans=spans))
     result.unsupported = found.unsupported
-    best = result.sources[0] if result.sources else None
-    if settings.extractive_fallback and not found.supported and best is not None and best.quote:
+    fallback = next((s for s in result.sources if s.number == passages[found.fallback].number), None) \
+        if found.fallback is not None else None
+    if settings.extractive_fallback and not found.supported and fallback is not None and fallback.quote:
+        # The answer is replaced by the question's best evidence, which then leads the sources.
+        best = fallback
+        result.sources = [best] + [s for s in result.sources if s is not best]
         where = f", {best.location}" if best.location else ""
         result.model_answer = result.answer
         result.answer = f"From {best.source}{where}: \u201c{best.quote}\u201d"

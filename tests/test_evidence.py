@@ -136,3 +136,26 @@ def test_quotes_are_a_sentence_or_two_not_the_passage(pages):
 ])
 def test_answers_lose_the_reasoning_and_prompt_leftovers(raw, clean):
     assert prompts.clean_answer(raw) == clean
+
+
+def test_a_figure_the_passages_hold_but_the_evidence_quote_does_not_is_not_supported(pages):
+    """ "3.5 days" is on the page, but not the figure asked: the quote for the question says 0.4 seconds,
+    and a wrong answer's words do not move the quote off it."""
+    passages = passages_with(pages, "each training step took about 0.4 seconds")
+    assert any("3.5 days" in text for text in passages)
+    question = "How long did each training step take for the base models?"
+    wrong = evidence.support(question, "Each training step took 3.5 days.", passages, [0.5] * len(passages))
+    assert wrong.unsupported == [] and not wrong.supported
+    assert "0.4 seconds" in evidence.quote_text(passages[wrong.fallback], wrong.quotes[wrong.fallback])
+
+    right = evidence.support(question, "Each step took about 0.4 seconds.", passages, [0.5] * len(passages))
+    assert right.supported and right.fallback in right.listed
+
+
+def test_a_section_number_is_no_figure_the_question_asks_for(pages):
+    """The heading "6.3 English Constituency Parsing" answers the question's words; its number is not a beam size."""
+    passages = passages_with(pages, "6.3 English Constituency Parsing", "We used a beam size of 21")
+    found = evidence.support("What beam size was used for English constituency parsing?",
+                             "The beam size used for English constituency parsing was 21.", passages,
+                             [0.5] * len(passages))
+    assert found.supported and found.unsupported == []
