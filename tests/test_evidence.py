@@ -58,6 +58,13 @@ def test_a_question_in_the_plural_asks_for_figures_as_in_the_singular():
     assert not evidence.asks_for_figure("Who released the proof-of-concept code?")
 
 
+def test_a_code_a_version_or_an_identifier_is_a_figure_asked_for():
+    for question in ("What is the arXiv identifier of the paper?", "Which version added tab-to-search?",
+                     "Before it got its brand name, what code did the new fruit variety go by?"):
+        assert evidence.asks_for_figure(question), question
+    assert not evidence.asks_for_figure("Where is the code used to train the models available?")
+
+
 def test_the_sentence_with_the_figure_asked_for_is_the_best_evidence(pages):
     passages = passages_with(pages, "warmup_steps = 4000", "label smoothing", "Adam optimizer")
     found = evidence.best_sentence("How many warmup steps were used?", passages, [0.5] * len(passages))
