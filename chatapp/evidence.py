@@ -350,19 +350,19 @@ def support(question: str, answer: str, passages: list[str], passage_scores: lis
         close = scorer.passage_score(index) >= CLOSE_EVIDENCE * top_score  # nearly as good evidence as the best
         if holds_figure or close or (shares and index in (cited or [])):
             listed.append(index)
-    listed = listed[:max_listed]
-    if question_best not in listed:  # the question's best evidence is listed even when the answer strays
-        listed[-1:] = [question_best] if len(listed) == max_listed else [*listed[-1:], question_best]
-    evidence.listed = listed
-    evidence.quotes = {index: question_quotes[index] for index in listed}
+    if question_best not in listed[:max_listed]:  # the question's best evidence is listed even when the answer strays
+        listed = listed[:max_listed - 1] + [question_best]
+    evidence.listed = listed[:max_listed]
+    evidence.quotes = {index: question_quotes[index] for index in evidence.listed}
     evidence.fallback = question_best
 
     # The answer is checked against the quote shown for the question's best evidence, the one that replaces
     # it. Asked for a figure, it states none of the passages' figures although that quote holds one; or it
     # states one that the passages hold, but not that quote ("12 hours" for "how long did each training
     # step take?", whose quote says "0.4 seconds"): the answer disagrees with the evidence beside it.
-    # Replayed on recorded answers, against the rules on the answer's own best passage: the fact stated for
-    # 16 of 28 holdout questions against 13, tune split 29 of 62 against 28; no right answer replaced.
+    # Against the same rules on the answer's own best passage: the fact stated for 16 of 28 holdout questions
+    # against 13 (bench/answers.py); on the tune split's recorded answers, 29 of 62 against 28, and no right
+    # answer replaced on either.
     wants_figure = asks_for_figure(question)
     best_sentence_figures = {figure_key(f) for f in figures(_not_figures(_text(scorer, question_top)))}
     quoted_figures = {f for s in scorer.sentences if s.passage == question_best

@@ -387,11 +387,9 @@ def _ground(result: Answer, question: str, settings: Settings, embed=None) -> No
         source = passages[index]
         result.sources.append(replace(source, quote=evidence.quote_text(source.text, spans), quote_spans=spans))
     result.unsupported = found.unsupported
-    fallback = next((s for s in result.sources if s.number == passages[found.fallback].number), None) \
-        if found.fallback is not None else None
-    if settings.extractive_fallback and not found.supported and fallback is not None and fallback.quote:
+    best = result.sources[found.listed.index(found.fallback)] if found.fallback in found.listed else None
+    if settings.extractive_fallback and not found.supported and best is not None and best.quote:
         # The answer is replaced by the question's best evidence, which then leads the sources.
-        best = fallback
         result.sources = [best] + [s for s in result.sources if s is not best]
         where = f", {best.location}" if best.location else ""
         result.model_answer = result.answer
