@@ -172,6 +172,9 @@ class Scorer:
         self.idf = {t: math.log(1 + n / c) for t, c in df.items()}
         self.default_idf = math.log(1 + n)  # a term no sentence has
 
+    def text(self, sentence: Sentence) -> str:
+        return self.passages[sentence.passage][sentence.start:sentence.end]
+
     def weight(self, term: str) -> float:
         return self.idf.get(term, self.default_idf)
 
@@ -187,10 +190,10 @@ class Scorer:
         wants_figure, wants_name = asks_for_figure(question), asks_for_name(question)
         dense = [0.0] * len(self.sentences)
         if embed is not None and self.sentences:
-            vectors = embed([question] + [self.passages[s.passage][s.start:s.end] for s in self.sentences])
+            vectors = embed([question] + [self.text(s) for s in self.sentences])
             dense = [sum(a * b for a, b in zip(vectors[0], v)) for v in vectors[1:]]
         for sentence, cosine in zip(self.sentences, dense):
-            piece = self.passages[sentence.passage][sentence.start:sentence.end]
+            piece = self.text(sentence)
             own = sum(self.weight(t) for t in sentence.terms)
             precision = sum(self.weight(t) for t in q_terms & sentence.terms) / own if own else 0.0
             sentence.score = (self.overlap(q_terms, sentence) + PRECISION_WEIGHT * precision + DENSE_WEIGHT * cosine
@@ -215,12 +218,16 @@ class Scorer:
         held = sum(self.weight(t) for t in self.question_terms & whole) / total if total else 0.0
         return own[0] + SECOND_SENTENCE_WEIGHT * (own[1] if len(own) > 1 else 0.0) + PASSAGE_TERMS_WEIGHT * held
 
-    def quote(self, passage: int) -> list[tuple[int, int]]:
-        """The passage's QUOTE_SENTENCES best sentences, in reading order; adjacent ones as one span."""
+    def quote_sentences(self, passage: int) -> list[Sentence]:
+        """The passage's QUOTE_SENTENCES best sentences (by their scores now), in reading order."""
         own = sorted((s for s in self.sentences if s.passage == passage), key=lambda s: -s.score)[:QUOTE_SENTENCES]
+        return sorted(own, key=lambda s: s.start)
+
+    def spans(self, sentences: list[Sentence]) -> list[tuple[int, int]]:
+        """Where sentences of one passage, in reading order, are in it; adjacent ones as one span."""
         spans: list[tuple[int, int]] = []
-        for sentence in sorted(own, key=lambda s: s.start):
-            gap = self.passages[passage][spans[-1][1]:sentence.start] if spans else None
+        for sentence in sentences:
+            gap = self.passages[sentence.passage][spans[-1][1]:sentence.start] if spans else None
             if gap is not None and not gap.strip():
                 spans[-1] = (spans[-1][0], sentence.end)
             else:
@@ -258,12 +265,9 @@ def _not_figures(piece: str) -> str:
     return _CITATION.sub(" ", _SECTION_NUMBER.sub(" ", piece))
 
 
-def _text(scorer: Scorer, sentence: Sentence | None) -> str:
-    return scorer.passages[sentence.passage][sentence.start:sentence.end] if sentence else ""
-
-
-def _within(sentence: Sentence, spans: list[tuple[int, int]]) -> bool:
-    return any(start <= sentence.start and sentence.end <= end for start, end in spans)
+def _is_figure(key: str) -> bool:
+    """Whether a claim's key (claims()) is a figure rather than a name."""
+    return key[:1].isdigit() or key[:1] == "-"
 
 
 def quote_text(passage: str, spans: list[tuple[int, int]]) -> str:
@@ -310,7 +314,7 @@ def support(question: str, answer: str, passages: list[str], passage_scores: lis
     # Quotes are the sentences that answer the question, chosen before the answer is read: rescored by a
     # wrong answer's words, the quote of the right passage moved off the fact (holdout split: the fact in
     # a quote for 19 of 28 questions, against 22 by the question alone; tune split 38 of 62 either way).
-    question_quotes = {i: scorer.quote(i) for i in range(len(passages))}
+    question_quotes = {i: scorer.quote_sentences(i) for i in range(len(passages))}
 
     haystack = " ".join([question, *passages])
     known_words = {w.lower() for w in WORD.findall(haystack)}
@@ -320,7 +324,7 @@ def support(question: str, answer: str, passages: list[str], passage_scores: lis
     stated = _claims(answer)
     unsupported = []
     for key, shown, context in stated:
-        if key[:1].isdigit() or key[:1] == "-":
+        if _is_figure(key):
             # A figure counts as held only where a sentence has it in the same context: "20 warmup steps"
             # is not supported by "the Adam optimizer [20]" nor by "20 checkpoints".
             about = context | question_terms
@@ -334,7 +338,8 @@ def support(question: str, answer: str, passages: list[str], passage_scores: lis
     evidence.unsupported = unsupported
 
     answer_terms = set(terms(answer)) - set(terms(question))
-    answer_figures = {k for k, _, _ in stated if k[:1].isdigit() or k[:1] == "-"} & known_figures
+    stated_figures = {key for key, _, _ in stated if _is_figure(key)}
+    answer_figures = stated_figures & known_figures
     if not unsupported:  # rescore with what the answer says, its figures above all; unless it strays
         for sentence in scorer.sentences:
             sentence.score += (1.5 * scorer.overlap(answer_terms, sentence)
@@ -353,7 +358,7 @@ def support(question: str, answer: str, passages: list[str], passage_scores: lis
     if question_best not in listed[:max_listed]:  # the question's best evidence is listed even when the answer strays
         listed = listed[:max_listed - 1] + [question_best]
     evidence.listed = listed[:max_listed]
-    evidence.quotes = {index: question_quotes[index] for index in evidence.listed}
+    evidence.quotes = {index: scorer.spans(question_quotes[index]) for index in evidence.listed}
     evidence.fallback = question_best
 
     # The answer is checked against the quote shown for the question's best evidence, the one that replaces
@@ -364,13 +369,13 @@ def support(question: str, answer: str, passages: list[str], passage_scores: lis
     # against 13 (bench/answers.py); on the tune split's recorded answers, 29 of 62 against 28, and no right
     # answer replaced on either.
     wants_figure = asks_for_figure(question)
-    best_sentence_figures = {figure_key(f) for f in figures(_not_figures(_text(scorer, question_top)))}
-    quoted_figures = {f for s in scorer.sentences if s.passage == question_best
-                      and _within(s, question_quotes[question_best]) for f in s.figures} - question_figures
-    stated_figures = {key for key, _, _ in stated if key[:1].isdigit() or key[:1] == "-"} - question_figures
+    best_text = scorer.text(question_top) if question_top else ""
+    best_sentence_figures = {figure_key(f) for f in figures(_not_figures(best_text))}
+    quoted_figures = {f for sentence in question_quotes[question_best] for f in sentence.figures} - question_figures
+    new_figures = stated_figures - question_figures
     missing_figure = wants_figure and bool(quoted_figures) and not answer_figures
-    other_figure = (wants_figure and bool(best_sentence_figures - question_figures) and bool(stated_figures)
-                    and not stated_figures & quoted_figures)
+    other_figure = (wants_figure and bool(best_sentence_figures - question_figures) and bool(new_figures)
+                    and not new_figures & quoted_figures)
     declined = bool(_DECLINES.search(answer or ""))  # "the passage does not contain the answer", with evidence at hand
     evidence.supported = (not unsupported and not missing_figure and not other_figure and not declined
                           and bool(answer.strip()))
