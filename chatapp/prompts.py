@@ -83,8 +83,21 @@ _SMALL_TALK = re.compile(
 )
 
 
+# A greeting or thanks with only friendly filler around it ("hello there", "thanks, that helps!", "good
+# morning everyone") is small talk too: the phrase list alone sent "hello there" to the documents, which
+# answered it with two passages as sources.
+_GREETING_WORDS = frozenset("hi hii hello hey hiya howdy greetings morning afternoon evening thanks thank thx ty "
+                            "cheers bye goodbye".split())
+_FRIENDLY_WORDS = _GREETING_WORDS | frozenset(
+    "good day night you so much very a lot ok okay cool great nice awesome perfect lovely wonderful see later there "
+    "all everyone everybody folks friend friends mate buddy again and appreciate it that that's helps helped "
+    "helpful to oh ah well dear bot assistant".split())
+
+
 def is_small_talk(text: str) -> bool:
-    return bool(_SMALL_TALK.match(text or ""))
+    words = re.findall(r"[a-z']+", (text or "").lower())
+    friendly = 0 < len(words) <= 8 and set(words) <= _FRIENDLY_WORDS and bool(set(words) & _GREETING_WORDS)
+    return bool(_SMALL_TALK.match(text or "")) or (friendly and "?" not in text)
 
 
 def context_block(passages: list[str]) -> str:

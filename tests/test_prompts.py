@@ -61,12 +61,14 @@ def test_cited_numbers_in_order_within_range():
     assert prompts.cited_numbers("no citations", 3) == []
 
 
-@pytest.mark.parametrize("text", ["hi", "Hello!", "thanks a lot", "Good morning.", "how are you today?", "bye"])
+@pytest.mark.parametrize("text", ["hi", "Hello!", "thanks a lot", "Good morning.", "how are you today?", "bye",
+                                  "hello there", "Hey there!", "thanks, that helps!", "good morning everyone"])
 def test_small_talk_is_recognised(text):
     assert prompts.is_small_talk(text)
 
 
-@pytest.mark.parametrize("text", ["hi, how many warmup steps were used?", "What optimizer was used?", "Thanks for the BLEU score?"])
+@pytest.mark.parametrize("text", ["hi, how many warmup steps were used?", "What optimizer was used?", "Thanks for the BLEU score?",
+                                  "hello there, which optimizer?"])
 def test_questions_are_not_small_talk(text):
     assert not prompts.is_small_talk(text)
 
