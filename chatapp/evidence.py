@@ -109,9 +109,14 @@ def sentence_spans(text: str) -> list[tuple[int, int]]:
     # pysbd ends a sentence at a PDF's line break inside a URL or a phrase ("available at https://github.com/"
     # | "tensorflow/tensor2tensor."): a piece that ends without closing punctuation, followed by one that
     # starts in lower case, is one sentence.
+    # A heading ("5.2 Hardware and Schedule") is joined to the sentence under it: alone it matches the
+    # question's words ("what hardware…?") but holds no answer, and the sentence after it holds the answer
+    # but not the words.
     joined: list[tuple[int, int]] = []
     for start, end in segments:
-        if joined and text[start:end].lstrip()[:1].islower() and not _CLOSED.search(text[joined[-1][0]:joined[-1][1]]):
+        piece = text[start:end].lstrip()
+        if joined and not _CLOSED.search(text[joined[-1][0]:joined[-1][1]]) and (
+                piece[:1].islower() or piece[:1] in "(.,;" or _is_heading(text, *joined[-1])):
             joined[-1] = (joined[-1][0], end)
         else:
             joined.append((start, end))
@@ -128,6 +133,15 @@ def sentence_spans(text: str) -> list[tuple[int, int]]:
             if text[s:e].strip()]
 
 
+def _is_heading(text: str, start: int, end: int) -> bool:
+    """A short line of words, with no closing punctuation, that ends at a line break: a section heading."""
+    piece = text[start:end].strip()
+    words = piece.split()
+    line_ends = "\n" in text[start:end].lstrip()[len(piece):] or text[end:end + 2].lstrip(" \t")[:1] == "\n"
+    return (0 < len(words) <= 8 and len(piece) <= 80 and line_ends
+            and len(figures(piece)) <= 1 and sum(w[:1].isalpha() for w in words) >= len(words) - 1)
+
+
 @dataclass
 class Sentence:
     passage: int  # index into the passages given
@@ -136,6 +150,7 @@ class Sentence:
     terms: frozenset[str]
     figures: frozenset[str]
     names: frozenset[str]
+    key: str  # its words, to find the same sentence in two overlapping chunks
     score: float = 0.0
 
 
@@ -162,7 +177,7 @@ class Scorer:
                 piece = text[start:end]
                 self.sentences.append(Sentence(index, start, end, frozenset(terms(piece)),
                                                frozenset(figure_key(f) for f in figures(_CITATION.sub(" ", piece))),
-                                               names(piece)))
+                                               names(piece), " ".join(piece.split())))
         self.question_terms: set[str] = set()
         self._passage_terms: dict[int, frozenset[str]] = {}
         for sentence in self.sentences:
@@ -174,6 +189,20 @@ class Scorer:
 
     def text(self, sentence: Sentence) -> str:
         return self.passages[sentence.passage][sentence.start:sentence.end]
+
+    def novel_order(self) -> list[int]:
+        """Passages best evidence first, each scored only by sentences that no better one holds: chunks
+        overlap, and two that share their best sentence would take two of the prompt's few places (the
+        right passage among the top 3 for 76 of 90 questions, against 73; the same 79 in the top 4)."""
+        left = list(range(len(self.passages)))
+        order: list[int] = []
+        known: frozenset[str] = frozenset()
+        while left:
+            best = min(left, key=lambda i: (-self.passage_score(i, known), left.index(i)))
+            order.append(best)
+            left.remove(best)
+            known |= {s.key for s in self.sentences if s.passage == best}
+        return order
 
     def weight(self, term: str) -> float:
         return self.idf.get(term, self.default_idf)
@@ -206,11 +235,13 @@ class Scorer:
         own = [s for s in self.sentences if s.passage == passage]
         return max(own, key=lambda s: s.score) if own else None
 
-    def passage_score(self, passage: int) -> float:
+    def passage_score(self, passage: int, known: frozenset[str] = frozenset()) -> float:
         """Its best sentence's score, plus a little for its second best and for the question's terms it
         holds anywhere: an answer often spans two sentences (on the tune split the right passage ranked
-        first for 45 of 62 questions, against 41 by the best sentence alone)."""
-        own = sorted((s.score for s in self.sentences if s.passage == passage), reverse=True)
+        first for 45 of 62 questions, against 41 by the best sentence alone). Sentences in `known` (by
+        their key) are already shown by another passage and add nothing."""
+        own = sorted((s.score for s in self.sentences if s.passage == passage and s.key not in known),
+                     reverse=True)
         if not own:
             return PRIOR_WEIGHT * self.prior[passage]
         whole = self._passage_terms.get(passage, frozenset())
@@ -239,7 +270,7 @@ def rank_passages(question: str, passages: list[str], passage_scores: list[float
     """Indexes of the passages, best evidence first (ties keep the retriever's order)."""
     scorer = Scorer(passages, passage_scores)
     scorer.score_question(question)
-    return sorted(range(len(passages)), key=lambda i: (-scorer.passage_score(i), i))
+    return scorer.novel_order()
 
 
 def question_coverage(question: str, passages: list[str]) -> float:

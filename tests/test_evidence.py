@@ -35,14 +35,17 @@ def test_sentences_are_cut_at_their_ends_and_long_ones_bounded():
 
 
 def test_a_line_break_inside_a_url_does_not_end_the_sentence(pages):
-    """The PDF breaks "https://github.com/tensorflow/tensor2tensor" across two lines; the quote keeps it whole,
-    while a heading still stands apart from the sentence after it."""
+    """The PDF breaks "https://github.com/tensorflow/tensor2tensor" across two lines; the quote keeps it whole.
+    A heading goes with the sentence under it, which holds what the heading's words ask about."""
     passage = next(text for text in pages[10] if "is available at" in text)
     sentences = [passage[start:end] for start, end in evidence.sentence_spans(passage)]
     code = next(s for s in sentences if "is available at" in s)
     assert "tensor2tensor" in code and code.startswith("The code we used")
     heading = "6.3 English Constituency Parsing\nTo evaluate if the Transformer can generalize, we ran it."
-    assert [heading[a:b] for a, b in evidence.sentence_spans(heading)][0] == "6.3 English Constituency Parsing"
+    assert [heading[a:b] for a, b in evidence.sentence_spans(heading)] == [heading]
+    hardware = next(text for text in pages[7] if "5.2 Hardware and Schedule" in text)
+    sentences = [hardware[a:b] for a, b in evidence.sentence_spans(hardware)]
+    assert any(s.startswith("5.2 Hardware and Schedule") and "8 NVIDIA P100 GPUs" in s for s in sentences)
 
 
 def test_figures_compare_across_formats():
@@ -97,6 +100,16 @@ def test_passages_are_ranked_by_evidence_not_by_the_retriever(pages):
     right = passages_with(pages, "label smoothing of value")[:1]
     order = evidence.rank_passages("What value of label smoothing was used?", wrong + right, [0.6, 0.6, 0.6, 0.3])
     assert order[0] == 3
+
+
+def test_a_passage_repeating_a_better_ones_evidence_ranks_below_new_evidence():
+    """Overlapping chunks share sentences: the second copy of the answer adds nothing to the prompt."""
+    fact = "The big models were trained for 300,000 steps (3.5 days)."
+    first = "Each training step took about 1.0 seconds for the big models. " + fact
+    overlap = fact + " We used the Adam optimizer with beta1 = 0.9 and beta2 = 0.98."
+    other = "The big models were trained on 8 NVIDIA P100 GPUs, for several days."
+    question = "For how many steps were the big models trained?"
+    assert evidence.rank_passages(question, [first, overlap, other], [0.5, 0.5, 0.5])[:2] == [0, 2]
 
 
 def test_an_invented_figure_is_unsupported_and_the_right_passage_still_listed(pages):
