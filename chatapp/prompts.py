@@ -216,6 +216,31 @@ def clean_answer(text: str) -> str:
     return text[:1].upper() + text[1:] if text else ""
 
 
+# A piece of the answer: a sentence, or the text on either side of a code fence the model opened.
+_ANSWER_PIECE = re.compile(r"(?<=[.!?])\s+|\s*```\s*")
+COPIED_RUN = 2  # sentences in a row, word for word from one passage: the model is reciting, not answering
+MIN_COPIED_CHARS = 20
+
+
+def without_copied_passage(answer: str, passages: list[str]) -> str:
+    """The answer up to where the model starts reciting a passage: after its own first sentence, two
+    sentences in a row that one passage holds word for word ("30,000,000 ``` The root of the object,
+    `rekt`, contains 300 lists. Each list has…", on and on to the token limit). The passage is listed
+    with its quote beside the answer, so nothing is lost; a single copied sentence is kept."""
+    flat = [" ".join(p.split()) for p in passages]
+    pieces, start = [], 0
+    for gap in [*_ANSWER_PIECE.finditer(answer), None]:
+        end = gap.start() if gap else len(answer)
+        if answer[start:end].strip():
+            pieces.append((start, end))
+        start = gap.end() if gap else end
+    for index in range(1, len(pieces) - COPIED_RUN + 1):
+        run = [" ".join(answer[a:b].split()) for a, b in pieces[index:index + COPIED_RUN]]
+        if all(len(t) >= MIN_COPIED_CHARS for t in run) and any(all(t in p for t in run) for p in flat):
+            return answer[:pieces[index][0]].rstrip(" `\n")
+    return answer
+
+
 def _strip_label(text: str) -> str:
     # The model sometimes echoes labels it saw in the prompt ("Answer:", "Reasoning:").
     return re.sub(r"^(answer|reasoning)\s*:\s*", "", text.strip(), flags=re.IGNORECASE).strip()

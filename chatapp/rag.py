@@ -348,8 +348,10 @@ def _stream_into(result: Answer, pieces: Iterator[str], style: str) -> Iterator[
             if cut is not None:
                 result.raw = result.raw[:cut].rstrip()
                 break
-            _fill(result, style)
+            reciting = _fill(result, style)
             yield replace(result)
+            if reciting:  # the rest would be cut anyway: stop the model rather than wait for its token limit
+                break
     finally:
         pieces.close()  # stops the generation thread when we stop early or the caller goes away
     _fill(result, style)
@@ -357,9 +359,13 @@ def _stream_into(result: Answer, pieces: Iterator[str], style: str) -> Iterator[
     yield result
 
 
-def _fill(result: Answer, style: str) -> None:
+def _fill(result: Answer, style: str) -> bool:
+    """Reasoning and answer from the reply so far; True once the answer has turned into a passage recited."""
     parsed = prompts.parse_reply(result.raw, style)
-    result.reasoning, result.answer = parsed.reasoning, prompts.clean_answer(parsed.answer)
+    answer = prompts.clean_answer(parsed.answer)
+    result.reasoning = parsed.reasoning
+    result.answer = prompts.without_copied_passage(answer, [s.text for s in result.retrieved])
+    return len(result.answer) < len(answer)
 
 
 def _memo(embed):

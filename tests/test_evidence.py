@@ -158,6 +158,18 @@ def test_answers_lose_the_reasoning_and_prompt_leftovers(raw, clean):
     assert prompts.clean_answer(raw) == clean
 
 
+def test_an_answer_that_turns_into_a_recited_passage_is_cut_where_the_recital_starts(corpus):
+    """The 135M model answered "30,000,000", opened a code fence and recited the Ars Technica passage to its
+    token limit. One sentence quoted from a passage stays; two in a row are a recital."""
+    passage = next(c.page_content for c in split(load(corpus / "html" / "ars-1.html")) if "30,000,000" in c.page_content)
+    recital = "The root of the object, `rekt`, contains 300 lists. Each list has a list with 10 sublists, and each"
+    assert " ".join(recital.split()[:9]) in " ".join(passage.split())
+    assert prompts.without_copied_passage(f"30,000,000 ``` {recital}", [passage]) == "30,000,000"
+    one = "It holds 30,000,000 lists. The root of the object, `rekt`, contains 300 lists."
+    assert prompts.without_copied_passage(one, [passage]) == one
+    assert prompts.without_copied_passage(f"30,000,000 ``` {recital}", ["another passage"]) == f"30,000,000 ``` {recital}"
+
+
 def test_a_figure_the_passages_hold_but_the_evidence_quote_does_not_is_not_supported(pages):
     """ "3.5 days" is on the page, but not the figure asked: the quote for the question says 0.4 seconds,
     and a wrong answer's words do not move the quote off it."""
