@@ -294,7 +294,11 @@ def indexed_text(chunk: Document) -> str:
 # --- formats -------------------------------------------------------------------------------------
 
 PDFIUM_LOCK = threading.Lock()  # PDFium is not thread-safe, not even across documents (pypdfium2's docs)
-_PDFIUM_TEXT = str.maketrans({"\r": None, "\x02": "-", "\ufffe": "-"})  # CRLF lines; hyphens at line ends
+# Dropped from PDFium's page text: carriage returns (CRLF lines) and the other control characters, which
+# PDFium gives for glyphs its font maps to no character (the paper's "ε" in "εls = 0.1" is "\x0f") and a
+# browser draws as a box. loaders.pages drops the same ones to find a quote on its page.
+PDFIUM_DROPPED = frozenset(chr(c) for c in range(32) if chr(c) not in "\t\n\x02")
+_PDFIUM_TEXT = str.maketrans({**dict.fromkeys(PDFIUM_DROPPED), "\x02": "-", "\ufffe": "-"})  # hyphens at line ends
 
 
 def _pdf(data: bytes, name: str, base: dict, progress: Progress | None = None) -> list[Document]:

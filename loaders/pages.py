@@ -4,7 +4,7 @@ stands on the page (Kotaemon and RAGFlow do this; Open WebUI only jumps to the p
     jpeg = highlighted_page(Path("data/files/<sha256>.pdf"), page=8, quotes=["...label smoothing of value 0.1..."])
 
 PDFium (pypdfium2) renders the page and gives the rectangles of any range of its characters. The text the
-loader stored is PDFium's own text of the page with carriage returns dropped, so a quote is found in it
+loader stored is PDFium's own text of the page with control characters dropped, so a quote is found in it
 and its position mapped back to PDFium's character indexes; a quote not found (a page re-flowed by another
 extractor) gives the plain page.
 """
@@ -17,7 +17,7 @@ from pathlib import Path
 import pypdfium2 as pdfium
 from PIL import Image, ImageDraw
 
-from loaders.documents import PDFIUM_LOCK
+from loaders.documents import PDFIUM_DROPPED, PDFIUM_LOCK
 
 RENDER_SCALE = 1.4  # ~860 px wide for a Letter page: the highlighted words stay readable
 HIGHLIGHT = (255, 214, 0, 110)  # translucent yellow, as a highlighter pen
@@ -25,7 +25,7 @@ HIGHLIGHT = (255, 214, 0, 110)  # translucent yellow, as a highlighter pen
 
 def _find(page_text: str, quote: str) -> tuple[int, int] | None:
     """(start, end) of `quote` in `page_text`, whitespace-insensitive, in `page_text`'s indexes."""
-    words = quote.split()
+    words = "".join(ch for ch in quote if ch not in PDFIUM_DROPPED).split()  # as stored before they were dropped
     if not words:
         return None
     pattern = r"\s*".join(re.escape(word) for word in words)
@@ -41,7 +41,7 @@ def highlighted_page(path: str | Path, page: int, quotes: list[str]) -> bytes:
             pdf_page = document[page - 1]
             text_page = pdf_page.get_textpage()
             raw = text_page.get_text_range()
-            kept = [i for i, ch in enumerate(raw) if ch != "\r"]  # the loader drops carriage returns
+            kept = [i for i, ch in enumerate(raw) if ch not in PDFIUM_DROPPED]  # as the loader does
             text = "".join(raw[i] for i in kept)
             height = pdf_page.get_height()
             boxes = []

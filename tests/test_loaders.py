@@ -37,6 +37,28 @@ def test_pdf_one_document_a_page_counted_from_one(pdf_docs, corpus):
         (corpus / "pdf" / "attention-is-all-you-need.pdf").read_bytes()).hexdigest()
 
 
+def test_pdf_text_has_no_control_characters_and_its_quotes_are_still_found_on_the_page(pdf_docs, corpus):
+    """PDFium gives "\x0f" for the paper's unmapped epsilon; a browser drew it as a box in the quote. The
+    page picture finds the quote without it, and a quote stored with it before (an older store) too."""
+    import io
+
+    from PIL import Image
+
+    from loaders.pages import highlighted_page
+
+    text = "".join(d.page_content for d in pdf_docs)
+    assert not [c for c in text if ord(c) < 32 and c not in "\t\n"]
+    assert "label smoothing of value ls = 0.1 [36]." in pdf_docs[7].page_content
+
+    def highlighted_pixels(quotes: list[str]) -> int:
+        image = Image.open(io.BytesIO(highlighted_page(corpus / "pdf" / "attention-is-all-you-need.pdf", 8, quotes)))
+        return sum(1 for r, g, b in image.convert("RGB").getdata() if r > 230 and g > 200 and b < 150)
+
+    plain = highlighted_pixels([])
+    for quote in ("we employed label smoothing of value ls = 0.1 [36].", "we employed label smoothing of value \x0fls = 0.1 [36]."):
+        assert highlighted_pixels([quote]) > plain + 1000, quote
+
+
 def test_pdf_title_from_metadata(tmp_path, corpus):
     writer = pypdf.PdfWriter(clone_from=corpus / "pdf" / "attention-is-all-you-need.pdf")
     writer.add_metadata({"/Title": "Attention Is All You Need"})
