@@ -79,6 +79,11 @@ class Settings:
         return self.data_dir / "conversations.sqlite"
 
     @property
+    def browser_secret_file(self) -> Path:
+        """The key that what the page keeps in the browser is encrypted with; kept so it outlives a restart."""
+        return self.data_dir / "browser-state.key"
+
+    @property
     def runs_dir(self) -> Path:
         return self.data_dir / "runs"
 

@@ -9,7 +9,9 @@ from __future__ import annotations
 import base64
 import html
 import logging
+import os
 import re
+import secrets
 import sqlite3
 import tempfile
 from pathlib import Path
@@ -159,6 +161,22 @@ def export_file(conversation: Conversation, kind: str) -> str:
     return str(path)
 
 
+def browser_secret(path: Path) -> str:
+    """The key in `path`, made once. gr.BrowserState draws a new one at every launch by default, and the
+    browser's value could then not be read after a restart."""
+    try:
+        return path.read_text().strip()
+    except FileNotFoundError:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        key = secrets.token_urlsafe(24)
+        try:
+            with os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w") as out:
+                out.write(key)
+        except FileExistsError:  # another process made it first
+            return path.read_text().strip()
+        return key
+
+
 def build_chat_tab(settings: Settings, registry, store, conversations: Conversations | None = None) -> dict:
     """Build the Chat tab's components inside the caller's `gr.Tab`; returns them by name. Conversations are
     saved in `conversations` (default: settings.conversations_db)."""
@@ -167,6 +185,10 @@ def build_chat_tab(settings: Settings, registry, store, conversations: Conversat
     # The model loads in the background after the page is up: the line follows it, then the timer stops.
     model_timer = gr.Timer(1.0, active=registry.base is None)
     current = gr.State(None)  # the id of the conversation this page shows; None until its first turn is saved
+    # The same id kept in the browser (localStorage), so a reload or a restart of the app shows the
+    # conversation the page showed, as ChatGPT and Open WebUI do, instead of an empty chat.
+    remembered = gr.BrowserState(None, storage_key="chatapp-open-conversation",
+                                 secret=browser_secret(settings.browser_secret_file))
     with gr.Row():
         with gr.Column(scale=1, min_width=280):
             new_chat = gr.Button("New chat", elem_id="new-chat")
@@ -228,7 +250,7 @@ def build_chat_tab(settings: Settings, registry, store, conversations: Conversat
                 request: gr.Request):
         history = list(history or [])
         message = (message or "").strip()
-        keep = (gr.skip(),) * 3  # the conversation's id, list and title change only once the turn is saved
+        keep = (gr.skip(),) * 4  # the conversation's id (kept twice), list and title change once the turn is saved
         if not message:
             yield history, gr.skip(), gr.skip(), gr.skip(), *keep
             return
@@ -254,24 +276,35 @@ def build_chat_tab(settings: Settings, registry, store, conversations: Conversat
         conversation_id = save_turn(conversation_id, latest, variant_name or BASE, style_name or "cot", user)
         saved_title = conversations.get(conversation_id, user).title if conversation_id else gr.skip()
         yield (history + answer_messages(latest), "", sources_html(latest, store), model_line(registry),
-               conversation_id, conversation_list(user, conversation_id), saved_title)
+               conversation_id, conversation_list(user, conversation_id), saved_title, conversation_id)
 
     def open_conversation(conversation_id, request: gr.Request):
         if not conversation_id:
-            return gr.skip(), gr.skip(), gr.skip(), gr.skip(), gr.skip()
+            return (gr.skip(),) * 6
         try:
             conversation = conversations.get(conversation_id, user_of(request))
         except KeyError:  # deleted from another tab
             gr.Warning("That conversation no longer exists.")
-            return gr.skip(), gr.skip(), None, conversation_list(user_of(request), None), ""
+            return gr.skip(), gr.skip(), None, conversation_list(user_of(request), None), "", None
         last = stored_answer(conversation.turns[-1]) if conversation.turns else None
-        return conversation_messages(conversation), sources_html(last, store), conversation.id, gr.skip(), conversation.title
+        return (conversation_messages(conversation), sources_html(last, store), conversation.id, gr.skip(),
+                conversation.title, conversation.id)
 
-    def list_on_load(request: gr.Request):
-        return conversation_list(user_of(request), None)
+    def reopen_on_load(remembered_id, request: gr.Request):
+        """The list, read again; and the conversation this browser showed last, when this user still has it."""
+        user = user_of(request)
+        try:
+            conversation = conversations.get(remembered_id, user) if remembered_id else None
+        except KeyError:  # deleted meanwhile, or another login's on a shared browser: start empty, quietly
+            conversation = None
+        if conversation is None:
+            return gr.skip(), gr.skip(), None, conversation_list(user, None), gr.skip()
+        last = stored_answer(conversation.turns[-1]) if conversation.turns else None
+        return (conversation_messages(conversation), sources_html(last, store), conversation.id,
+                conversation_list(user, conversation.id), conversation.title)
 
     def start_new(request: gr.Request):
-        return [], EMPTY_SOURCES, "", None, conversation_list(user_of(request), None), "", None
+        return [], EMPTY_SOURCES, "", None, conversation_list(user_of(request), None), "", None, None
 
     def rename_conversation(conversation_id, new_title, request: gr.Request):
         user = user_of(request)
@@ -313,21 +346,22 @@ def build_chat_tab(settings: Settings, registry, store, conversations: Conversat
         return export(conversation_id, "json", request)
 
     inputs = [question, chatbot, current, variant, style, max_new_tokens, do_sample, temperature, top_k, top_p]
-    outputs = [chatbot, question, sources, info, current, listed, title]
+    outputs = [chatbot, question, sources, info, current, listed, title, remembered]
     for trigger in (send.click, question.submit):
         trigger(respond, inputs, outputs, concurrency_limit=1, concurrency_id="generation")
     # Conversation events skip the queue: opening or listing one never waits behind a generation.
-    fresh = [chatbot, sources, question, current, listed, title, exported]
+    fresh = [chatbot, sources, question, current, listed, title, exported, remembered]
     new_chat.click(start_new, None, fresh, queue=False)
     chatbot.clear(start_new, None, fresh, queue=False)  # the chatbot's own bin: the next question starts a new one
-    listed.input(open_conversation, listed, [chatbot, sources, current, listed, title], queue=False)
+    listed.input(open_conversation, listed, [chatbot, sources, current, listed, title, remembered], queue=False)
     rename.click(rename_conversation, [current, title], [listed, title], queue=False)
     title.submit(rename_conversation, [current, title], [listed, title], queue=False)
     delete.click(delete_conversation, current, fresh, queue=False)
     export_md_button.click(export_markdown, current, exported, queue=False)
     export_json_button.click(export_json, current, exported, queue=False)
-    # On every page load (a reload, a restart) the list is read again from the database.
-    gr.on(None, list_on_load, None, listed, queue=False)
+    # On every page load (a reload, a restart) the list is read again from the database, and the
+    # conversation the page showed is opened again.
+    gr.on(None, reopen_on_load, remembered, [chatbot, sources, current, listed, title], queue=False)
     variant.focus(refresh_variants, variant, variant, queue=False)
     model_timer.tick(lambda: (model_line(registry), gr.Timer(active=registry.base is None)), None, [info, model_timer],
                      queue=False, show_progress="hidden")

@@ -1,7 +1,7 @@
 """Saved conversations end to end: the real app.py in Debian chromium, killed with SIGKILL and restarted.
 
-A chat is listed by its first question, survives kill -9 and a restart, reopens with its history after a
-page reload, and a follow-up asked in the reopened conversation still resolves against that history.
+A chat is listed by its first question, survives kill -9 and a restart, is shown again after a page reload
+(the browser remembers which one was open), reopens with its history from the list, and a follow-up asked in the reopened conversation still resolves against that history.
 Rename, delete and both exports are done through the page.
 """
 from __future__ import annotations
@@ -57,10 +57,14 @@ def test_a_conversation_survives_kill_9_reopens_and_its_follow_up_resolves(brows
         process, _ = start_app(data, port=port)
         page.reload(wait_until="load")
         expect(listed.filter(has_text=FIRST)).to_have_count(1, timeout=60_000)
-        assert page.locator("#chatbot [data-testid='user']").count() == 0  # a fresh page: nothing open yet
+        # the browser remembers which conversation it showed: the reload opens it again, unasked
+        chatbot = page.locator("#chatbot")
+        expect(chatbot.locator("[data-testid='user']").first).to_contain_text(FIRST, timeout=30_000)
+        expect(listed.filter(has_text=FIRST).locator("input")).to_be_checked()
+        page.locator("#new-chat").click()
+        expect(chatbot.locator("[data-testid='user']")).to_have_count(0)
 
         listed.filter(has_text=FIRST).click()
-        chatbot = page.locator("#chatbot")
         expect(chatbot.locator("[data-testid='user']").first).to_contain_text(FIRST)
         expect(chatbot.locator("[data-testid='bot']").last).to_contain_text(first_answer[:40])
         expect(page.locator("#sources")).to_contain_text("p. ")  # the last answer's sources, drawn again
