@@ -301,8 +301,12 @@ def _is_figure(key: str) -> bool:
     return key[:1].isdigit() or key[:1] == "-"
 
 
+_CODE_FENCE = re.compile(r"`{3,}[\w+-]*")  # a Markdown code fence that trafilatura kept from a page's <pre>
+
+
 def quote_text(passage: str, spans: list[tuple[int, int]]) -> str:
-    return " … ".join(" ".join(passage[start:end].split()) for start, end in spans)
+    """The quote as shown: its pieces joined by an ellipsis, on one line, without code fences."""
+    return " … ".join(" ".join(_CODE_FENCE.sub(" ", passage[start:end]).split()) for start, end in spans)
 
 
 def claims(answer: str) -> list[tuple[str, str]]:

@@ -170,6 +170,12 @@ def test_an_answer_that_turns_into_a_recited_passage_is_cut_where_the_recital_st
     assert prompts.without_copied_passage(f"30,000,000 ``` {recital}", ["another passage"]) == f"30,000,000 ``` {recital}"
 
 
+def test_a_quote_is_one_line_without_code_fences():
+    passage = "Here is the payload:\n```json\n{\"rekt\": 300}\n```\nThe root of the object contains 300 lists."
+    assert evidence.quote_text(passage, [(0, len(passage))]) == (
+        'Here is the payload: {"rekt": 300} The root of the object contains 300 lists.')
+
+
 def test_a_figure_the_passages_hold_but_the_evidence_quote_does_not_is_not_supported(pages):
     """ "3.5 days" is on the page, but not the figure asked: the quote for the question says 0.4 seconds,
     and a wrong answer's words do not move the quote off it."""
