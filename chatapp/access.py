@@ -51,7 +51,11 @@ class Login:
 
 def session_secret(data_dir: Path) -> str:
     """The cookie-signing key, kept in the data folder (owner-only) so logins survive a restart."""
-    path = Path(data_dir) / "session.key"
+    return kept_secret(Path(data_dir) / "session.key")
+
+
+def kept_secret(path: Path) -> str:
+    """A random key made once in `path` (owner-only), the same for every later start."""
     try:
         return path.read_text().strip()
     except FileNotFoundError:

@@ -9,9 +9,7 @@ from __future__ import annotations
 import base64
 import html
 import logging
-import os
 import re
-import secrets
 import sqlite3
 import tempfile
 from pathlib import Path
@@ -19,6 +17,7 @@ from pathlib import Path
 import gradio as gr
 
 from chatapp import prompts, rag
+from chatapp.access import kept_secret
 from chatapp.conversations import Conversation, Conversations, Turn
 from chatapp.generation import GenerationSettings
 from chatapp.model import BASE
@@ -161,22 +160,6 @@ def export_file(conversation: Conversation, kind: str) -> str:
     return str(path)
 
 
-def browser_secret(path: Path) -> str:
-    """The key in `path`, made once. gr.BrowserState draws a new one at every launch by default, and the
-    browser's value could then not be read after a restart."""
-    try:
-        return path.read_text().strip()
-    except FileNotFoundError:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        key = secrets.token_urlsafe(24)
-        try:
-            with os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w") as out:
-                out.write(key)
-        except FileExistsError:  # another process made it first
-            return path.read_text().strip()
-        return key
-
-
 def build_chat_tab(settings: Settings, registry, store, conversations: Conversations | None = None) -> dict:
     """Build the Chat tab's components inside the caller's `gr.Tab`; returns them by name. Conversations are
     saved in `conversations` (default: settings.conversations_db)."""
@@ -186,9 +169,10 @@ def build_chat_tab(settings: Settings, registry, store, conversations: Conversat
     model_timer = gr.Timer(1.0, active=registry.base is None)
     current = gr.State(None)  # the id of the conversation this page shows; None until its first turn is saved
     # The same id kept in the browser (localStorage), so a reload or a restart of the app shows the
-    # conversation the page showed, as ChatGPT and Open WebUI do, instead of an empty chat.
+    # conversation the page showed, as ChatGPT and Open WebUI do, instead of an empty chat. BrowserState
+    # draws a new key at every launch by default, and could then not read the value after a restart.
     remembered = gr.BrowserState(None, storage_key="chatapp-open-conversation",
-                                 secret=browser_secret(settings.browser_secret_file))
+                                 secret=kept_secret(settings.browser_secret_file))
     with gr.Row():
         with gr.Column(scale=1, min_width=280):
             new_chat = gr.Button("New chat", elem_id="new-chat")
