@@ -42,6 +42,7 @@ def test_pdf_text_has_no_control_characters_and_its_quotes_are_still_found_on_th
     page picture finds the quote without it, and a quote stored with it before (an older store) too."""
     import io
 
+    import numpy as np
     from PIL import Image
 
     from loaders.pages import highlighted_page
@@ -52,7 +53,8 @@ def test_pdf_text_has_no_control_characters_and_its_quotes_are_still_found_on_th
 
     def highlighted_pixels(quotes: list[str]) -> int:
         image = Image.open(io.BytesIO(highlighted_page(corpus / "pdf" / "attention-is-all-you-need.pdf", 8, quotes)))
-        return sum(1 for r, g, b in image.convert("RGB").getdata() if r > 230 and g > 200 and b < 150)
+        r, g, b = np.asarray(image.convert("RGB"), dtype=np.int16).transpose(2, 0, 1)
+        return int(((r > 230) & (g > 200) & (b < 150)).sum())
 
     plain = highlighted_pixels([])
     for quote in ("we employed label smoothing of value ls = 0.1 [36].", "we employed label smoothing of value \x0fls = 0.1 [36]."):
