@@ -198,7 +198,7 @@ class Scorer:
         order: list[int] = []
         known: frozenset[str] = frozenset()
         while left:
-            best = min(left, key=lambda i: (-self.passage_score(i, known), left.index(i)))
+            best = min(left, key=lambda i: (-self.passage_score(i, known), i))  # ties: the retriever's order
             order.append(best)
             left.remove(best)
             known |= {s.key for s in self.sentences if s.passage == best}

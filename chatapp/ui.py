@@ -262,6 +262,11 @@ def build_chat_tab(settings: Settings, registry, store, conversations: Conversat
         yield (history + answer_messages(latest), "", sources_html(latest, store), model_line(registry),
                conversation_id, conversation_list(user, conversation_id), saved_title, conversation_id)
 
+    def shown(conversation: Conversation) -> tuple[list[dict], str]:
+        """The chatbot's messages and the last answer's sources, for a saved conversation opened again."""
+        last = stored_answer(conversation.turns[-1]) if conversation.turns else None
+        return conversation_messages(conversation), sources_html(last, store)
+
     def open_conversation(conversation_id, request: gr.Request):
         if not conversation_id:
             return (gr.skip(),) * 6
@@ -270,9 +275,7 @@ def build_chat_tab(settings: Settings, registry, store, conversations: Conversat
         except KeyError:  # deleted from another tab
             gr.Warning("That conversation no longer exists.")
             return gr.skip(), gr.skip(), None, conversation_list(user_of(request), None), "", None
-        last = stored_answer(conversation.turns[-1]) if conversation.turns else None
-        return (conversation_messages(conversation), sources_html(last, store), conversation.id, gr.skip(),
-                conversation.title, conversation.id)
+        return *shown(conversation), conversation.id, gr.skip(), conversation.title, conversation.id
 
     def reopen_on_load(remembered_id, request: gr.Request):
         """The list, read again; and the conversation this browser showed last, when this user still has it."""
@@ -283,9 +286,7 @@ def build_chat_tab(settings: Settings, registry, store, conversations: Conversat
             conversation = None
         if conversation is None:
             return gr.skip(), gr.skip(), None, conversation_list(user, None), gr.skip()
-        last = stored_answer(conversation.turns[-1]) if conversation.turns else None
-        return (conversation_messages(conversation), sources_html(last, store), conversation.id,
-                conversation_list(user, conversation.id), conversation.title)
+        return *shown(conversation), conversation.id, conversation_list(user, conversation.id), conversation.title
 
     def start_new(request: gr.Request):
         return [], EMPTY_SOURCES, "", None, conversation_list(user_of(request), None), "", None, None

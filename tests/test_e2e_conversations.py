@@ -1,7 +1,8 @@
 """Saved conversations end to end: the real app.py in Debian chromium, killed with SIGKILL and restarted.
 
 A chat is listed by its first question, survives kill -9 and a restart, is shown again after a page reload
-(the browser remembers which one was open), reopens with its history from the list, and a follow-up asked in the reopened conversation still resolves against that history.
+(the browser remembers which one was open), reopens with its history from the list, and a follow-up asked
+in the reopened conversation still resolves against that history.
 Rename, delete and both exports are done through the page.
 """
 from __future__ import annotations
