@@ -185,6 +185,23 @@ def test_an_answer_that_turns_into_a_recited_passage_is_cut_where_the_recital_st
     assert prompts.without_copied_passage(f"30,000,000 ``` {recital}", ["another passage"]) == f"30,000,000 ``` {recital}"
 
 
+def test_a_checked_answer_is_quoted_from_the_sentence_it_rests_on(pages):
+    """By the question's words alone the quote was "The positional encodings have the same dimension…"; the
+    answer names sine and cosine, the passage holds them, so the quote shows that sentence. An answer that
+    fails the check leaves the question's quote as it was."""
+    question = "Which functions are used for the positional encodings?"
+    passages = passages_with(pages, "sine and cosine functions")
+    by_question = evidence.support(question, "", passages, [0.5] * len(passages))
+    quoted = evidence.support(question, "The encoder uses sine and cosine functions of different frequencies.",
+                              passages, [0.5] * len(passages))
+    assert quoted.supported
+    shown = [evidence.quote_text(passages[i], quoted.quotes[i]) for i in quoted.listed]
+    assert any("sine and cosine" in quote for quote in shown)
+    assert not any("sine and cosine" in evidence.quote_text(passages[i], by_question.quotes[i]) for i in by_question.listed)
+    wrong = evidence.support(question, "It uses 7 learned functions.", passages, [0.5] * len(passages))
+    assert not wrong.supported and wrong.quotes == by_question.quotes
+
+
 def test_a_quote_is_one_line_without_code_fences():
     passage = "Here is the payload:\n```json\n{\"rekt\": 300}\n```\nThe root of the object contains 300 lists."
     assert evidence.quote_text(passage, [(0, len(passage))]) == (
