@@ -126,7 +126,10 @@ def docx_sections(data: bytes, name: str, base: dict) -> Iterator[Document]:
     """One Document per heading's section, paragraphs and tables in document order; `section` is the
     heading path ("Results > Table 2")."""
     document = docx.Document(io.BytesIO(data))
-    title = (document.core_properties.title or "").strip() or Path(name).stem
+    # Word fills the core title only when the author types it in File > Info; most documents carry their
+    # title as a "Title"-styled first paragraph instead.
+    styled = next((p.text.strip() for p in document.paragraphs if _heading_level(p) == 0 and p.text.strip()), "")
+    title = (document.core_properties.title or "").strip() or styled or Path(name).stem
     path: dict[int, str] = {}
     lines: list[str] = []
 

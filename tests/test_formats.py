@@ -106,6 +106,15 @@ def test_docx_sections_in_order_with_tables(files):
     assert where(docs[2]) == "report.docx, Results > Risks"
 
 
+def test_docx_without_a_core_title_takes_its_title_styled_paragraph(tmp_path):
+    document = docx.Document()
+    document.core_properties.title = ""
+    document.add_heading("Ferry timetable plan", 0)  # level 0: the "Title" style
+    document.add_paragraph("The ferry will run every 25 minutes on weekdays.")
+    document.save(tmp_path / "plan.docx")
+    assert {d.metadata["title"] for d in load(tmp_path / "plan.docx")} == {"Ferry timetable plan"}
+
+
 def test_pptx_one_document_a_slide_with_notes(files):
     docs = load(files / "offsite.pptx")
     assert [d.metadata["slide"] for d in docs] == [1, 2, 3]
