@@ -71,7 +71,7 @@ _DECLINES = re.compile(r"\b(not (provided|given|mentioned|stated|relevant|specif
 _CITATION = re.compile(r"\[\d{1,3}(?:\s*[,–-]\s*\d{1,3})*\]")  # "[20]" cites a reference; it is no figure
 _SECTION_NUMBER = re.compile(r"^\s*\d+(?:\.\d+)*\.?\s+(?=[A-Z])")  # "6.3 English Constituency Parsing"
 _NAME = re.compile(r"(?<![\w.])[A-Z][a-z]+(?:[A-Z][a-z]+)*\b|\b[A-Z]{2,}[a-z]*\b")
-_CLOSED = re.compile(r"[.!?:;][\"'”’)\]]*\s*$")  # a piece that ends as a sentence does
+_CLOSED = re.compile(r"[.!?:;\"'”’)\]]\s*$")  # a piece that ends as a sentence does
 _SEGMENTER = pysbd.Segmenter(language="en", clean=False, char_span=True)
 # It keeps the text in hand on itself, so concurrent answers (the API, two tabs) would garble each other's
 # sentence spans: one caller at a time (loaders/terms.py does the same for the stemmer).
@@ -114,13 +114,11 @@ def sentence_spans(text: str) -> list[tuple[int, int]]:
     # A heading ("5.2 Hardware and Schedule") is joined to the sentence under it: alone it matches the
     # question's words ("what hardware…?") but holds no answer, and the sentence after it holds the answer
     # but not the words.
-    width = _wrap_width(text)
     joined: list[tuple[int, int]] = []
     for start, end in segments:
         piece = text[start:end].lstrip()
         if joined and not _CLOSED.search(text[joined[-1][0]:joined[-1][1]]) and (
-                piece[:1].islower() or piece[:1] in "(.,;" or _is_heading(text, *joined[-1])
-                or (_wrapped(text, *joined[-1], width) and piece[:1].isalnum())):
+                piece[:1].islower() or piece[:1] in "(.,;" or _is_heading(text, *joined[-1])):
             joined[-1] = (joined[-1][0], end)
         else:
             joined.append((start, end))
@@ -135,25 +133,6 @@ def sentence_spans(text: str) -> list[tuple[int, int]]:
             start = cut
     return [(s + len(text[s:e]) - len(text[s:e].lstrip()), s + len(text[s:e].rstrip())) for s, e in spans
             if text[s:e].strip()]
-
-
-def _wrap_width(text: str) -> int | None:
-    """The width of a hard-wrapped text's full lines (a PDF column), or None for text that is not wrapped.
-    PDF chunks here: a median of 12 lines, 90% of them at most ~100 characters. Web pages and JSONL keep a
-    paragraph on one line: 2-3 lines of 200+ characters."""
-    lengths = sorted(len(line.strip()) for line in text.split("\n") if line.strip())
-    if len(lengths) < 4:
-        return None
-    width = lengths[int(0.9 * (len(lengths) - 1))]
-    return width if width <= 130 else None
-
-
-def _wrapped(text: str, start: int, end: int, width: int | None) -> bool:
-    """The piece ends on a line that runs to the column's margin: the sentence goes on in the next line."""
-    piece = text[start:end]
-    after = text[end:end + 4]
-    breaks = "\n" in piece[len(piece.rstrip()):] + after[:len(after) - len(after.lstrip())]
-    return width is not None and breaks and len(piece.rstrip().rsplit("\n", 1)[-1].strip()) >= 0.7 * width
 
 
 def _is_heading(text: str, start: int, end: int) -> bool:

@@ -48,21 +48,6 @@ def test_a_line_break_inside_a_url_does_not_end_the_sentence(pages):
     assert any(s.startswith("5.2 Hardware and Schedule") and "8 NVIDIA P100 GPUs" in s for s in sentences)
 
 
-def test_a_sentence_wrapped_across_pdf_lines_stays_one_sentence(pages, corpus):
-    """pysbd ends a sentence at the PDF's line breaks in "(Transformer (big)" | "in Table 2) outperforms … 2.0" |
-    "BLEU, establishing … 28.4.": the quote showed the first piece and lost the BLEU score. A line that runs to
-    the column's margin goes on in the next one; a web page's paragraphs, one line each, stay apart."""
-    passage = next(text for text in pages[8] if "(Transformer (big)\nin Table 2)" in text)
-    sentences = [passage[start:end] for start, end in evidence.sentence_spans(passage)]
-    bleu = next(s for s in sentences if s.startswith("On the WMT 2014 English-to-German"))
-    assert bleu.endswith("state-of-the-art BLEU score of 28.4.")
-    assert "Training took 3.5 days on 8 P100 GPUs." in sentences
-    web = next(chunk.page_content for chunk in split(load(corpus / "html" / "guardian-1.html"))
-               if "parāoa whales" in chunk.page_content)
-    sentences = [web[start:end] for start, end in evidence.sentence_spans(web)]
-    assert "Parata and his 22-year-old son, Te Kaurinui Robert Parata, were called in to assist." in sentences
-
-
 def test_figures_compare_across_formats():
     assert evidence.figure_key("4,000") == evidence.figure_key("4000")
     assert evidence.figure_key("−9") == "-9"
