@@ -187,6 +187,19 @@ def test_a_checked_answer_is_quoted_from_the_sentence_it_rests_on(pages):
     assert not wrong.supported and wrong.quotes == by_question.quotes
 
 
+def test_the_questions_two_close_passages_are_listed_whatever_the_answer_pulls_up():
+    """Two passages answer the question nearly as well (+ 50 and + 300); which holds the fact, its words cannot
+    tell. An answer about another passage's figure pulls that one to the top, and both close ones stay listed."""
+    question = "During inference, how far beyond the input could the output length grow?"
+    passages = ["During inference we set the maximum output length to input length + 50, but terminate early when possible.",
+                "For parsing we increased the maximum output length during inference to input length + 300.",
+                "The output of the encoder has a length of 512 and the model was trained for 100,000 steps.",
+                "We used beam search with a beam size of 4 and length penalty 0.6."]
+    found = evidence.support(question, "The output could grow by 512 steps.", passages, [0.5] * 4)
+    assert found.listed[0] == 2 and {0, 1} <= set(found.listed)
+    assert len(evidence.support(question, "It could grow by 512 steps.", passages, [0.5] * 4, max_listed=2).listed) == 2
+
+
 def test_a_quote_is_one_line_without_code_fences():
     passage = "Here is the payload:\n```json\n{\"rekt\": 300}\n```\nThe root of the object contains 300 lists."
     assert evidence.quote_text(passage, [(0, len(passage))]) == (
