@@ -199,7 +199,9 @@ def parse_reply(text: str, style: str = "cot") -> ParsedReply:
 _LEFTOVER_CITATION = re.compile(r"\s*\[\d{1,2}(?:\s*,\s*\d{1,2})*\]")
 _REASONING_LEAD = re.compile(r"^(passage|according to passage|in passage)\s*\[?\d*\]?\s*(says|states|gives|mentions|shows)?\s*(that)?\s*[:,]?\s*",
                              re.IGNORECASE)
-_ECHOED_QUESTION = re.compile(r"\s*\b(?:Question|Passages?)\s*:", re.IGNORECASE)
+# The prompt's own labels: "Question:", "Passages:", and the evidence line's "Most relevant, from [n]:" (the
+# model once went on "… every 40 minutes. Most relevant, from: The Transformer (big) is a very good model.").
+_ECHOED_QUESTION = re.compile(r"\s*\b(?:Question|Passages?)\s*:|\s*\bMost relevant,? from\b", re.IGNORECASE)
 _EXAMPLE_TEXTS = [" ".join(p.lower().split()) for e in EXAMPLES for p in e["passages"]]
 
 

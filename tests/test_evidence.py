@@ -153,6 +153,8 @@ def test_quotes_are_a_sentence_or_two_not_the_passage(pages):
     ("[1] The Eiffel Tower is 330 metres tall and stands in Paris. They used 4000 steps [2].", "They used 4000 steps."),
     ("According to passage [2], beam size 21 [2, 4].", "Beam size 21."),
     ("The encoder has 6 layers.", "The encoder has 6 layers."),
+    ("Every 40 minutes. Most relevant, from: The Transformer (big) is a very good model.", "Every 40 minutes."),
+    ("It was 0.1. Question: What was the beam size?", "It was 0.1."),
 ])
 def test_answers_lose_the_reasoning_and_prompt_leftovers(raw, clean):
     assert prompts.clean_answer(raw) == clean
