@@ -202,6 +202,17 @@ def test_the_questions_two_close_passages_are_listed_whatever_the_answer_pulls_u
     assert len(evidence.support(question, "It could grow by 512 steps.", passages, [0.5] * 4, max_listed=2).listed) == 2
 
 
+def test_a_quote_shows_a_sentence_that_the_pdf_wraps_over_lines_whole(pages):
+    """pysbd cuts "…the big transformer model (Transformer (big)" from "in Table 2) outperforms…" at the PDF's
+    line break; the quote showed the first piece and an ellipsis. It now reads to the sentence's end."""
+    question = "What BLEU score did the big Transformer achieve on WMT 2014 English-to-German?"
+    passages = passages_with(pages, "(Transformer (big)\nin Table 2)")
+    found = evidence.support(question, "", passages, [0.5] * len(passages))
+    quotes = [evidence.quote_text(passages[i], found.quotes[i]) for i in found.listed]
+    assert any("(Transformer (big) in Table 2) outperforms" in q and "BLEU score of 28.4." in q for q in quotes), quotes
+    assert all(len(q) <= 2 * evidence.MAX_QUOTE_CHARS + 3 for q in quotes)
+
+
 def test_a_quote_is_one_line_without_code_fences():
     passage = "Here is the payload:\n```json\n{\"rekt\": 300}\n```\nThe root of the object contains 300 lists."
     assert evidence.quote_text(passage, [(0, len(passage))]) == (
