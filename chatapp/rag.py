@@ -384,6 +384,7 @@ def _memo(embed):
 def _ground(result: Answer, question: str, settings: Settings, embed=None) -> None:
     """List the sources that support the finished answer, with their quotes, and flag what none holds."""
     passages = result.retrieved
+    result.answer = evidence.without_strays(question, result.answer, [s.text for s in passages], [s.score for s in passages])
     cited = [passages.index(s) for s in cited_sources(result.raw, passages)]
     found = evidence.support(question, result.answer, [s.text for s in passages], [s.score for s in passages],
                              cited=cited, embed=embed)

@@ -213,6 +213,20 @@ def test_a_quote_shows_a_sentence_that_the_pdf_wraps_over_lines_whole(pages):
     assert all(len(q) <= 2 * evidence.MAX_QUOTE_CHARS + 3 for q in quotes)
 
 
+def test_an_answer_trailing_off_into_another_passages_topic_loses_that_tail(pages):
+    """Asked about a ferry timetable with the paper's passages in the prompt too, the model went on about the
+    Transformer. Sentences after the first that share no word with the question or its best evidence go; a
+    second sentence on the question's topic stays, and so does an answer of one sentence, right or wrong."""
+    ferry = "Timetable\nThe northern route will run every 25 minutes on weekdays. On weekends the boats leave every 40 minutes."
+    passages = [ferry, *passages_with(pages, "Transformer (big)")[:3]]
+    question = "How often do boats go on Saturdays?"
+    answer = "It takes 40 minutes to go on Saturdays. The Transformer (big) is a very good model. It is very good."
+    assert evidence.without_strays(question, answer, passages, [0.5] * len(passages)) == "It takes 40 minutes to go on Saturdays."
+    on_topic = "Every 40 minutes on weekends.\nOn weekdays the northern route runs every 25 minutes."
+    assert evidence.without_strays(question, on_topic, passages, [0.5] * len(passages)) == on_topic
+    assert evidence.without_strays(question, "The Transformer is good.", passages, [0.5] * 4) == "The Transformer is good."
+
+
 def test_a_quote_is_one_line_without_code_fences():
     passage = "Here is the payload:\n```json\n{\"rekt\": 300}\n```\nThe root of the object contains 300 lists."
     assert evidence.quote_text(passage, [(0, len(passage))]) == (
