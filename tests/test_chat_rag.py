@@ -112,8 +112,8 @@ def test_sources_are_listed_by_evidence_with_quotes_and_invented_figures_flagged
     assert final.status == "answered"
     assert final.sources and final.sources[0].page == 8 and "label smoothing" in final.sources[0].quote
     assert len(final.sources[0].quote) < len(final.sources[0].text)
-    for source in final.sources:  # each quote is text of its own passage, where its spans say
-        assert all(source.text[a:b] in source.quote for a, b in source.quote_spans)
+    for source in final.sources:  # each quote is text of its own passage, where its spans say (shown on one line)
+        assert all(" ".join(source.text[a:b].split()) in source.quote for a, b in source.quote_spans)
     record = final.to_json()
     assert record["evidence"][0] == {"source": PDF, "page": 8, "quote": final.sources[0].quote}
     assert isinstance(record["unsupported"], list) and "quote" in record["sources"][0]
