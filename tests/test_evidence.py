@@ -211,6 +211,11 @@ def test_a_quote_shows_a_sentence_that_the_pdf_wraps_over_lines_whole(pages):
     quotes = [evidence.quote_text(passages[i], found.quotes[i]) for i in found.listed]
     assert any("(Transformer (big) in Table 2) outperforms" in q and "BLEU score of 28.4." in q for q in quotes), quotes
     assert all(len(q) <= 2 * evidence.MAX_QUOTE_CHARS + 3 for q in quotes)
+    # A table row is a short line that ends without a full stop: the rows under it are no part of it.
+    scorer = evidence.Scorer(pages[8])
+    row = next(s for s in scorer.sentences if scorer.text(s).startswith("GNMT + RL Ensemble"))
+    shown = scorer.passages[row.passage][slice(*scorer.whole(row))]
+    assert "GNMT + RL Ensemble" in shown and "ConvS2S" not in shown
 
 
 def test_an_answer_trailing_off_into_another_passages_topic_loses_that_tail(pages):
