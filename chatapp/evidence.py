@@ -190,6 +190,13 @@ class Scorer:
         self.idf = {t: math.log(1 + n / c) for t, c in df.items()}
         self.default_idf = math.log(1 + n)  # a term no sentence has
 
+    def question_evidence(self) -> list[int]:
+        """The passage with the best evidence for the question, and its runner-up when nearly as good (within
+        CLOSE_EVIDENCE): which of two close passages holds the fact, the question's words cannot tell."""
+        scores = [self.passage_score(i) for i in range(len(self.passages))]
+        ranked = sorted(range(len(self.passages)), key=lambda i: (-scores[i], i))
+        return ranked[:1] + [i for i in ranked[1:2] if scores[i] >= CLOSE_EVIDENCE * scores[ranked[0]]]
+
     def passage_terms(self, passage: int) -> frozenset[str]:
         return self._passage_terms.get(passage, frozenset())
 
@@ -427,10 +434,7 @@ def without_strays(question: str, answer: str, passages: list[str], passage_scor
         return answer
     scorer = Scorer(passages, passage_scores)
     scorer.score_question(question)
-    scores = [scorer.passage_score(i) for i in range(len(passages))]
-    ranked = sorted(range(len(passages)), key=lambda i: (-scores[i], i))
-    best = [ranked[0]] + [i for i in ranked[1:2] if scores[i] >= CLOSE_EVIDENCE * scores[ranked[0]]]
-    known = set(terms(question)).union(*(scorer.passage_terms(i) for i in best))
+    known = set(terms(question)).union(*(scorer.passage_terms(i) for i in scorer.question_evidence()))
     kept = [pieces[0]] + [(a, b) for a, b in pieces[1:] if set(terms(answer[a:b])) & known]
     return answer if len(kept) == len(pieces) else " ".join(answer[a:b] for a, b in kept)
 
@@ -444,9 +448,8 @@ def support(question: str, answer: str, passages: list[str], passage_scores: lis
         return evidence
     scorer = Scorer(passages, passage_scores)
     scorer.score_question(question, embed)
-    question_scores = [scorer.passage_score(i) for i in range(len(passages))]
-    by_question = sorted(range(len(passages)), key=lambda i: (-question_scores[i], i))
-    question_best = by_question[0]
+    kept = scorer.question_evidence()  # listed whatever the answer says (below)
+    question_best = kept[0]
     question_top = scorer.best(question_best)
     # Quotes are the sentences that answer the question, chosen before the answer is read: rescored by a
     # wrong answer's words, the quote of the right passage moved off the fact (holdout split: the fact in
@@ -494,10 +497,8 @@ def support(question: str, answer: str, passages: list[str], passage_scores: lis
         if holds_figure or close or (shares and index in (cited or [])):
             listed.append(index)
     # The question's best evidence is listed even when the answer strays, and so is its runner-up when nearly as
-    # good: which of two close passages holds the fact, the question's words cannot tell, and the answer's words
-    # pulled the wrong one up. Replaying the 90 recorded bench answers: the right passage listed for 77 against
-    # 73, the fact in a quote 67 against 63, 1.8 sources listed a question against 1.6.
-    kept = [question_best] + [i for i in by_question[1:2] if question_scores[i] >= CLOSE_EVIDENCE * question_scores[question_best]]
+    # good, which the answer's words had pulled below a wrong one. Replaying the 90 recorded bench answers: the
+    # right passage listed for 77 against 73, the fact in a quote 67 against 63, 1.8 sources a question against 1.6.
     for index in kept:
         listed = _listed_with(listed[:max_listed], index, kept, max_listed)
     evidence.listed = listed
