@@ -259,3 +259,25 @@ def test_a_section_number_is_no_figure_the_question_asks_for(pages):
                              "The beam size used for English constituency parsing was 21.", passages,
                              [0.5] * len(passages))
     assert found.supported and found.unsupported == []
+
+
+def test_a_figure_from_a_sentence_that_another_outmatches_for_the_question_is_not_supported(pages):
+    """ "20" is on the page, in "For the big models, we averaged the last 20 checkpoints"; the sentence that
+    also says which models and how often they were written holds "10-minute intervals"."""
+    passages = passages_with(pages, "which\nwere written at 10-minute intervals", "averaged the last 20 checkpoints")
+    question = "How often were the checkpoints of the base models written?"
+    wrong = evidence.support(question, "They averaged the last 20 checkpoints.", passages, [0.5] * len(passages))
+    assert wrong.unsupported == [] and not wrong.supported
+    assert "10-minute" in evidence.quote_text(passages[wrong.fallback], wrong.quotes[wrong.fallback])
+
+    right = evidence.support(question, "They were written at 10-minute intervals.", passages, [0.5] * len(passages))
+    assert right.supported
+
+
+def test_an_answer_stating_only_the_questions_own_figure_states_none(pages):
+    passages = passages_with(pages, "warmup_steps = 4000")
+    question = "How many warmup steps were used in 2017?"
+    echoed = evidence.support(question, "In 2017, the warmup steps were used.", passages, [0.5] * len(passages))
+    assert echoed.unsupported == [] and not echoed.supported
+    right = evidence.support(question, "They used 4000 warmup steps.", passages, [0.5] * len(passages))
+    assert right.supported
