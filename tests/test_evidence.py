@@ -276,8 +276,25 @@ def test_a_figure_from_a_sentence_that_another_outmatches_for_the_question_is_no
 
 def test_an_answer_stating_only_the_questions_own_figure_states_none(pages):
     passages = passages_with(pages, "warmup_steps = 4000")
-    question = "How many warmup steps were used in 2017?"
-    echoed = evidence.support(question, "In 2017, the warmup steps were used.", passages, [0.5] * len(passages))
+    assert any("Pdrop = 0.1" in text for text in passages)
+    question = "With a dropout rate of 0.1, how many warmup steps were used?"
+    echoed = evidence.support(question, "The dropout rate was 0.1 during the warmup steps.", passages,
+                              [0.5] * len(passages))
     assert echoed.unsupported == [] and not echoed.supported
-    right = evidence.support(question, "They used 4000 warmup steps.", passages, [0.5] * len(passages))
+    right = evidence.support("How many warmup steps were used?", "They used 4000 warmup steps.", passages,
+                             [0.5] * len(passages))
     assert right.supported
+
+
+def test_english_to_french_bleu_does_not_answer_english_to_german(pages):
+    """Found by walking the app: the En-Fr 41.0 passed as the En-De score, and the right 28.4 was flagged, as
+    the PDF's line breaks cut the En-De sentence before its "…BLEU score of 28.4."."""
+    passages = passages_with(pages, "English-to-German translation task, the big transformer model")
+    assert any("BLEU score of 41.0" in text for text in passages)
+    question = "What BLEU did the big model reach on English to German?"
+    wrong = evidence.support(question, "The big model reached a BLEU score of 41.0.", passages, [0.5] * len(passages))
+    assert wrong.unsupported == [] and not wrong.supported
+    right = evidence.support(question, "The big model reached a BLEU score of 28.4.", passages, [0.5] * len(passages))
+    assert right.supported
+    quote = evidence.quote_text(passages[right.listed[0]], right.quotes[right.listed[0]])
+    assert "28.4" in quote and "perplexity" not in quote
