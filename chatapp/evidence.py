@@ -558,9 +558,15 @@ def support(question: str, answer: str, passages: list[str], passage_scores: lis
     # from "(section 5.4)".)
     outmatched = wants_figure and any(_outmatched(scorer, figure, question_terms, question_figures)
                                       for figure in new_figures & known_figures)
+    # Asked for a name, an answer that names nothing beyond the question ("The university is suing over the
+    # right to grow and sell the Cosmic Crisp apple variety.") while the quote beside it names someone. Replaying
+    # the 90 recorded bench answers: the fact stated (by the quote) for 52 against 49, none lost. Requiring the
+    # answer's name to be in the quote as well flagged a right "LGP-30".
+    missing_name = (asks_for_name(question) and not wants_figure and bool(names(quote) - question_terms)
+                    and not names(answer or "") - question_terms)
     declined = bool(_DECLINES.search(answer or ""))  # "the passage does not contain the answer", with evidence at hand
     evidence.supported = (not unsupported and not missing_figure and not other_figure and not outmatched
-                          and not declined and bool(answer.strip()))
+                          and not missing_name and not declined and bool(answer.strip()))
     if evidence.supported:
         for index in evidence.listed:
             evidence.quotes[index] = scorer.spans(_answer_quote(scorer, index, question_quotes[index],

@@ -298,3 +298,13 @@ def test_english_to_french_bleu_does_not_answer_english_to_german(pages):
     assert right.supported
     quote = evidence.quote_text(passages[right.listed[0]], right.quotes[right.listed[0]])
     assert "28.4" in quote and "perplexity" not in quote
+
+
+def test_an_answer_naming_no_one_to_a_question_for_a_name_is_not_supported(pages):
+    passages = passages_with(pages, "University of Toronto")
+    question = "Which university was Aidan N. Gomez affiliated with?"
+    vague = evidence.support(question, "He was affiliated with a university.", passages, [0.5] * len(passages))
+    assert vague.unsupported == [] and not vague.supported
+    assert "Toronto" in evidence.quote_text(passages[vague.fallback], vague.quotes[vague.fallback])
+    right = evidence.support(question, "He was at the University of Toronto.", passages, [0.5] * len(passages))
+    assert right.supported
