@@ -356,6 +356,11 @@ def _not_figures(piece: str) -> str:
     return _REFERENCE.sub(" ", _CITATION.sub(" ", _SECTION_NUMBER.sub(" ", piece)))
 
 
+def _values(text: str) -> frozenset[str]:
+    """The figure keys of the values `text` states: no citation, reference or section number."""
+    return frozenset(figure_key(f) for f in figures(_not_figures(text)))
+
+
 def _is_figure(key: str) -> bool:
     """Whether a claim's key (claims()) is a figure rather than a name."""
     return key[:1].isdigit() or key[:1] == "-"
@@ -438,8 +443,7 @@ def _outmatched(scorer: Scorer, figure: str, question_terms: set[str], question_
     for sentence in scorer.sentences:
         start, end = scorer.whole(sentence)
         piece = scorer.passages[sentence.passage][start:end]
-        covers[(sentence.passage, start, end)] = (frozenset(terms(piece)) & question_terms,
-                                                 frozenset(figure_key(f) for f in figures(_not_figures(piece))))
+        covers[(sentence.passage, start, end)] = (frozenset(terms(piece)) & question_terms, _values(piece))
     holders = [cover for cover, held in covers.values() if figure in held]
     if not holders:  # only a pointer holds it: "The key dimension of each attention head is 2", from "Figure 2"
         return True
@@ -518,7 +522,8 @@ def support(question: str, answer: str, passages: list[str], passage_scores: lis
     top_score = scorer.passage_score(ranked[0])
     for index in ranked[1:]:
         best = scorer.best(index)
-        holds_figure = best is not None and bool(answer_figures & best.figures)
+        # "Pier 3" is not held by "…listed in the bottom line of Table 3": that listed the paper for a ferry route
+        holds_figure = best is not None and bool(answer_figures & _values(scorer.text(best)))
         shares = best is not None and scorer.overlap(answer_terms, best) >= 0.5
         close = scorer.passage_score(index) >= CLOSE_EVIDENCE * top_score  # nearly as good evidence as the best
         if holds_figure or close or (shares and index in (cited or [])):
@@ -543,9 +548,9 @@ def support(question: str, answer: str, passages: list[str], passage_scores: lis
     # Both as shown, whole: the fragment "On the WMT 2014 English-to-German translation task, the big transformer
     # model (Transformer (big)" holds no BLEU score, the sentence it starts ends "…BLEU score of 28.4."
     best_text = scorer.passages[question_best][slice(*scorer.whole(question_top))] if question_top else ""
-    best_sentence_figures = {figure_key(f) for f in figures(_not_figures(best_text))}
+    best_sentence_figures = _values(best_text)
     quote = quote_text(scorer.passages[question_best], scorer.spans(question_quotes[question_best]))
-    quoted_figures = {figure_key(f) for f in figures(_not_figures(quote))} - question_figures
+    quoted_figures = _values(quote) - question_figures
     new_figures = stated_figures - question_figures
     # Asked for a figure, an answer that states only the question's own ("2024 was the number of respondents
     # who took part in the 2024 survey") states none.

@@ -308,3 +308,14 @@ def test_an_answer_naming_no_one_to_a_question_for_a_name_is_not_supported(pages
     assert "Toronto" in evidence.quote_text(passages[vague.fallback], vague.quotes[vague.fallback])
     right = evidence.support(question, "He was at the University of Toronto.", passages, [0.5] * len(passages))
     assert right.supported
+
+
+def test_a_table_number_does_not_list_a_passage_for_the_answers_figure(pages):
+    """Found by walking the app with a Word file beside the paper: "Pier 3" listed p. 8 for "…Table 3"."""
+    paper = passages_with(pages, "listed in the bottom line of Table 3")
+    ferry = "Harbour ferry plan 2027\nThe council approved a new northern ferry route between Pier 3 and Skerry Point."
+    passages = [*paper, ferry]
+    found = evidence.support("Between which two places will the new northern ferry run?",
+                             "The northern ferry will run between Pier 3 and Skerry Point.", passages,
+                             [0.13] * len(paper) + [0.54])
+    assert found.supported and found.listed == [len(paper)]
