@@ -319,3 +319,23 @@ def test_a_table_number_does_not_list_a_passage_for_the_answers_figure(pages):
                              "The northern ferry will run between Pier 3 and Skerry Point.", passages,
                              [0.13] * len(paper) + [0.54])
     assert found.supported and found.listed == [len(paper)]
+
+
+def test_a_year_does_not_answer_how_many():
+    """Found walking a slide deck: the 135M model answered with the slide's years."""
+    passages = ["Ridership\nWeekday riders rose to 3,400 a day in 2026, up from 2,900 in 2025."]
+    question = "How many weekday riders were there in 2026?"
+    years = evidence.support(question, "2026 was a year with 2025 as a year.", passages, [0.64])
+    assert years.unsupported == [] and not years.supported
+    assert "3,400" in evidence.quote_text(passages[0], years.quotes[0])
+    assert evidence.support(question, "There were 3,400 weekday riders a day.", passages, [0.64]).supported
+    assert evidence.support("How many weekday riders were there in 2025?", "2,900 a day.", passages, [0.64]).supported
+
+
+def test_a_currency_named_in_full_is_held_by_its_code():
+    """Found walking a spreadsheet: "42500 Euros" was flagged beside "Cost (EUR): 42500"."""
+    passages = ["Item: Pier 3 lighting Owner: Harbour works Cost (EUR): 42500 Due: June 2027"]
+    question = "How much will the Pier 3 lighting cost?"
+    found = evidence.support(question, "The Pier 3 lighting will cost 42500 Euros.", passages, [0.69])
+    assert found.unsupported == [] and found.supported
+    assert evidence.support(question, "It will cost 42500 Dollars.", passages, [0.69]).unsupported == ["Dollars"]
