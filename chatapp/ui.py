@@ -249,7 +249,10 @@ def build_chat_tab(settings: Settings, registry, store, conversations: Conversat
                 message, prior, store=store, registry=registry, variant=variant_name or BASE,
                 style=style_name or "cot", generation=generation, settings=settings,
             ):
-                yield history + answer_messages(latest), "", sources_html(latest, store) if latest.done else gr.skip(), gr.skip(), *keep
+                # The question box is left alone from here on: the next question, typed while this one streams,
+                # stays there (each "" here used to wipe it).
+                yield (history + answer_messages(latest), gr.skip(),
+                       sources_html(latest, store) if latest.done else gr.skip(), gr.skip(), *keep)
         except (KeyError, ValueError) as exc:  # an adapter deleted meanwhile, a bad setting
             raise gr.Error(str(exc).strip("'\""), print_exception=False) from None
         except Exception as exc:
@@ -259,7 +262,7 @@ def build_chat_tab(settings: Settings, registry, store, conversations: Conversat
         user = user_of(request)
         conversation_id = save_turn(conversation_id, latest, variant_name or BASE, style_name or "cot", user)
         saved_title = conversations.get(conversation_id, user).title if conversation_id else gr.skip()
-        yield (history + answer_messages(latest), "", sources_html(latest, store), model_line(registry),
+        yield (history + answer_messages(latest), gr.skip(), sources_html(latest, store), model_line(registry),
                conversation_id, conversation_list(user, conversation_id), saved_title, conversation_id)
 
     def shown(conversation: Conversation) -> tuple[list[dict], str]:

@@ -61,7 +61,16 @@ def test_drop_a_pdf_ask_at_once_and_see_the_quote_on_its_page(app_url, browser, 
     page.locator("#chat-input textarea").fill("How many layers does the encoder have?")
     page.locator("#chat-send").click()
     expect(sources).to_contain_text("Sources appear when this answer is complete", timeout=30_000)
+    # the next question, typed and entered while this answer streams, is not wiped by the stream
+    box = page.locator("#chat-input textarea")
+    box.fill("How many warmup steps were used?")
+    box.press("Enter")
     expect(sources).to_contain_text("p. 3", timeout=180_000)
+    expect(box).to_have_value("How many warmup steps were used?")
+    box.press("Enter")  # once the answer is done, Enter asks it
+    expect(page.locator("#chatbot [data-testid='user']").last).to_contain_text("warmup steps", timeout=30_000)
+    expect(sources).to_contain_text("p. 7", timeout=180_000)
+    expect(box).to_have_value("")
 
 
 def test_asking_before_any_document_is_stored_points_to_the_documents_tab(browser, tmp_path):
