@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 
 import pysbd
 
-from loaders.terms import STOP, WORD, figure_key, stem, terms
+from loaders.terms import STOP, WORD, figure_key, iso_date_days, stem, terms
 
 MAX_QUOTE_CHARS = 320  # a quote is a sentence or two, never the passage
 # Weights of a sentence's score, tuned on bench/questions.jsonl's tune split (bench/scratch notes in the README).
@@ -183,7 +183,9 @@ class Scorer:
             for start, end in sentence_spans(text):
                 piece = text[start:end]
                 self.sentences.append(Sentence(index, start, end, frozenset(terms(piece)),
-                                               frozenset(figure_key(f) for f in figures(_CITATION.sub(" ", piece))),
+                                               # an ISO date holds the 6 of "6 November" too
+                                               frozenset(figure_key(f) for f in figures(_CITATION.sub(" ", piece))
+                                                         + [day for day, _ in iso_date_days(piece)]),
                                                names(piece), " ".join(piece.split())))
         self.question_terms: set[str] = set()
         self._passage_terms: dict[int, frozenset[str]] = {}

@@ -32,8 +32,23 @@ def figure_key(text: str) -> str:
     return text.rstrip(".")
 
 
+# An ISO date ("2026-11-06", a spreadsheet's or a CSV's) is matched by the words people ask with as well:
+# "6 November" finds it. Without them, "Why were sailings cancelled on 6 November?" ranked the row of
+# 2026-11-03 above the row of 2026-11-06.
+_ISO_DATE = re.compile(r"(?<!\d)(\d{4})-(\d{2})-(\d{2})(?!\d)")
+MONTHS = ("january", "february", "march", "april", "may", "june", "july", "august", "september", "october",
+          "november", "december")
+
+
+def iso_date_days(text: str) -> list[tuple[str, str]]:
+    """(day, month name) of each ISO date in the text: "2026-11-06" -> ("6", "november")."""
+    return [(str(int(day)), MONTHS[int(month) - 1]) for _, month, day in _ISO_DATE.findall(text or "")
+            if 1 <= int(month) <= 12 and 1 <= int(day) <= 31]
+
+
 def terms(text: str) -> list[str]:
-    """Content words, lowercased and stemmed, in order (repeats kept); figures as figure keys."""
+    """Content words, lowercased and stemmed, in order (repeats kept); figures as figure keys; an ISO date's
+    day and month name after them."""
     out = []
     for word in WORD.findall(text or ""):
         if word[0].isdigit():
@@ -42,4 +57,6 @@ def terms(text: str) -> list[str]:
             lower = word.lower()
             if lower not in STOP and len(lower) > 1:
                 out.append(stem(lower))
+    for day, month in iso_date_days(text):
+        out += [day, stem(month)]
     return out

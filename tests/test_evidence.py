@@ -339,3 +339,19 @@ def test_a_currency_named_in_full_is_held_by_its_code():
     found = evidence.support(question, "The Pier 3 lighting will cost 42500 Euros.", passages, [0.69])
     assert found.unsupported == [] and found.supported
     assert evidence.support(question, "It will cost 42500 Dollars.", passages, [0.69]).unsupported == ["Dollars"]
+
+
+def test_an_iso_date_is_found_by_the_words_people_ask_with(tmp_path):
+    """Found walking a CSV: "Why were sailings cancelled on 6 November?" ranked the 2026-11-03 row first."""
+    from loaders.documents import load  # the CSV loader's own rows
+
+    table = tmp_path / "sailings.csv"
+    table.write_text("date,route,departures,cancelled,reason\n2026-11-03,North,38,2,high wind\n"
+                     "2026-11-06,South,24,4,engine fault\n")
+    rows = [doc.page_content for doc in load(table)]
+    question = "Why were sailings cancelled on 6 November?"
+    best = evidence.rank_passages(question, rows, [0.67, 0.65])[0]
+    assert "engine fault" in rows[best]
+    found = evidence.support("How many sailings were cancelled on November 6?", "4 sailings were cancelled.",
+                             rows, [0.67, 0.65])
+    assert found.supported and "engine fault" in rows[found.listed[0]]
