@@ -379,11 +379,13 @@ def _is_figure(key: str) -> bool:
 
 
 _CODE_FENCE = re.compile(r"`{3,}[\w+-]*")  # a Markdown code fence that trafilatura kept from a page's <pre>
+_HEADING_MARK = re.compile(r"(?m)^[ \t]{0,3}#{1,6}[ \t]+")  # "## Weather limits": the quote shows the words only
 
 
 def quote_text(passage: str, spans: list[tuple[int, int]]) -> str:
-    """The quote as shown: its pieces joined by an ellipsis, on one line, without code fences."""
-    return " … ".join(" ".join(_CODE_FENCE.sub(" ", passage[start:end]).split()) for start, end in spans)
+    """The quote as shown: its pieces joined by an ellipsis, on one line, without code fences or heading marks."""
+    return " … ".join(" ".join(_HEADING_MARK.sub("", _CODE_FENCE.sub(" ", passage[start:end])).split())
+                      for start, end in spans)
 
 
 def claims(answer: str) -> list[tuple[str, str]]:

@@ -232,10 +232,13 @@ def test_an_answer_trailing_off_into_another_passages_topic_loses_that_tail(page
     assert evidence.without_strays(question, "The Transformer is good.", passages, [0.5] * 4) == "The Transformer is good."
 
 
-def test_a_quote_is_one_line_without_code_fences():
+def test_a_quote_is_one_line_without_code_fences_or_heading_marks():
     passage = "Here is the payload:\n```json\n{\"rekt\": 300}\n```\nThe root of the object contains 300 lists."
     assert evidence.quote_text(passage, [(0, len(passage))]) == (
         'Here is the payload: {"rekt": 300} The root of the object contains 300 lists.')
+    notes = "## Weather limits\nSailings stop when the wind at Skerry Point exceeds 45 knots. See #4 and C#."
+    assert evidence.quote_text(notes, [(0, len(notes))]) == (
+        "Weather limits Sailings stop when the wind at Skerry Point exceeds 45 knots. See #4 and C#.")
 
 
 def test_a_figure_the_passages_hold_but_the_evidence_quote_does_not_is_not_supported(pages):
