@@ -12,6 +12,7 @@ import logging
 import re
 import sqlite3
 import tempfile
+import threading
 from pathlib import Path
 
 import gradio as gr
@@ -230,6 +231,20 @@ def build_chat_tab(settings: Settings, registry, store, conversations: Conversat
             gr.Warning(f"This answer was not saved: {exc}")
         return conversation_id
 
+    def finish_unseen(stream, conversation_id: str | None, variant_name: str, style_name: str, user: str) -> None:
+        """Finish an answer whose page went away and save the turn, so that the question and its answer are
+        in the conversation when the user comes back. Reloading mid-answer lost both. In a thread of its own:
+        Gradio closes the generator from its event loop, which must not wait for the model."""
+        latest = None
+        try:
+            for latest in stream:
+                pass
+        except Exception:
+            log.exception("finishing an answer whose page went away failed")
+            return
+        if latest is not None and latest.done:
+            save_turn(conversation_id, latest, variant_name, style_name, user)
+
     def respond(message, history, conversation_id, variant_name, style_name, max_new, sample, temp, k_top, p_top,
                 request: gr.Request):
         history = list(history or [])
@@ -242,24 +257,27 @@ def build_chat_tab(settings: Settings, registry, store, conversations: Conversat
         # The chatbot holds escaped text; the model and the retriever get it back as typed.
         prior = [{**turn, "content": html.unescape(turn["content"])} for turn in rag.text_history(history)]
         history.append({"role": "user", "content": html.escape(message)})
-        yield history, "", PENDING_SOURCES, gr.skip(), *keep
+        user = user_of(request)
+        stream = rag.answer(message, prior, store=store, registry=registry, variant=variant_name or BASE,
+                            style=style_name or "cot", generation=generation, settings=settings)
         try:
+            yield history, "", PENDING_SOURCES, gr.skip(), *keep
             latest = None
-            for latest in rag.answer(
-                message, prior, store=store, registry=registry, variant=variant_name or BASE,
-                style=style_name or "cot", generation=generation, settings=settings,
-            ):
+            for latest in stream:
                 # The question box is left alone from here on: the next question, typed while this one streams,
                 # stays there (each "" here used to wipe it).
                 yield (history + answer_messages(latest), gr.skip(),
                        sources_html(latest, store) if latest.done else gr.skip(), gr.skip(), *keep)
+        except GeneratorExit:  # the page went away mid-answer (a reload, a closed tab): Gradio closes us
+            threading.Thread(target=finish_unseen, args=(stream, conversation_id, variant_name or BASE,
+                                                         style_name or "cot", user), daemon=True).start()
+            raise
         except (KeyError, ValueError) as exc:  # an adapter deleted meanwhile, a bad setting
             raise gr.Error(str(exc).strip("'\""), print_exception=False) from None
         except Exception as exc:
             log.exception("answering failed")
             raise gr.Error(f"answering failed: {exc}", print_exception=False) from None
         # Saved before the page shows the answer as finished: what the page confirms is on disk.
-        user = user_of(request)
         conversation_id = save_turn(conversation_id, latest, variant_name or BASE, style_name or "cot", user)
         saved_title = conversations.get(conversation_id, user).title if conversation_id else gr.skip()
         yield (history + answer_messages(latest), gr.skip(), sources_html(latest, store), model_line(registry),

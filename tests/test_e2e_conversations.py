@@ -124,6 +124,38 @@ def test_a_conversation_survives_kill_9_reopens_and_its_follow_up_resolves(brows
     assert {t["question"] for t in stored_turns(data)} == {FIRST, FOLLOW_UP}
 
 
+def test_a_page_reloaded_mid_answer_loses_neither_question_nor_answer(browser, tmp_path, artifacts):
+    """Found walking the app: reloading while an answer streamed lost the question and its answer. The answer
+    is finished and saved all the same; the reloaded page lists the conversation, and it opens with both."""
+    from playwright.sync_api import expect
+
+    data = data_with_the_paper(tmp_path / "data")
+    process, url = start_app(data)
+    page = browser.new_page(viewport={"width": 1500, "height": 1300})
+    try:
+        page.goto(url, wait_until="load")
+        expect(page.locator("#model-info")).to_contain_text("precision", timeout=180_000)
+        ask(page, FIRST)
+        expect(page.locator("#sources")).to_contain_text("Sources appear when this answer is complete", timeout=60_000)
+        page.reload(wait_until="load")  # mid-answer
+        listed = page.locator("#conversations label")
+        for _ in range(60):  # the answer finishes unseen; the list is read again on each load
+            if listed.filter(has_text=FIRST).count():
+                break
+            page.wait_for_timeout(2_000)
+            page.reload(wait_until="load")
+        listed.filter(has_text=FIRST).click()
+        chatbot = page.locator("#chatbot")
+        expect(chatbot.locator("[data-testid='user']").first).to_contain_text(FIRST)
+        expect(chatbot.locator("[data-testid='bot']").last).not_to_be_empty()
+        expect(page.locator("#sources")).to_contain_text("p. ")
+        page.screenshot(path=str(artifacts / "e2e-reloaded-mid-answer.png"), full_page=True)
+    finally:
+        stop(process)
+    turns = stored_turns(data)
+    assert [t["question"] for t in turns] == [FIRST] and turns[0]["answer"].strip()
+
+
 def test_with_a_login_each_user_sees_and_opens_only_their_own_conversations(browser, tmp_path):
     """Two logins on one Chat tab (no model needed to list and reopen): each sees only what they asked."""
     import gradio as gr
