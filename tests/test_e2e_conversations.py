@@ -149,6 +149,8 @@ def test_a_page_reloaded_mid_answer_loses_neither_question_nor_answer(browser, t
         expect(chatbot.locator("[data-testid='user']").first).to_contain_text(FIRST)
         expect(chatbot.locator("[data-testid='bot']").last).not_to_be_empty()
         expect(page.locator("#sources")).to_contain_text("p. ")
+        expect(listed.filter(has_text=FIRST).locator("input")).to_be_checked()
+        page.wait_for_timeout(1_000)  # the list's own progress mark fades
         page.screenshot(path=str(artifacts / "e2e-reloaded-mid-answer.png"), full_page=True)
     finally:
         stop(process)
