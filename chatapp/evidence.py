@@ -58,6 +58,11 @@ _ASKS_FIGURE = re.compile(
     r"costs?|prices?|bleu|accuracy|steps|epochs|batch|identifiers?)\b|\b(what|which) (code|version|release)\b",
     re.IGNORECASE,
 )
+# Asked for a count or an amount: a year is no answer to it.
+_ASKS_COUNT = re.compile(r"\bhow (many|much)\b|\bnumber of\b", re.IGNORECASE)
+# A figure used as a year: "in 2025", "since 1998", "June 2027".
+_YEAR = re.compile(r"\b(?:in|since|from|until|by|during|of|early|late|mid|January|February|March|April|May|June|July|"
+                   r"August|September|October|November|December)\s+((?:1[6-9]|20)\d\d)\b", re.IGNORECASE)
 # Asked for a name: a person, a company, a product. Such a question's evidence names one.
 _ASKS_NAME = re.compile(
     r"^\W*(who|whom|whose)\b|\b(which|what) (\w+ )?(company|companies|computer|engineer|person|people|member|"
@@ -358,13 +363,8 @@ def _not_figures(piece: str) -> str:
     return _REFERENCE.sub(" ", _CITATION.sub(" ", _SECTION_NUMBER.sub(" ", piece)))
 
 
-_ASKS_COUNT = re.compile(r"\bhow (many|much)\b|\bnumber of\b", re.IGNORECASE)
-_YEAR = re.compile(r"\b(?:in|since|from|until|by|during|of|early|late|mid|January|February|March|April|May|June|July|"
-                   r"August|September|October|November|December)\s+((?:1[6-9]|20)\d\d)\b", re.IGNORECASE)
-
-
 def _years(text: str) -> frozenset[str]:
-    """The figures that `text` uses as years: "in 2025", "since 1998", "June 2027"."""
+    """The figures that `text` uses as years (_YEAR)."""
     return frozenset(m.group(1) for m in _YEAR.finditer(text))
 
 
