@@ -264,17 +264,22 @@ def test_a_section_number_is_no_figure_the_question_asks_for(pages):
     assert found.supported and found.unsupported == []
 
 
-def test_a_figure_from_a_sentence_that_another_outmatches_for_the_question_is_not_supported(pages):
-    """ "20" is on the page, in "For the big models, we averaged the last 20 checkpoints"; the sentence that
-    also says which models and how often they were written holds "10-minute intervals"."""
-    passages = passages_with(pages, "which\nwere written at 10-minute intervals", "averaged the last 20 checkpoints")
-    question = "How often were the checkpoints of the base models written?"
-    wrong = evidence.support(question, "They averaged the last 20 checkpoints.", passages, [0.5] * len(passages))
-    assert wrong.unsupported == [] and not wrong.supported
-    assert "10-minute" in evidence.quote_text(passages[wrong.fallback], wrong.quotes[wrong.fallback])
-
-    right = evidence.support(question, "They were written at 10-minute intervals.", passages, [0.5] * len(passages))
-    assert right.supported
+@pytest.mark.parametrize("needles, question, wrong, shown, right", [
+    # "20" is on the page, in "For the big models, we averaged the last 20 checkpoints"; the sentence that also
+    # says which models and how often they were written outmatches it, and holds "10-minute intervals".
+    (("which\nwere written at 10-minute intervals", "averaged the last 20 checkpoints"),
+     "How often were the checkpoints of the base models written?", "They averaged the last 20 checkpoints.",
+     "10-minute", "They were written at 10-minute intervals."),
+    # asked for a name, an answer that names no one
+    (("University of Toronto",), "Which university was Aidan N. Gomez affiliated with?",
+     "He was affiliated with a university.", "Toronto", "He was at the University of Toronto."),
+], ids=["outmatched-figure", "no-name"])
+def test_a_wrong_answer_gives_way_to_the_quote_that_answers(pages, needles, question, wrong, shown, right):
+    passages = passages_with(pages, *needles)
+    found = evidence.support(question, wrong, passages, [0.5] * len(passages))
+    assert found.unsupported == [] and not found.supported
+    assert shown in evidence.quote_text(passages[found.fallback], found.quotes[found.fallback])
+    assert evidence.support(question, right, passages, [0.5] * len(passages)).supported
 
 
 def test_an_answer_stating_only_the_questions_own_figure_states_none(pages):
@@ -301,16 +306,6 @@ def test_english_to_french_bleu_does_not_answer_english_to_german(pages):
     assert right.supported
     quote = evidence.quote_text(passages[right.listed[0]], right.quotes[right.listed[0]])
     assert "28.4" in quote and "perplexity" not in quote
-
-
-def test_an_answer_naming_no_one_to_a_question_for_a_name_is_not_supported(pages):
-    passages = passages_with(pages, "University of Toronto")
-    question = "Which university was Aidan N. Gomez affiliated with?"
-    vague = evidence.support(question, "He was affiliated with a university.", passages, [0.5] * len(passages))
-    assert vague.unsupported == [] and not vague.supported
-    assert "Toronto" in evidence.quote_text(passages[vague.fallback], vague.quotes[vague.fallback])
-    right = evidence.support(question, "He was at the University of Toronto.", passages, [0.5] * len(passages))
-    assert right.supported
 
 
 def test_a_table_number_does_not_list_a_passage_for_the_answers_figure(pages):
