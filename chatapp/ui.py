@@ -231,11 +231,12 @@ def build_chat_tab(settings: Settings, registry, store, conversations: Conversat
             gr.Warning(f"This answer was not saved: {exc}")
         return conversation_id
 
-    def finish_unseen(stream, conversation_id: str | None, variant_name: str, style_name: str, user: str) -> None:
+    def finish_unseen(stream, latest: rag.Answer | None, conversation_id: str | None, variant_name: str,
+                      style_name: str, user: str) -> None:
         """Finish an answer whose page went away and save the turn, so that the question and its answer are
         in the conversation when the user comes back. Reloading mid-answer lost both. In a thread of its own:
-        Gradio closes the generator from its event loop, which must not wait for the model."""
-        latest = None
+        Gradio closes the generator from its event loop, which must not wait for the model. `latest` is what
+        the page last got: the page may go just as the finished answer reached it, before the save."""
         try:
             for latest in stream:
                 pass
@@ -260,16 +261,16 @@ def build_chat_tab(settings: Settings, registry, store, conversations: Conversat
         user = user_of(request)
         stream = rag.answer(message, prior, store=store, registry=registry, variant=variant_name or BASE,
                             style=style_name or "cot", generation=generation, settings=settings)
+        latest = None
         try:
             yield history, "", PENDING_SOURCES, gr.skip(), *keep
-            latest = None
             for latest in stream:
                 # The question box is left alone from here on: the next question, typed while this one streams,
                 # stays there (each "" here used to wipe it).
                 yield (history + answer_messages(latest), gr.skip(),
                        sources_html(latest, store) if latest.done else gr.skip(), gr.skip(), *keep)
         except GeneratorExit:  # the page went away mid-answer (a reload, a closed tab): Gradio closes us
-            threading.Thread(target=finish_unseen, args=(stream, conversation_id, variant_name or BASE,
+            threading.Thread(target=finish_unseen, args=(stream, latest, conversation_id, variant_name or BASE,
                                                          style_name or "cot", user), daemon=True).start()
             raise
         except (KeyError, ValueError) as exc:  # an adapter deleted meanwhile, a bad setting
