@@ -60,8 +60,8 @@ _ASKS_FIGURE = re.compile(
 )
 # Asked for a count or an amount: a year is no answer to it.
 _ASKS_COUNT = re.compile(r"\bhow (many|much)\b|\bnumber of\b", re.IGNORECASE)
-# A figure used as a year: "in 2025", "since 1998", "June 2027".
-_YEAR = re.compile(r"\b(?:in|since|from|until|by|during|of|early|late|mid|January|February|March|April|May|June|July|"
+# A figure used as a year: "in 2025", "since 1998", "June 2027". Not after "of" or "by": "a fleet of 1800 ships".
+_YEAR = re.compile(r"\b(?:in|since|from|until|during|early|late|mid|January|February|March|April|May|June|July|"
                    r"August|September|October|November|December)\s+((?:1[6-9]|20)\d\d)\b", re.IGNORECASE)
 # Asked for a name: a person, a company, a product. Such a question's evidence names one.
 _ASKS_NAME = re.compile(

@@ -328,6 +328,9 @@ def test_a_year_does_not_answer_how_many():
     assert "3,400" in evidence.quote_text(passages[0], years.quotes[0])
     assert evidence.support(question, "There were 3,400 weekday riders a day.", passages, [0.64]).supported
     assert evidence.support("How many weekday riders were there in 2025?", "2,900 a day.", passages, [0.64]).supported
+    fleet = ["The harbour has a fleet of 1800 ships and 12 tugs, built in 1998."]  # a count that looks like a year
+    assert evidence.support("How many ships does the harbour have?", "It has 1800 ships.", fleet, [0.6]).supported
+    assert not evidence.support("How many ships does the harbour have?", "Ships since 1998.", fleet, [0.6]).supported
 
 
 def test_a_currency_named_in_full_is_held_by_its_code():
