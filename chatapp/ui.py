@@ -354,8 +354,10 @@ def build_chat_tab(settings: Settings, registry, store, conversations: Conversat
 
     inputs = [question, chatbot, current, variant, style, max_new_tokens, do_sample, temperature, top_k, top_p]
     outputs = [chatbot, question, sources, info, current, listed, title, remembered]
-    for trigger in (send.click, question.submit):
-        trigger(respond, inputs, outputs, concurrency_limit=1, concurrency_id="generation")
+    # One event for both: as two, Enter while a Send-started answer streamed queued a second answer, whose
+    # history was the first one half streamed. One event asks nothing while it runs ("once"), and what was
+    # typed meanwhile stays in the box.
+    gr.on([send.click, question.submit], respond, inputs, outputs, concurrency_limit=1, concurrency_id="generation")
     # Conversation events skip the queue: opening or listing one never waits behind a generation.
     fresh = [chatbot, sources, question, current, listed, title, exported, remembered]
     new_chat.click(start_new, None, fresh, queue=False)
