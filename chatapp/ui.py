@@ -355,9 +355,11 @@ def build_chat_tab(settings: Settings, registry, store, conversations: Conversat
     inputs = [question, chatbot, current, variant, style, max_new_tokens, do_sample, temperature, top_k, top_p]
     outputs = [chatbot, question, sources, info, current, listed, title, remembered]
     # One event for both: as two, Enter while a Send-started answer streamed queued a second answer, whose
-    # history was the first one half streamed. One event asks nothing while it runs ("once"), and what was
-    # typed meanwhile stays in the box.
-    gr.on([send.click, question.submit], respond, inputs, outputs, concurrency_limit=1, concurrency_id="generation")
+    # history was the first one half streamed. As one event with "always_last", a question entered while an
+    # answer streams is asked once that answer is done, and Gradio reads the inputs then: the whole history
+    # and what the box holds by that time. ("once" dropped an Enter pressed just as an answer finished.)
+    gr.on([send.click, question.submit], respond, inputs, outputs, trigger_mode="always_last",
+          concurrency_limit=1, concurrency_id="generation")
     # Conversation events skip the queue: opening or listing one never waits behind a generation.
     fresh = [chatbot, sources, question, current, listed, title, exported, remembered]
     new_chat.click(start_new, None, fresh, queue=False)

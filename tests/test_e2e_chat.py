@@ -61,14 +61,22 @@ def test_drop_a_pdf_ask_at_once_and_see_the_quote_on_its_page(app_url, browser, 
     page.locator("#chat-input textarea").fill("How many layers does the encoder have?")
     page.locator("#chat-send").click()
     expect(sources).to_contain_text("Sources appear when this answer is complete", timeout=30_000)
-    # the next question, typed and entered while this answer streams, is not wiped by the stream
+    # the next question, typed and entered while this answer streams, is not wiped by the stream: it is asked
+    # once this answer is done, after it in the conversation
     box = page.locator("#chat-input textarea")
     box.fill("How many warmup steps were used?")
     box.press("Enter")
-    expect(sources).to_contain_text("p. 3", timeout=180_000)
+    expect(page.locator("#chatbot [data-testid='user']").last).to_contain_text("layers")
     expect(box).to_have_value("How many warmup steps were used?")
-    box.press("Enter")  # once the answer is done, Enter asks it
-    expect(page.locator("#chatbot [data-testid='user']").last).to_contain_text("warmup steps", timeout=30_000)
+    expect(page.locator("#chatbot [data-testid='user']").last).to_contain_text("warmup steps", timeout=180_000)
+    # in order: the encoder question, its whole answer, then the warmup question
+    turns = page.locator("#chatbot [data-testid='user'], #chatbot [data-testid='bot']")
+    shown = [(t.get_attribute("data-testid"), t.inner_text().strip()) for t in turns.all()]
+    asked = [i for i, (role, _) in enumerate(shown) if role == "user"]
+    assert [shown[i][1] for i in asked[-2:]] == ["How many layers does the encoder have?",
+                                                "How many warmup steps were used?"]
+    between = shown[asked[-2] + 1:asked[-1]]  # the encoder answer (its reasoning and its words)
+    assert between and all(role == "bot" and text for role, text in between)
     expect(sources).to_contain_text("p. 7", timeout=180_000)
     expect(box).to_have_value("")
 
