@@ -7,6 +7,7 @@ import ctypes.util
 import importlib.util
 import os
 import shutil
+import threading
 from pathlib import Path
 
 import torch
@@ -18,6 +19,12 @@ from chatapp.settings import EMBEDDED_BASE, Settings
 EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 EMBEDDED_FOLDER = "SmolLM2-135M-Instruct"
 PRECISIONS = ("auto", "4bit", "8bit", "16bit", "32bit")
+
+# transformers builds a model under process-wide state (torch's default dtype, an init-on-meta context), so
+# two threads building at once corrupt each other: the app's fp32 base, loaded while a Fine-tune run started
+# at once loaded its bf16 one, came out part bf16 ("expected m1 and m2 to have the same dtype" at the first
+# answer) or with weights left on the meta device. Every model or adapter build in this process holds it.
+BUILDING = threading.RLock()
 
 
 
@@ -43,7 +50,7 @@ def base_folder(settings: Settings) -> str:
     target.parent.mkdir(parents=True, exist_ok=True)
     # One conversion at a time across processes (app, CLIs, test workers sharing CHATAPP_MODELS_DIR):
     # the others wait here, then find the folder made and load it instead of converting again.
-    with FileLock(target.with_name(target.name + ".lock")):
+    with BUILDING, FileLock(target.with_name(target.name + ".lock")):
         if (target / "config.json").exists():
             return str(target)
         gguf = embedded_gguf_path()
@@ -123,11 +130,13 @@ def load_base(settings: Settings, precision: str | None = None, device: str | No
         kwargs["device_map"] = {"": device}
     else:
         kwargs["dtype"] = torch.bfloat16 if precision == "16bit" else torch.float32
-    try:
-        model = AutoModelForCausalLM.from_pretrained(name, **kwargs, **({"attn_implementation": attention} if attention else {}))
-    except ValueError:  # a model whose attention cannot be swapped: its own default
-        model = AutoModelForCausalLM.from_pretrained(name, **kwargs)
-    if precision not in ("4bit", "8bit"):
-        model.to(device)
+    with BUILDING:
+        try:
+            model = AutoModelForCausalLM.from_pretrained(name, **kwargs,
+                                                         **({"attn_implementation": attention} if attention else {}))
+        except ValueError:  # a model whose attention cannot be swapped: its own default
+            model = AutoModelForCausalLM.from_pretrained(name, **kwargs)
+        if precision not in ("4bit", "8bit"):
+            model.to(device)
     model.eval()
     return model, tokenizer, precision

@@ -24,7 +24,7 @@ from transformers import (
 
 from chatapp.attention import PREFIX_ATTENTION
 from chatapp.generation import GenerationSettings
-from chatapp.loading import base_folder, load_base
+from chatapp.loading import BUILDING, base_folder, load_base
 from chatapp.settings import EMBEDDED_BASE, Settings
 from chatapp.worker import ModelThread
 
@@ -221,7 +221,7 @@ class ModelRegistry:
         path = folders[variant]
         check_safetensors(variant, path)
         config = PeftConfig.from_pretrained(path)
-        with self._load_lock:
+        with self._load_lock, BUILDING:  # a training run may be building its model meanwhile
             if config.is_prompt_learning:
                 if variant not in self._prompt_models:
                     self._prompt_models[variant] = PeftModel.from_pretrained(self.base, path, adapter_name=variant).eval()

@@ -15,7 +15,7 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
-from chatapp.loading import base_folder
+from chatapp.loading import BUILDING, base_folder
 from chatapp.model import TRAINER_ARGS_FILE
 from finetune.config import FinetuneConfig, resolve_epochs
 from finetune.data import (
@@ -164,11 +164,12 @@ def train_preference(config: FinetuneConfig, args, callbacks: list | tuple = (),
         # The held-out pairs go to the trainer even with eval_strategy no: the card's reward accuracy and
         # margins come from one evaluate() after training, and TRL tokenizes datasets only at construction.
         has_eval = bool(test_pairs)
-        trainer = _trainer_module(method).make_trainer(
-            model=model, args=args, train_dataset=to_preference_dataset(train_pairs),
-            eval_dataset=to_preference_dataset(test_pairs) if has_eval else None, tokenizer=tokenizer,
-            peft_config=peft_config_for(config, adapter, folder),
-            callbacks=[RunLog(Path(args.logging_dir or output_dir), cancel, on_log), *callbacks])
+        with BUILDING:  # peft adds its layers under the same process-wide state as a model load
+            trainer = _trainer_module(method).make_trainer(
+                model=model, args=args, train_dataset=to_preference_dataset(train_pairs),
+                eval_dataset=to_preference_dataset(test_pairs) if has_eval else None, tokenizer=tokenizer,
+                peft_config=peft_config_for(config, adapter, folder),
+                callbacks=[RunLog(Path(args.logging_dir or output_dir), cancel, on_log), *callbacks])
         result, seconds = run_trainer(trainer, args, cancel, config.name)
         held_out = _held_out_metrics(trainer.evaluate()) if has_eval else {}
         peak, peak_kind = peak_memory_mb(str(args.device))

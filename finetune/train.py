@@ -45,7 +45,7 @@ from transformers.trainer import TRAINER_STATE_NAME
 from transformers.trainer_utils import TrainOutput, get_last_checkpoint
 from trl import SFTTrainer
 
-from chatapp.loading import base_folder, load_base, quantization_config
+from chatapp.loading import BUILDING, base_folder, load_base, quantization_config
 from chatapp.model import TRAINER_ARGS_FILE
 from eval.metrics import score_pairs
 from finetune.attention import PACKED_ATTENTION
@@ -319,8 +319,9 @@ def _load_qlora_for_fsdp(settings):
     base = quantization_config("4bit").to_dict()
     base.update(bnb_4bit_quant_storage="bfloat16")
     name = base_folder(settings)
-    model = AutoModelForCausalLM.from_pretrained(name, quantization_config=BitsAndBytesConfig.from_dict(base),
-                                                 dtype=torch.bfloat16)
+    with BUILDING:
+        model = AutoModelForCausalLM.from_pretrained(name, quantization_config=BitsAndBytesConfig.from_dict(base),
+                                                     dtype=torch.bfloat16)
     tokenizer = AutoTokenizer.from_pretrained(name)
     tokenizer.pad_token = tokenizer.pad_token or tokenizer.eos_token
     return model, tokenizer
@@ -482,16 +483,17 @@ def train(config: FinetuneConfig, args: TrainConfig | None = None, callbacks: li
                 f"logs in {args.logging_dir or output_dir}")
         folder = base_folder(config.settings())
         has_eval = bool(test_examples) and args.eval_strategy != "no"
-        trainer = FinetuneTrainer(
-            model=model, args=args, train_dataset=to_dataset(train_examples),
-            eval_dataset=to_dataset(test_examples) if has_eval else None, processing_class=tokenizer,
-            peft_config=peft_config_for(config, method, folder),
-            callbacks=[RunLog(Path(args.logging_dir or output_dir), cancel, on_log), *callbacks],
-            generation_examples=test_examples[: config.eval_generate_samples] if has_eval else (),
-            max_new_tokens=config.eval_max_new_tokens,
-            # prompt tuning prepends virtual tokens, so the kept positions would not line up with the labels
-            labelled_logits_only=args.device.type == "cpu" and method != "prompt-tuning",
-            loraplus_lr_ratio=config.loraplus_lr_ratio if method != "prompt-tuning" else 0.0)
+        with BUILDING:  # peft adds its layers under the same process-wide state as a model load
+            trainer = FinetuneTrainer(
+                model=model, args=args, train_dataset=to_dataset(train_examples),
+                eval_dataset=to_dataset(test_examples) if has_eval else None, processing_class=tokenizer,
+                peft_config=peft_config_for(config, method, folder),
+                callbacks=[RunLog(Path(args.logging_dir or output_dir), cancel, on_log), *callbacks],
+                generation_examples=test_examples[: config.eval_generate_samples] if has_eval else (),
+                max_new_tokens=config.eval_max_new_tokens,
+                # prompt tuning prepends virtual tokens, so the kept positions would not line up with the labels
+                labelled_logits_only=args.device.type == "cpu" and method != "prompt-tuning",
+                loraplus_lr_ratio=config.loraplus_lr_ratio if method != "prompt-tuning" else 0.0)
         result, seconds = run_trainer(trainer, args, cancel, config.name)
         device = str(args.device)
         peak, peak_kind = peak_memory_mb(device)
