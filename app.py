@@ -51,10 +51,10 @@ def build_app(settings, registry, store):
             if settings.llm_url:
                 gr.Markdown(REMOTE_TRAINING_NOTE.format(url=settings.llm_url), elem_id="ft-remote-note")
             build_finetune_tab(settings, registry)
-        with gr.Tab("Arena"):
-            build_arena_tab(settings, registry)
-        with gr.Tab("Evaluate"):
-            build_eval_tab(settings, registry)
+        with gr.Tab("Arena") as arena_tab:
+            build_arena_tab(settings, registry, tab=arena_tab)
+        with gr.Tab("Evaluate") as evaluate_tab:
+            build_eval_tab(settings, registry, tab=evaluate_tab)
     # One generation at a time on the one model; other events (listing sources, votes) stay quick.
     demo.queue(default_concurrency_limit=1)
     return demo

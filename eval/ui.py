@@ -5,6 +5,7 @@ inside `with gr.Tab(...)`. Inputs carry elem_ids so browser tests and users' scr
 """
 from __future__ import annotations
 
+import logging
 import random
 import tempfile
 import uuid
@@ -15,6 +16,8 @@ import gradio as gr
 
 from eval.arena import AlreadyVoted, ArenaStore, Battle
 from eval.ratings import leaderboard, style_control, win_rate_figure
+
+log = logging.getLogger(__name__)
 
 VOTES = {  # button label -> FastChat winner
     "A is better": "model_a",
@@ -103,8 +106,9 @@ def _win_plot(store: ArenaStore):
     return win_rate_figure(battles, order)
 
 
-def build_arena_tab(settings, registry, store: ArenaStore | None = None, generation=None) -> dict:
-    """Build the Arena inside the current Blocks context; returns its components by name."""
+def build_arena_tab(settings, registry, store: ArenaStore | None = None, generation=None, tab=None) -> dict:
+    """Build the Arena inside the current Blocks context; returns its components by name. With its `tab`,
+    the variants and the leaderboard are read again each time the tab is opened."""
     from chatapp.generation import GenerationSettings
 
     store = store or ArenaStore(settings.arena_db)
@@ -162,10 +166,20 @@ def build_arena_tab(settings, registry, store: ArenaStore | None = None, generat
                   "answer_a": "", "answer_b": "", "rag": bool(rag and rag_answer), "done": False}
         yield (battle, "", "", intro(), "", gr.update(interactive=False), *locked)
         # One base model serves every variant, so the two answers are generated one after the other.
-        for side in ("a", "b"):
-            for so_far in _answer_texts(rag_answer, text, battle[f"model_{side}"], registry, generation, battle["rag"]):
-                battle[f"answer_{side}"] = so_far
-                yield (battle, battle["answer_a"], battle["answer_b"], gr.skip(), "", gr.skip(), *locked)
+        try:
+            for side in ("a", "b"):
+                for so_far in _answer_texts(rag_answer, text, battle[f"model_{side}"], registry, generation,
+                                            battle["rag"]):
+                    battle[f"answer_{side}"] = so_far
+                    yield (battle, battle["answer_a"], battle["answer_b"], gr.skip(), "", gr.skip(), *locked)
+        except Exception as exc:  # an adapter deleted meanwhile, a broken adapter folder, a failed generation
+            log.exception("the battle's answer failed")
+            message = f"This battle stopped: {str(exc).strip(chr(39) + chr(34))}"
+            gr.Warning(message)
+            # Battle is enabled again (it stayed greyed out after an error) and nothing can be voted on.
+            yield (None, battle["answer_a"], battle["answer_b"], gr.skip(), message, gr.update(interactive=True),
+                   *locked)
+            return
         battle["done"] = True
         yield (battle, battle["answer_a"], battle["answer_b"], gr.skip(),
                "Which answer is better? Vote to see which variant wrote each.", gr.update(interactive=True),
@@ -200,13 +214,17 @@ def build_arena_tab(settings, registry, store: ArenaStore | None = None, generat
     for button, winner, elem_id in zip(vote_buttons, VOTES.values(), VOTE_IDS):
         button.click(make_vote(winner), [battle_state], [battle_state, reveal, *vote_buttons, board, plot, hint],
                      concurrency_limit=None, api_name=elem_id.replace("-", "_"))  # SQLite serialises writers; votes need not queue behind generation
-    refresh.click(lambda: (leaderboard_rows(store), _win_plot(store), intro(), train_hint(store)), None,
-                  [board, plot, info, hint])
+    def reread():
+        return leaderboard_rows(store), _win_plot(store), intro(), train_hint(store)
+
+    refresh.click(reread, None, [board, plot, info, hint])
+    if tab is not None:  # an adapter trained in the Fine-tune tab meanwhile: no "only base exists" left showing
+        tab.select(reread, None, [board, plot, info, hint], queue=False)
     return {"prompt": prompt, "go": go, "answer_a": answer_a, "answer_b": answer_b, "votes": vote_buttons,
             "reveal": reveal, "leaderboard": board, "plot": plot, "state": battle_state, "train_hint": hint}
 
 
-def build_eval_tab(settings, registry) -> dict:
+def build_eval_tab(settings, registry, tab=None) -> dict:
     """Score variants on an uploaded dataset: the `python -m eval score` run with a progress bar."""
     from eval.score import FEW_EXAMPLES, PAIRED_METRICS, ScoreConfig, score
 
@@ -259,6 +277,8 @@ def build_eval_tab(settings, registry) -> dict:
     run.click(run_score, [data, variants, limit, max_new, tokenizer], [table, verdicts, predictions])
     refresh = gr.Button("Rescan variants", size="sm", elem_id="eval-rescan")
     refresh.click(lambda: gr.update(choices=registry.variants()), None, variants)
+    if tab is not None:  # adapters trained since the page loaded are offered without a rescan
+        tab.select(lambda: gr.update(choices=registry.variants()), None, variants, queue=False)
     rag_parts = build_rag_eval(settings, registry, variants)
     return {"run": run, "table": table, "variants": variants, **rag_parts}
 

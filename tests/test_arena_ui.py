@@ -21,8 +21,10 @@ def launch_arena(settings):
 
     store = ArenaStore(settings.arena_db)
     with gr.Blocks() as demo:
-        with gr.Tab("Arena"):
-            build_arena_tab(settings, ModelRegistry(settings), store, GenerationSettings(max_new_tokens=10))
+        with gr.Tab("Arena") as tab:
+            build_arena_tab(settings, ModelRegistry(settings), store, GenerationSettings(max_new_tokens=10), tab=tab)
+        with gr.Tab("Fine-tune"):  # where a user goes to train the adapter, then comes back
+            gr.Markdown("training happens here")
     return demo, store, launch_blocks(demo)
 
 
@@ -100,9 +102,11 @@ def test_battle_vote_reveal_and_leaderboard(browser, tmp_path, artifacts):
 
 
 def test_fewer_than_two_variants_explains_how_to_make_an_adapter(browser, tmp_path):
+    from playwright.sync_api import expect
+
     from chatapp.settings import Settings
 
-    settings = Settings.from_env(data_dir=tmp_path / "empty")  # no adapters; the model is never loaded
+    settings = Settings.from_env(data_dir=tmp_path / "empty")  # no adapters at first; the model is never loaded
     demo, store, url = launch_arena(settings)
     try:
         page = browser.new_page()
@@ -114,5 +118,11 @@ def test_fewer_than_two_variants_explains_how_to_make_an_adapter(browser, tmp_pa
         page.wait_for_timeout(1500)
         assert "at least two variants" in page.locator("#arena-info").inner_text()
         assert page.locator("#vote-a").is_disabled() and store.count() == 0
+        # an adapter trained meanwhile (as the Fine-tune tab does): coming back to the tab, the arena offers it
+        page.get_by_role("tab", name="Fine-tune").click()
+        make_tiny_adapter(settings, seed=3, scale=0.5, name="fresh")
+        page.get_by_role("tab", name="Arena").click()
+        expect(page.locator("#arena-info")).to_contain_text("(base, fresh)", timeout=10_000)
+        expect(page.locator("#arena-info")).not_to_contain_text("at least two variants")
     finally:
         demo.close()
