@@ -7,6 +7,7 @@ between every two variants, and writes the per-example answers to a JSONL file a
 """
 from __future__ import annotations
 
+import hashlib
 import itertools
 import json
 import time
@@ -16,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from chatapp.model import adapter_folders
 from eval.data import Example, held_out_examples, read_examples
 from eval.metrics import ROUGE_TYPES, MetricsReport, compute_metrics
 
@@ -121,16 +123,17 @@ class ScoreResult:
     comparisons: list[dict] = field(default_factory=list)
     predictions: str | None = None
     rag: bool = False
+    warnings: list[str] = field(default_factory=list)
 
     def to_json(self) -> dict:
         return {"data": self.data, "rag": self.rag,
                 "variants": {name: v.summary() for name, v in self.variants.items()},
-                "comparisons": self.comparisons, "predictions": self.predictions}
+                "comparisons": self.comparisons, "predictions": self.predictions, "warnings": self.warnings}
 
     def table(self) -> str:
         head = f"{'variant':<16}" + "".join(f"{c:>22}" for c in (*ROUGE_TYPES, "BLEU")) + f"{'empty':>7}{'long':>6}{'short':>6}{'loop':>6}"
         lines = [f"{self.data}: {next(iter(self.variants.values())).metrics.n} examples; ROUGE F1 (0-1), "
-                 "corpus BLEU (0-100), 95% bootstrap intervals", head]
+                 "corpus BLEU (0-100), 95% bootstrap intervals", *(f"warning: {w}" for w in self.warnings), head]
         for name, v in self.variants.items():
             m = v.metrics
             cells = [f"{m.rouge[t]['fmeasure']:.3f} [{m.rouge_ci[t]['fmeasure'][0]:.3f},{m.rouge_ci[t]['fmeasure'][1]:.3f}]"
@@ -219,7 +222,28 @@ def score(config: ScoreConfig, registry=None, settings=None,
             comparisons.append({"a": a, "b": b, "metric": metric, **test, "winner": winner, "n": len(examples)})
     out = config.predictions_out or _default_predictions_path(registry)
     write_predictions(out, examples, results)
-    return ScoreResult(data, results, comparisons, str(out), config.rag)
+    warnings = trained_on_this_file(config, registry.settings) if config.held_out_of is None else []
+    return ScoreResult(data, results, comparisons, str(out), config.rag, warnings)
+
+
+def trained_on_this_file(config: ScoreConfig, settings) -> list[str]:
+    """A warning for each adapter scored on the very file it was trained on (its card's sha256): most of
+    those records are answers it learned, so it wins by recall, not by what it does on new questions."""
+    digest = hashlib.sha256(Path(config.data).read_bytes()).hexdigest()
+    warnings = []
+    for variant, folder in adapter_folders(settings).items():
+        card = folder / "card.json"
+        if variant not in config.variants or not card.is_file():
+            continue
+        try:
+            trained = json.loads(card.read_text())["data"]
+        except (ValueError, KeyError, TypeError):
+            continue
+        if trained.get("sha256") == digest:
+            warnings.append(f"{variant} was trained on this file ({trained.get('train_examples', 'most')} of its "
+                            "records), so its scores here overstate it; score it on the records it held out "
+                            f"(`python -m eval score --held-out-of {variant}`, or 'Held out by' in the Evaluate tab)")
+    return warnings
 
 
 def load_examples(config: ScoreConfig, settings) -> tuple[str, list[Example]]:

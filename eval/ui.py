@@ -228,6 +228,9 @@ def build_eval_tab(settings, registry, tab=None) -> dict:
     """Score variants on an uploaded dataset: the `python -m eval score` run with a progress bar."""
     from eval.score import FEW_EXAMPLES, PAIRED_METRICS, ScoreConfig, score
 
+    def adapter_names() -> list[str]:
+        return [v for v in registry.variants() if v != "base" and (Path(settings.adapters_dir) / v / "card.json").is_file()]
+
     gr.Markdown("Score variants against reference answers on a held-out dataset (Alpaca instruction/input/output, "
                 "chat `messages`, or ShareGPT `conversations`; .json or .jsonl). Generation is greedy, so scores "
                 "are reproducible. ROUGE is F1 on 0–1, BLEU on 0–100, with bootstrap 95% intervals.")
@@ -236,6 +239,9 @@ def build_eval_tab(settings, registry, tab=None) -> dict:
         with gr.Column():
             variants = gr.CheckboxGroup(choices=registry.variants(), value=["base"], label="Variants",
                                         elem_id="eval-variants")
+            held_out_by = gr.Dropdown(["", *adapter_names()], value="", label="Held out by (instead of a file)",
+                                      info="the records this adapter set aside and never trained on",
+                                      elem_id="eval-held-out")
             limit = gr.Number(value=20, precision=0, minimum=1, label="Records to score (first N)", elem_id="eval-limit")
             max_new = gr.Slider(8, 512, value=128, step=8, label="Max new tokens", elem_id="eval-max-new-tokens")
             tokenizer = gr.Radio(["default", "unicode"], value="default", label="ROUGE tokenizer",
@@ -247,18 +253,21 @@ def build_eval_tab(settings, registry, tab=None) -> dict:
     verdicts = gr.Markdown(elem_id="eval-verdicts")
     predictions = gr.File(label="Per-example answers (JSONL)", elem_id="eval-predictions")
 
-    def run_score(file, chosen, n, tokens, tok, progress=gr.Progress()):
-        if not file:
-            raise gr.Error("Upload a dataset file first.")
+    def run_score(file, held_out, chosen, n, tokens, tok, progress=gr.Progress()):
+        if not file and not held_out:
+            raise gr.Error("Upload a dataset file first, or pick an adapter whose held-out records to score.")
+        if file and held_out:
+            raise gr.Error("Give one of them: remove the file, or set 'Held out by' back to empty.")
         if not chosen:
             raise gr.Error("Pick at least one variant.")
-        config = ScoreConfig(data=Path(file if isinstance(file, str) else file.name), variants=list(chosen),
+        config = ScoreConfig(data=Path(file if isinstance(file, str) else file.name) if file else None,
+                             held_out_of=held_out or None, variants=list(chosen),
                              limit=int(n) if n else None, max_new_tokens=int(tokens), tokenizer=tok,
                              predictions_out=Path(tempfile.mkdtemp()) / "predictions.jsonl")
         try:
             result = score(config, registry=registry,
                            progress=lambda done, total, v: progress(done / total, desc=f"generating {v}"))
-        except (ValueError, RuntimeError) as error:
+        except (ValueError, RuntimeError, FileNotFoundError) as error:
             raise gr.Error(str(error)) from None
         rows = []
         for name, v in result.variants.items():
@@ -272,13 +281,21 @@ def build_eval_tab(settings, registry, tab=None) -> dict:
                  + (f"**{c['winner']}** is better" if c["winner"] else "no significant difference")
                  + (f" (only {c['n']} examples: a hint, not a test)" if c["n"] < FEW_EXAMPLES else "")
                  for c in result.comparisons if c["metric"] in ("rougeL", PAIRED_METRICS[-1])]
-        return rows, "\n".join(lines) or "Pick two or more variants for a paired bootstrap comparison.", result.predictions
+        scored = f"of {Path(config.data).name}" if config.data else f"held out by {held_out}"
+        n_scored = next(iter(result.variants.values())).metrics.n
+        lines = [f"Scored {n_scored} records {scored}.", *(f"- ⚠ {w}" for w in result.warnings),
+                 *(lines or ["Pick two or more variants for a paired bootstrap comparison."])]
+        return rows, "\n".join(lines), result.predictions
 
-    run.click(run_score, [data, variants, limit, max_new, tokenizer], [table, verdicts, predictions])
+    run.click(run_score, [data, held_out_by, variants, limit, max_new, tokenizer], [table, verdicts, predictions])
     refresh = gr.Button("Rescan variants", size="sm", elem_id="eval-rescan")
-    refresh.click(lambda: gr.update(choices=registry.variants()), None, variants)
+
+    def rescan():
+        return gr.update(choices=registry.variants()), gr.update(choices=["", *adapter_names()])
+
+    refresh.click(rescan, None, [variants, held_out_by])
     if tab is not None:  # adapters trained since the page loaded are offered without a rescan
-        tab.select(lambda: gr.update(choices=registry.variants()), None, variants, queue=False)
+        tab.select(rescan, None, [variants, held_out_by], queue=False)
     rag_parts = build_rag_eval(settings, registry, variants)
     return {"run": run, "table": table, "variants": variants, **rag_parts}
 
