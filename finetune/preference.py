@@ -67,7 +67,8 @@ def _last_answer(conversation) -> tuple[list[dict], str] | None:
 
 def pairs_from_battles(records: list[dict]) -> ArenaPairs:
     """Preference pairs from FastChat battle records (`conversation_a/b`, `winner`): the winner's answer
-    is chosen and the loser's rejected; ties, 'both bad', and battles without two usable answers are skipped."""
+    is chosen and the loser's rejected; ties, 'both bad', battles answered from documents (`rag`) and
+    battles without two usable answers are skipped."""
     pairs, skipped = [], Counter({"ties": 0, "both bad": 0})
     for record in records:
         winner = record.get("winner")
@@ -76,6 +77,11 @@ def pairs_from_battles(records: list[dict]) -> ArenaPairs:
             continue
         if winner == "tie (bothbad)":
             skipped["both bad"] += 1
+            continue
+        if record.get("rag"):
+            # Answered from documents: the passages the answers rest on are not in the battle's prompt, so
+            # training on them would teach the model to state document facts without the documents.
+            skipped["answered from documents"] += 1
             continue
         a, b = _last_answer(record.get("conversation_a")), _last_answer(record.get("conversation_b"))
         if a is None or b is None or not a[0] or a[0] != b[0] or a[0][-1]["role"] != "user":

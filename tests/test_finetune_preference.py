@@ -63,14 +63,19 @@ def test_preference_format_text_messages_implicit_prompt_json_and_jsonl(tmp_path
 
 def test_from_arena_reads_the_votes_a_real_arena_store_recorded(tmp_path):
     settings = Settings.from_env(data_dir=tmp_path / "data")
-    record_votes(ArenaStore(settings.arena_db))
+    store = ArenaStore(settings.arena_db)
+    record_votes(store)
+    # answered from documents: the passages are not in the prompt, so the pair would teach stating them blind
+    store.record_vote(Battle(model_a="base", model_b="tuned", winner="model_a", prompt="How many layers?",
+                             answer_a="6 layers.\n\nSources: [1] paper, p. 3", answer_b="Many.", rag=True))
     found = arena_pairs(settings)  # through ArenaStore.export_records, FastChat's conversation_a/b
-    assert found.battles == 14 and len(found.pairs) == 12
-    assert found.skipped == {"ties": 1, "both bad": 1}
+    assert found.battles == 15 and len(found.pairs) == 12
+    assert found.skipped == {"ties": 1, "both bad": 1, "answered from documents": 1}
     assert {p.chosen for p in found.pairs} == {fact for _, fact in FACTS}  # the winner's answer, either side
     assert {p.rejected for p in found.pairs} == {DODGE}
     assert found.pairs[0].prompt == [{"role": "user", "content": FACTS[0][0]}]
-    assert str(found).startswith("12 preference pairs from 14 arena battles (skipped: 1 ties, 1 both bad)")
+    assert str(found).startswith("12 preference pairs from 15 arena battles (skipped: 1 ties, 1 both bad, "
+                                 "1 answered from documents)")
 
 
 def test_a_run_too_short_to_learn_warns_with_a_suggestion(capsys):
