@@ -34,7 +34,8 @@ LEADERBOARD_HEADERS = ["Rank", "Model", "BT rating", "BT 95% CI", "Elo", "Elo 95
 TRAIN_FROM_VOTES = 8
 TRAIN_HINT = ("**Train a variant from {n} votes:** in the **Fine-tune** tab pick method *dpo* and tick *From arena "
               "votes*, or run `python -m finetune --method dpo --from_arena --name NAME`. Each vote's winning answer "
-              "is the chosen one and the losing answer the rejected one; ties and “both bad” are skipped.")
+              "is the chosen one and the losing answer the rejected one; ties, “both bad” and battles answered from "
+              "your documents are skipped.")
 STYLE_ROUNDS = 200  # bootstrap rounds of the style fit in the tab: ~0.4 s per vote instead of ~2 s at 1000
 
 NEED_ADAPTER = """**The arena needs at least two variants, and only `{found}` exists.**
@@ -69,7 +70,13 @@ def _answer_texts(rag_answer, prompt: str, variant: str, registry, generation, u
             yield text
         return
     for snapshot in rag_answer(prompt, [], registry=registry, variant=variant, generation=generation):
-        text = snapshot.text
+        # The variant's own words, even where the chat shows the evidence quote instead: a vote judges the
+        # variant (both would otherwise show the same quote), and the check says what no source holds.
+        text = snapshot.model_answer or snapshot.text
+        if snapshot.done and snapshot.unsupported:
+            text += "\n\n⚠ Not in any source: " + ", ".join(snapshot.unsupported)
+        if snapshot.done and snapshot.model_answer:  # the chat showed this quote instead of the answer
+            text += f"\n\n⚠ Not backed by the sources. {snapshot.answer}"  # "From FILE, p. N: “…”"
         if snapshot.done and snapshot.sources:
             text += "\n\nSources: " + "; ".join(
                 f"[{s.number}] {s.title or s.source}" + (f", {s.location}" if s.location else "") for s in snapshot.sources)
@@ -94,7 +101,8 @@ def leaderboard_rows(store: ArenaStore) -> list[list]:
 
 def train_hint(store: ArenaStore) -> str:
     """'Train a variant from N votes' once there are enough decisive votes, else nothing."""
-    n = sum(b.winner in ("model_a", "model_b") for b in store.battles())
+    # battles answered from documents teach no pairs (finetune/preference.py skips them)
+    n = sum(b.winner in ("model_a", "model_b") and not b.rag for b in store.battles())
     return TRAIN_HINT.format(n=n) if n >= TRAIN_FROM_VOTES else ""
 
 
