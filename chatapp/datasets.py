@@ -15,6 +15,7 @@ Each becomes a `Preference` in TRL's conversational form.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import random
 from dataclasses import dataclass
@@ -22,6 +23,15 @@ from pathlib import Path
 
 ROLES = {"system": "system", "user": "user", "human": "user", "assistant": "assistant", "gpt": "assistant",
          "model": "assistant", "bot": "assistant"}
+
+
+def file_sha256(path: str | Path) -> str:
+    """The dataset file's digest: an adapter's card records it, and evaluation compares it to the file it scores."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 class DatasetError(ValueError):

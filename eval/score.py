@@ -7,7 +7,6 @@ between every two variants, and writes the per-example answers to a JSONL file a
 """
 from __future__ import annotations
 
-import hashlib
 import itertools
 import json
 import time
@@ -17,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from chatapp.datasets import file_sha256
 from chatapp.model import adapter_folders
 from eval.data import Example, held_out_examples, read_examples
 from eval.metrics import ROUGE_TYPES, MetricsReport, compute_metrics
@@ -229,7 +229,7 @@ def score(config: ScoreConfig, registry=None, settings=None,
 def trained_on_this_file(config: ScoreConfig, settings) -> list[str]:
     """A warning for each adapter scored on the very file it was trained on (its card's sha256): most of
     those records are answers it learned, so it wins by recall, not by what it does on new questions."""
-    digest = hashlib.sha256(Path(config.data).read_bytes()).hexdigest()
+    digest = file_sha256(config.data)
     warnings = []
     for variant, folder in adapter_folders(settings).items():
         card = folder / "card.json"

@@ -15,6 +15,7 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
+from chatapp.datasets import file_sha256
 from chatapp.loading import BUILDING, base_folder
 from chatapp.model import TRAINER_ARGS_FILE
 from finetune.config import FinetuneConfig, resolve_epochs
@@ -37,7 +38,6 @@ from finetune.train import (
     run_trainer,
     say,
     score_examples,
-    sha256,
 )
 
 MIN_ARENA_PAIRS = 8  # fewer decisive votes than this teach nothing measurable; the Arena tab offers training from here
@@ -212,7 +212,7 @@ def train_preference(config: FinetuneConfig, args, callbacks: list | tuple = (),
                 "optim": str(args.optim.value if hasattr(args.optim, "value") else args.optim),
                 "reference_model": "the base with the adapter disabled" if method == "dpo" else None,
             },
-            "data": {"file": str(Path(config.data).resolve()), "sha256": sha256(Path(config.data)),
+            "data": {"file": str(Path(config.data).resolve()), "sha256": file_sha256(config.data),
                      "format": "preference", "template_vars": config.variables(), "train_pairs": len(train_pairs),
                      "test_pairs": len(test_pairs), "test_size": config.test_size,
                      **({"from_arena": source} if source else {})},

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import hashlib
 import json
 import logging
 import math
@@ -45,6 +44,7 @@ from transformers.trainer import TRAINER_STATE_NAME
 from transformers.trainer_utils import TrainOutput, get_last_checkpoint
 from trl import SFTTrainer
 
+from chatapp.datasets import file_sha256
 from chatapp.loading import BUILDING, base_folder, load_base, quantization_config
 from chatapp.model import TRAINER_ARGS_FILE
 from eval.metrics import score_pairs
@@ -344,14 +344,6 @@ def peft_config_for(config: FinetuneConfig, method: str, tokenizer_path: str):
 # The run
 
 
-def sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def peak_memory_mb(device: str) -> tuple[float, str]:
     if device.startswith("cuda"):
         return torch.cuda.max_memory_allocated() / 2**20, "cuda max_memory_allocated"
@@ -527,7 +519,7 @@ def train(config: FinetuneConfig, args: TrainConfig | None = None, callbacks: li
                 if hasattr(args.optim, "value") else args.optim), "seed": args.seed,
                 "completion_only_loss": True,
             },
-            "data": {"file": str(Path(config.data).resolve()), "sha256": sha256(Path(config.data)),
+            "data": {"file": str(Path(config.data).resolve()), "sha256": file_sha256(config.data),
                      "template_vars": config.variables(), "train_examples": len(train_examples),
                      "train_fraction": config.train_fraction,
                      "test_examples": len(test_examples), "test_size": config.test_size,
