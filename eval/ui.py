@@ -182,7 +182,8 @@ def build_arena_tab(settings, registry, store: ArenaStore | None = None, generat
                     yield (battle, battle["answer_a"], battle["answer_b"], gr.skip(), "", gr.skip(), *locked)
         except Exception as exc:  # an adapter deleted meanwhile, a broken adapter folder, a failed generation
             log.exception("the battle's answer failed")
-            message = f"This battle stopped: {str(exc).strip(chr(39) + chr(34))}"
+            reason = str(exc).strip("'\"")  # a KeyError's message comes quoted
+            message = f"This battle stopped: {reason}"
             gr.Warning(message)
             # Battle is enabled again (it stayed greyed out after an error) and nothing can be voted on.
             yield (None, battle["answer_a"], battle["answer_b"], gr.skip(), message, gr.update(interactive=True),
@@ -234,10 +235,11 @@ def build_arena_tab(settings, registry, store: ArenaStore | None = None, generat
 
 def build_eval_tab(settings, registry, tab=None) -> dict:
     """Score variants on an uploaded dataset: the `python -m eval score` run with a progress bar."""
+    from chatapp.model import adapter_folders
     from eval.score import FEW_EXAMPLES, PAIRED_METRICS, ScoreConfig, score
 
-    def adapter_names() -> list[str]:
-        return [v for v in registry.variants() if v != "base" and (Path(settings.adapters_dir) / v / "card.json").is_file()]
+    def adapter_names() -> list[str]:  # those with a card, which names the records they held out
+        return [name for name, folder in adapter_folders(settings).items() if (folder / "card.json").is_file()]
 
     gr.Markdown("Score variants against reference answers on a held-out dataset (Alpaca instruction/input/output, "
                 "chat `messages`, or ShareGPT `conversations`; .json or .jsonl). Generation is greedy, so scores "
