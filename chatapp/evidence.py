@@ -447,8 +447,8 @@ def _answer_quote(scorer: Scorer, passage: int, question_quote: list[Sentence], 
 
 def _outmatched(scorer: Scorer, stated: set[str], question_terms: set[str], question_figures: set[str]) -> bool:
     """Whether a stated figure is outmatched: another sentence of the passages says all that the figure's own
-    sentence says about the question, and
-    more, with a figure of its own, and holds at least OUTMATCH_SHARE of the question's words: "41.0" for "What
+    sentence says about the question, and more, with a figure of its own, and holds at least OUTMATCH_SHARE of
+    the question's words: "41.0" for "What
     BLEU did the big model reach on English to German?" is in "On the WMT 2014 English-to-French translation
     task, our big model achieves a BLEU score of 41.0", outmatched by "…English-to-German… BLEU score of 28.4".
     Sentences are taken whole (a PDF's are cut at line breaks). A strict superset of the question's terms, not
@@ -456,19 +456,21 @@ def _outmatched(scorer: Scorer, stated: set[str], question_terms: set[str], ques
     1997 Geo Tracker models" outmatched a sentence holding only "models"."""
     if not stated:
         return False
-    covers = {}  # whole sentence -> (the question's terms it holds, its figures); read once for all figures
+    # whole sentence -> (the question's terms it holds, their weight, its figures); read once for all figures
+    covers = {}
     for sentence in scorer.sentences:
         start, end = scorer.whole(sentence)
         piece = scorer.passages[sentence.passage][start:end]
-        covers[(sentence.passage, start, end)] = (frozenset(terms(piece)) & question_terms, _values(piece))
-    asked = sum(scorer.weight(t) for t in question_terms)
+        cover = frozenset(terms(piece)) & question_terms
+        covers[(sentence.passage, start, end)] = (cover, sum(scorer.weight(t) for t in cover), _values(piece))
+    enough = OUTMATCH_SHARE * sum(scorer.weight(t) for t in question_terms)
     for figure in stated:
-        holders = [cover for cover, held in covers.values() if figure in held]
+        holders = [(weight, len(cover), cover) for cover, weight, held in covers.values() if figure in held]
         if not holders:  # only a pointer holds it: "The key dimension of each attention head is 2", from "Figure 2"
             return True
-        own = max(holders, key=lambda cover: (sum(scorer.weight(t) for t in cover), len(cover)))
-        if any(cover > own and held - question_figures - {figure}
-               and sum(scorer.weight(t) for t in cover) >= OUTMATCH_SHARE * asked for cover, held in covers.values()):
+        own = max(holders, key=lambda holder: holder[:2])[2]
+        if any(cover > own and held - question_figures - {figure} and weight >= enough
+               for cover, weight, held in covers.values()):
             return True
     return False
 
