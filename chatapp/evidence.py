@@ -448,9 +448,9 @@ def _answer_quote(scorer: Scorer, passage: int, question_quote: list[Sentence], 
 def _outmatched(scorer: Scorer, stated: set[str], question_terms: set[str], question_figures: set[str]) -> bool:
     """Whether a stated figure is outmatched: another sentence of the passages says all that the figure's own
     sentence says about the question, and more, with a figure of its own, and holds at least OUTMATCH_SHARE of
-    the question's words: "41.0" for "What
-    BLEU did the big model reach on English to German?" is in "On the WMT 2014 English-to-French translation
-    task, our big model achieves a BLEU score of 41.0", outmatched by "…English-to-German… BLEU score of 28.4".
+    the question's words: "41.0" for "What BLEU did the big model reach on English to German?" is in "On the
+    WMT 2014 English-to-French translation task, our big model achieves a BLEU score of 41.0", outmatched by
+    "…English-to-German… BLEU score of 28.4".
     Sentences are taken whole (a PDF's are cut at line breaks). A strict superset of the question's terms, not
     a higher weight alone: by weight, a right "6 months" was flagged. Without the share, "Save money on Used
     1997 Geo Tracker models" outmatched a sentence holding only "models"."""
