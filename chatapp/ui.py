@@ -265,10 +265,11 @@ def build_chat_tab(settings: Settings, registry, store, conversations: Conversat
         try:
             yield history, "", PENDING_SOURCES, gr.skip(), *keep
             for latest in stream:
+                if latest.done:  # shown below, once saved: sources on the page mean the turn is on disk
+                    continue
                 # The question box is left alone from here on: the next question, typed while this one streams,
                 # stays there (each "" here used to wipe it).
-                yield (history + answer_messages(latest), gr.skip(),
-                       sources_html(latest, store) if latest.done else gr.skip(), gr.skip(), *keep)
+                yield history + answer_messages(latest), gr.skip(), gr.skip(), gr.skip(), *keep
         except GeneratorExit:  # the page went away mid-answer (a reload, a closed tab): Gradio closes us
             threading.Thread(target=finish_unseen, args=(stream, latest, conversation_id, variant_name or BASE,
                                                          style_name or "cot", user), daemon=True).start()
@@ -279,8 +280,12 @@ def build_chat_tab(settings: Settings, registry, store, conversations: Conversat
             log.exception("answering failed")
             raise gr.Error(f"answering failed: {exc}", print_exception=False) from None
         # Saved before the page shows the answer as finished: what the page confirms is on disk.
+        shown_before = conversation_id
         conversation_id = save_turn(conversation_id, latest, variant_name or BASE, style_name or "cot", user)
-        saved_title = conversations.get(conversation_id, user).title if conversation_id else gr.skip()
+        # The title box is filled only for a conversation this turn created. Refilled after every answer, it
+        # wiped a new title typed while the answer streamed, and a Rename then saved the old one.
+        created = conversation_id and conversation_id != shown_before
+        saved_title = conversations.get(conversation_id, user).title if created else gr.skip()
         yield (history + answer_messages(latest), gr.skip(), sources_html(latest, store), model_line(registry),
                conversation_id, conversation_list(user, conversation_id), saved_title, conversation_id)
 

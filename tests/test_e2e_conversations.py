@@ -73,6 +73,13 @@ def test_a_conversation_survives_kill_9_reopens_and_its_follow_up_resolves(brows
         expect(page.locator("#model-info")).to_contain_text("precision", timeout=180_000)
         ask(page, FOLLOW_UP)
         expect(chatbot.locator("[data-testid='user']")).to_have_count(2)
+        # A new title typed while the answer streams: the end of the answer used to refill the box with the old
+        # title, and Rename then saved that one.
+        page.locator("#conv-tools").get_by_text("This conversation").click()
+        title_box = page.locator("#conv-title").locator("input, textarea").first
+        expect(title_box).to_have_value(FIRST)  # the reopened conversation's title
+        title_box.fill("Encoder and decoder layers")
+        # sources are drawn with the answer's last update, after the turn is saved
         expect(page.locator("#sources")).to_contain_text("p. 3", timeout=300_000)  # 3.1 Encoder and Decoder Stacks
         expect(chatbot.locator("[data-testid='bot']").last).to_contain_text("6")
         expect(listed).to_have_count(1)  # the follow-up went into the reopened conversation, not a new one
@@ -85,9 +92,8 @@ def test_a_conversation_survives_kill_9_reopens_and_its_follow_up_resolves(brows
         assert turns[1]["standalone_question"] and turns[1]["standalone_question"] != FOLLOW_UP
         assert any(source["page"] == 3 for source in json.loads(turns[1]["sources"]))
 
-        # rename through the page
-        page.locator("#conv-tools").get_by_text("This conversation").click()
-        page.locator("#conv-title").locator("input, textarea").first.fill("Encoder and decoder layers")
+        # rename through the page, with the title typed while the answer streamed
+        expect(title_box).to_have_value("Encoder and decoder layers")
         page.locator("#conv-rename").click()
         expect(listed.filter(has_text="Encoder and decoder layers")).to_have_count(1)
         expect(listed.filter(has_text=FIRST)).to_have_count(0)
