@@ -21,7 +21,6 @@ import json
 import os
 import platform
 import shutil
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -208,7 +207,7 @@ def main() -> None:
     before = ""
     if args.append and args.out != "-" and Path(args.out).exists():
         before = Path(args.out).read_text().replace("(run in progress)", "(run stopped here)") + "\n"
-    lines = [f"# Store engines: bulk insert, open, RSS, search (`python bench/store.py`)", "",
+    lines = ["# Store engines: bulk insert, open, RSS, search (`python bench/store.py`)", "",
              f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, load average "
              f"{os.getloadavg()[0]:.1f} at start, matrix units: {', '.join(matrix_units()) or 'none'}; "
              f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}", ""]
@@ -266,7 +265,7 @@ def main() -> None:
     lines += [""] + [f"- {note}" for note in notes]
     lines += ["- Targets for Qdrant Edge at 1M (issue 15): open ≤ 2 s, search p95 ≤ 10 ms, RSS ≤ 3 GB, "
               "insert ≥ 10k points/s.",
-              f"- Index build: HNSW (m 16, ef_construct 64) and int8 scalar quantization in a child process on a "
+              "- Index build: HNSW (m 16, ef_construct 64) and int8 scalar quantization in a child process on a "
               "copy, swapped in; the app keeps answering meanwhile (exact search over unindexed points). Dense "
               "search walks the int8 vectors (hnsw_ef 128) and rescores 2x k on the originals.",
               f"- load average at the end: {os.getloadavg()[0]:.1f} (other jobs share these cores)."]

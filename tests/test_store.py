@@ -406,7 +406,6 @@ def test_edge_and_the_server_path_give_the_same_top_k_and_push_copies_the_store(
 def test_index_build_does_not_freeze_the_process_and_searches_answer_meanwhile(store, tmp_path):
     """EdgeShard.optimize() holds the GIL for its whole run, so the build runs in a child process on a copy:
     meanwhile this process keeps running threads and exact searches find each point's own vector."""
-    import threading
     import time
 
     from loaders.edge import EdgeVectorStore
