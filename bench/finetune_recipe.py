@@ -47,6 +47,7 @@ import torch  # noqa: E402
 from peft import PeftModel  # noqa: E402
 
 from bench.machine import matrix_units  # noqa: E402
+from chatapp.adapters import read_card  # noqa: E402
 from chatapp.datasets import Example, Preference, read_preferences, read_records, split  # noqa: E402
 from chatapp.loading import load_base  # noqa: E402
 from chatapp.settings import Settings  # noqa: E402
@@ -106,7 +107,7 @@ def run_finetune(argv: list[str], env: dict, log: Path, timeout: float) -> dict:
 
 
 def card_of(adapter: Path) -> dict:
-    card = json.loads((adapter / "card.json").read_text())
+    card = read_card(adapter)
     training = card.get("training", {})
     return {"optimizer_steps": training.get("optimizer_steps"), "train_seconds": training.get("seconds"),
             "epochs": card["hyperparameters"].get("num_train_epochs"),

@@ -1,8 +1,8 @@
 """The chat model registry: one base in memory, adapters attached to it, token streaming.
 
 Loading the base is chatapp/loading.py, the prefix-reuse attention chatapp/attention.py, the model's
-thread chatapp/worker.py; this module owns the variants ("base" + every adapter under DATA/adapters/)
-and generation. Nothing here knows about retrieval or prompts.
+thread chatapp/worker.py, the adapter folders chatapp/adapters.py; this module owns the variants ("base" +
+every adapter under DATA/adapters/) and generation. Nothing here knows about retrieval or prompts.
 """
 from __future__ import annotations
 
@@ -10,7 +10,6 @@ import json
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 from transformers import (
@@ -22,6 +21,7 @@ from transformers import (
     TextIteratorStreamer,
 )
 
+from chatapp.adapters import adapter_folders, check_safetensors
 from chatapp.attention import PREFIX_ATTENTION
 from chatapp.generation import GenerationSettings
 from chatapp.loading import BUILDING, base_folder, load_base
@@ -47,41 +47,6 @@ class _PromptKV:
 def _shared_length(a: list[int], b: list[int]) -> int:
     n = min(len(a), len(b))
     return next((i for i in range(n) if a[i] != b[i]), n)
-
-
-# ---------------------------------------------------------------------------------------------
-# Variants: base + adapters on disk, all on the one base in memory
-
-
-PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")  # unpickling them can run any code
-TRAINER_ARGS_FILE = "training_args.bin"
-
-
-class UnsafeAdapter(ValueError):
-    """An adapter folder whose weights are not safetensors."""
-
-
-def adapter_folders(settings: Settings) -> dict[str, Path]:
-    """Every finished adapter. A folder starting with "." is one being written (training saves to
-    .NAME.partial and renames it into place), so it is never listed, even when a run was killed."""
-    root = Path(settings.adapters_dir)
-    if not root.is_dir():
-        return {}
-    return {p.name: p for p in sorted(root.iterdir())
-            if not p.name.startswith(".") and (p / "adapter_config.json").is_file()}
-
-
-def check_safetensors(name: str, folder: Path) -> None:
-    """Adapters load only from safetensors: a pickled .bin or .pt from someone else is refused before PEFT
-    (which would fall back to torch.load on it) ever opens it."""
-    # training_args.bin is the Trainer's pickled settings, which loading an adapter never reads
-    pickled = sorted(p.name for p in folder.iterdir()
-                     if p.suffix.lower() in PICKLE_SUFFIXES and p.name != TRAINER_ARGS_FILE)
-    if pickled:
-        raise UnsafeAdapter(f"adapter '{name}' holds pickled weights ({', '.join(pickled)}), which are never loaded; "
-                            "only safetensors are: save it again with save_pretrained(safe_serialization=True)")
-    if not (folder / "adapter_model.safetensors").is_file():
-        raise UnsafeAdapter(f"adapter '{name}' has no adapter_model.safetensors")
 
 
 class _Cancelled(StoppingCriteria):

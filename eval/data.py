@@ -11,6 +11,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from chatapp.adapters import CARD_FILE, read_card
 from chatapp.datasets import DatasetError, fill_placeholders, split, to_example
 
 
@@ -101,10 +102,10 @@ def read_examples(path: str | Path, variables: dict[str, str] | None = None) -> 
 def held_out_examples(adapter_dir: str | Path) -> tuple[Path, list[Example]]:
     """The records an adapter did not train on: its card names the data file, placeholders, test
     share and seed, and training's own `split` is replayed on them."""
-    card_path = Path(adapter_dir) / "card.json"
-    if not card_path.is_file():
+    card_path = Path(adapter_dir) / CARD_FILE
+    card = read_card(adapter_dir)
+    if card is None:
         raise FileNotFoundError(f"{card_path}: no adapter card (was the adapter made with python -m finetune?)")
-    card = json.loads(card_path.read_text())
     try:
         data = card["data"]
         path, test_size, seed = Path(data["file"]), float(data["test_size"]), int(card["hyperparameters"]["seed"])

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from chatapp.datasets import file_sha256
-from chatapp.model import adapter_folders
+from chatapp.adapters import adapter_folders, read_card
 from eval.data import Example, held_out_examples, read_examples
 from eval.metrics import ROUGE_TYPES, MetricsReport, compute_metrics
 
@@ -232,12 +232,11 @@ def trained_on_this_file(config: ScoreConfig, settings) -> list[str]:
     digest = file_sha256(config.data)
     warnings = []
     for variant, folder in adapter_folders(settings).items():
-        card = folder / "card.json"
-        if variant not in config.variants or not card.is_file():
+        if variant not in config.variants:
             continue
         try:
-            trained = json.loads(card.read_text())["data"]
-        except (ValueError, KeyError, TypeError):
+            trained = read_card(folder)["data"]
+        except (ValueError, KeyError, TypeError):  # no card (TypeError on None), or one without its data file
             continue
         if trained.get("sha256") == digest:
             warnings.append(f"{variant} was trained on this file ({trained.get('train_examples', 'most')} of its "

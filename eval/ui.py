@@ -235,11 +235,11 @@ def build_arena_tab(settings, registry, store: ArenaStore | None = None, generat
 
 def build_eval_tab(settings, registry, tab=None) -> dict:
     """Score variants on an uploaded dataset: the `python -m eval score` run with a progress bar."""
-    from chatapp.model import adapter_folders
+    from chatapp.adapters import CARD_FILE, adapter_folders
     from eval.score import FEW_EXAMPLES, PAIRED_METRICS, ScoreConfig, score
 
     def adapter_names() -> list[str]:  # those with a card, which names the records they held out
-        return [name for name, folder in adapter_folders(settings).items() if (folder / "card.json").is_file()]
+        return [name for name, folder in adapter_folders(settings).items() if (folder / CARD_FILE).is_file()]
 
     gr.Markdown("Score variants against reference answers on a held-out dataset (Alpaca instruction/input/output, "
                 "chat `messages`, or ShareGPT `conversations`; .json or .jsonl). Generation is greedy, so scores "

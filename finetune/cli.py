@@ -7,6 +7,8 @@ import logging
 import os
 import sys
 
+from chatapp.adapters import read_card
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 # bitsandbytes reports at import that optional CPU kernels from the hub are missing; they are not needed here.
 logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
@@ -65,7 +67,7 @@ def _train(argv: list[str]) -> int:
         return 0
     path = train(config, args)
     if args.process_index == 0:
-        card = json.loads((path / "card.json").read_text())
+        card = read_card(path)
         print(json.dumps(card, indent=2) if as_json else f"adapter '{config.name}' saved to {path}")
     return 0
 

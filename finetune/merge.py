@@ -1,13 +1,12 @@
 """`python -m finetune merge NAME --out DIR`: an adapter folded into a full-precision copy of its base."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
 
 from chatapp.loading import base_folder
-from chatapp.model import check_safetensors
+from chatapp.adapters import check_safetensors, read_card
 from chatapp.settings import Settings
 
 
@@ -26,8 +25,8 @@ def merge(name: str, out: str | Path, dtype: str = "bfloat16", settings: Setting
     out = Path(out)
     if out.exists() and any(out.iterdir()):
         raise FileExistsError(f"{out} is not empty")
-    card = adapter / "card.json"
-    base = json.loads(card.read_text())["base"]["model"] if card.is_file() else settings.base_model
+    card = read_card(adapter)
+    base = card["base"]["model"] if card else settings.base_model
     folder = base_folder(Settings.from_env(data_dir=settings.data_dir, models_dir=settings.models_dir, base_model=base))
     # Full precision on purpose: merging into a 4-bit base is not supported upstream (and would round the sum).
     model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)

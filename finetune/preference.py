@@ -17,7 +17,7 @@ from pathlib import Path
 
 from chatapp.datasets import file_sha256
 from chatapp.loading import BUILDING, base_folder
-from chatapp.model import TRAINER_ARGS_FILE
+from chatapp.adapters import TRAINER_ARGS_FILE, write_card
 from finetune.config import FinetuneConfig, resolve_epochs
 from finetune.data import (
     DatasetError,
@@ -224,7 +224,7 @@ def train_preference(config: FinetuneConfig, args, callbacks: list | tuple = (),
             "held_out": held_out,  # reward accuracy and margin on the held-out pairs, after training
             "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         }
-        (partial / "card.json").write_text(json.dumps(card, indent=2, default=str))
+        write_card(partial, card)
         if target.exists():
             shutil.rmtree(target)
         partial.rename(target)  # appears to ModelRegistry.variants() whole or not at all

@@ -46,7 +46,7 @@ from trl import SFTTrainer
 
 from chatapp.datasets import file_sha256
 from chatapp.loading import BUILDING, base_folder, load_base, quantization_config
-from chatapp.model import TRAINER_ARGS_FILE
+from chatapp.adapters import TRAINER_ARGS_FILE, read_card, write_card
 from eval.metrics import score_pairs
 from finetune.attention import PACKED_ATTENTION
 from finetune.config import (
@@ -534,7 +534,7 @@ def train(config: FinetuneConfig, args: TrainConfig | None = None, callbacks: li
             "forgetting": forgetting,
             "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         }
-        (partial / "card.json").write_text(json.dumps(card, indent=2, default=str))
+        write_card(partial, card)
         if target.exists():
             shutil.rmtree(target)
         partial.rename(target)  # appears to ModelRegistry.variants() whole or not at all
@@ -582,7 +582,7 @@ def train_fractions(config: FinetuneConfig, args: TrainConfig | None = None, can
         run_args.logging_dir = run_args.output_dir
         say(f"--data_fractions: training {name} on {fraction:g} of the records")
         path = train(run_config, run_args, cancel=cancel, on_log=on_log)
-        card = json.loads((path / "card.json").read_text())
+        card = read_card(path)
         rows.append({"fraction": fraction, "records": card["data"]["train_examples"], "adapter": name,
                      "eval_rougeL": card["metrics"].get("eval_rougeL"), "eval_loss": card["metrics"].get("eval_loss")})
         if on_row:

@@ -15,7 +15,8 @@ import pytest
 from conftest import ROOT, make_tiny_adapter, start_app
 
 from chatapp.generation import GenerationSettings
-from chatapp.model import ModelRegistry, adapter_folders
+from chatapp.adapters import adapter_folders
+from chatapp.model import ModelRegistry
 from chatapp.settings import Settings
 from eval.arena import ArenaStore
 
