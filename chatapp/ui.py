@@ -169,6 +169,11 @@ def build_chat_tab(settings: Settings, registry, store, conversations: Conversat
     # The model loads in the background after the page is up: the line follows it, then the timer stops.
     model_timer = gr.Timer(1.0, active=registry.base is None)
     current = gr.State(None)  # the id of the conversation this page shows; None until its first turn is saved
+    # What the page shows, changed in place (never returned, so every event of this page holds the same dict):
+    # "view" counts each change of conversation (New chat, another one opened, the chatbot's bin, Delete),
+    # "shown" is the conversation opened last. An answer whose page moved on stops drawing: it finishes and is
+    # saved all the same, and only the list learns of it. It used to draw over the chat the user had opened.
+    page_view = gr.State(lambda: {"view": 0, "shown": None})
     # The same id kept in the browser (localStorage), so a reload or a restart of the app shows the
     # conversation the page showed, as ChatGPT and Open WebUI do, instead of an empty chat. BrowserState
     # draws a new key at every launch by default, and could then not read the value after a restart.
@@ -210,8 +215,16 @@ def build_chat_tab(settings: Settings, registry, store, conversations: Conversat
         choices = registry.variants()  # rescans the adapters folder: new adapters need no restart
         return gr.Dropdown(choices=choices, value=current_variant if current_variant in choices else BASE)
 
+    def conversation_choices(user: str) -> list[tuple[str, str]]:
+        return [(s.title, s.id) for s in conversations.list(user)]
+
     def conversation_list(user: str, selected: str | None) -> gr.Radio:
-        return gr.Radio(choices=[(s.title, s.id) for s in conversations.list(user)], value=selected)
+        return gr.Radio(choices=conversation_choices(user), value=selected)
+
+    def show(view: dict, conversation_id: str | None) -> None:
+        """The page moves to another conversation (None: an empty chat)."""
+        view["view"] += 1
+        view["shown"] = conversation_id
 
     def save_turn(conversation_id: str | None, final: rag.Answer, variant_name: str, style_name: str,
                   user: str) -> str | None:
@@ -247,7 +260,7 @@ def build_chat_tab(settings: Settings, registry, store, conversations: Conversat
             save_turn(conversation_id, latest, variant_name, style_name, user)
 
     def respond(message, history, conversation_id, variant_name, style_name, max_new, sample, temp, k_top, p_top,
-                request: gr.Request):
+                view: dict, request: gr.Request):
         history = list(history or [])
         message = (message or "").strip()
         keep = (gr.skip(),) * 4  # the conversation's id (kept twice), list and title change once the turn is saved
@@ -259,13 +272,14 @@ def build_chat_tab(settings: Settings, registry, store, conversations: Conversat
         prior = [{**turn, "content": html.unescape(turn["content"])} for turn in rag.text_history(history)]
         history.append({"role": "user", "content": html.escape(message)})
         user = user_of(request)
+        mine = view["view"]
         stream = rag.answer(message, prior, store=store, registry=registry, variant=variant_name or BASE,
                             style=style_name or "cot", generation=generation, settings=settings)
         latest = None
         try:
             yield history, "", PENDING_SOURCES, gr.skip(), *keep
             for latest in stream:
-                if latest.done:  # shown below, once saved: sources on the page mean the turn is on disk
+                if latest.done or view["view"] != mine:  # done: shown below, once saved (sources mean on disk)
                     continue
                 # The question box is left alone from here on: the next question, typed while this one streams,
                 # stays there (each "" here used to wipe it).
@@ -286,6 +300,10 @@ def build_chat_tab(settings: Settings, registry, store, conversations: Conversat
         # wiped a new title typed while the answer streamed, and a Rename then saved the old one.
         created = conversation_id and conversation_id != shown_before
         saved_title = conversations.get(conversation_id, user).title if created else gr.skip()
+        if view["view"] != mine and view["shown"] != conversation_id:  # the page shows another conversation now
+            yield *(gr.skip(),) * 5, gr.Radio(choices=conversation_choices(user)), gr.skip(), gr.skip()
+            return
+        view["shown"] = conversation_id
         yield (history + answer_messages(latest), gr.skip(), sources_html(latest, store), model_line(registry),
                conversation_id, conversation_list(user, conversation_id), saved_title, conversation_id)
 
@@ -294,14 +312,16 @@ def build_chat_tab(settings: Settings, registry, store, conversations: Conversat
         last = stored_answer(conversation.turns[-1]) if conversation.turns else None
         return conversation_messages(conversation), sources_html(last, store)
 
-    def open_conversation(conversation_id, request: gr.Request):
+    def open_conversation(conversation_id, view: dict, request: gr.Request):
         if not conversation_id:
             return (gr.skip(),) * 6
         try:
             conversation = conversations.get(conversation_id, user_of(request))
         except KeyError:  # deleted from another tab
             gr.Warning("That conversation no longer exists.")
-            return gr.skip(), gr.skip(), None, conversation_list(user_of(request), None), "", None
+            show(view, None)
+            return [], EMPTY_SOURCES, None, conversation_list(user_of(request), None), "", None
+        show(view, conversation.id)
         return *shown(conversation), conversation.id, gr.skip(), conversation.title, conversation.id
 
     def reopen_on_load(remembered_id, request: gr.Request):
@@ -315,7 +335,8 @@ def build_chat_tab(settings: Settings, registry, store, conversations: Conversat
             return gr.skip(), gr.skip(), None, conversation_list(user, None), gr.skip()
         return *shown(conversation), conversation.id, conversation_list(user, conversation.id), conversation.title
 
-    def start_new(request: gr.Request):
+    def start_new(view: dict, request: gr.Request):
+        show(view, None)
         return [], EMPTY_SOURCES, "", None, conversation_list(user_of(request), None), "", None, None
 
     def rename_conversation(conversation_id, new_title, request: gr.Request):
@@ -333,13 +354,13 @@ def build_chat_tab(settings: Settings, registry, store, conversations: Conversat
             return conversation_list(user, None), gr.skip()
         return conversation_list(user, conversation_id), conversations.get(conversation_id, user).title
 
-    def delete_conversation(conversation_id, request: gr.Request):
+    def delete_conversation(conversation_id, view: dict, request: gr.Request):
         if conversation_id:
             try:
                 conversations.delete(conversation_id, user_of(request))
             except KeyError:
                 pass  # already gone (another tab): the page ends up the same
-        return start_new(request)
+        return start_new(view, request)
 
     def export(conversation_id, kind: str, request: gr.Request):
         if not conversation_id:
@@ -357,7 +378,8 @@ def build_chat_tab(settings: Settings, registry, store, conversations: Conversat
     def export_json(conversation_id, request: gr.Request):
         return export(conversation_id, "json", request)
 
-    inputs = [question, chatbot, current, variant, style, max_new_tokens, do_sample, temperature, top_k, top_p]
+    inputs = [question, chatbot, current, variant, style, max_new_tokens, do_sample, temperature, top_k, top_p,
+              page_view]
     outputs = [chatbot, question, sources, info, current, listed, title, remembered]
     # One event for both: as two, Enter while a Send-started answer streamed queued a second answer, whose
     # history was the first one half streamed. As one event with "always_last", a question entered while an
@@ -367,12 +389,12 @@ def build_chat_tab(settings: Settings, registry, store, conversations: Conversat
           concurrency_limit=1, concurrency_id="generation")
     # Conversation events skip the queue: opening or listing one never waits behind a generation.
     fresh = [chatbot, sources, question, current, listed, title, exported, remembered]
-    new_chat.click(start_new, None, fresh, queue=False)
-    chatbot.clear(start_new, None, fresh, queue=False)  # the chatbot's own bin: the next question starts a new one
-    listed.input(open_conversation, listed, [chatbot, sources, current, listed, title, remembered], queue=False)
+    new_chat.click(start_new, page_view, fresh, queue=False)
+    chatbot.clear(start_new, page_view, fresh, queue=False)  # the chatbot's own bin: the next question starts a new one
+    listed.input(open_conversation, [listed, page_view], [chatbot, sources, current, listed, title, remembered], queue=False)
     rename.click(rename_conversation, [current, title], [listed, title], queue=False)
     title.submit(rename_conversation, [current, title], [listed, title], queue=False)
-    delete.click(delete_conversation, current, fresh, queue=False)
+    delete.click(delete_conversation, [current, page_view], fresh, queue=False)
     export_md_button.click(export_markdown, current, exported, queue=False)
     export_json_button.click(export_json, current, exported, queue=False)
     # On every page load (a reload, a restart) the list is read again from the database, and the

@@ -164,6 +164,53 @@ def test_a_page_reloaded_mid_answer_loses_neither_question_nor_answer(browser, t
     assert [t["question"] for t in turns] == [FIRST] and turns[0]["answer"].strip()
 
 
+def test_a_chat_left_mid_answer_is_finished_in_the_background_and_never_drawn_over_the_one_opened(
+        browser, tmp_path, artifacts):
+    """Found walking the app: New chat, or another conversation opened, while an answer streamed was undone
+    within a second: the answer drew its chat back over the one the user had opened. Now the answer finishes
+    and is saved unseen, and only the list learns of it."""
+    from playwright.sync_api import expect
+
+    data = data_with_the_paper(tmp_path / "data")
+    process, url = start_app(data)
+    page = browser.new_page(viewport={"width": 1500, "height": 1300})
+    chatbot = page.locator("#chatbot")
+    listed = page.locator("#conversations label")
+    pending = "Sources appear when this answer is complete"
+    try:
+        page.goto(url, wait_until="load")
+        expect(page.locator("#model-info")).to_contain_text("precision", timeout=180_000)
+        ask(page, FIRST)
+        expect(page.locator("#sources")).to_contain_text(pending, timeout=60_000)
+        page.locator("#new-chat").click()  # while the answer is retrieved and streamed
+        expect(chatbot.locator("[data-testid='user']")).to_have_count(0)
+        expect(listed.filter(has_text=FIRST)).to_have_count(1, timeout=300_000)  # saved unseen, then listed
+        expect(chatbot.locator("[data-testid='user']")).to_have_count(0)  # the empty chat stayed empty
+        expect(page.locator("#sources")).to_contain_text("Sources for the latest answer appear here")
+        expect(page.locator("#conversations input:checked")).to_have_count(0)
+
+        second = "What optimizer was used?"
+        ask(page, second)
+        expect(page.locator("#sources")).to_contain_text(pending, timeout=60_000)
+        listed.filter(has_text=FIRST).click()  # open the first one while the second is answered
+        expect(chatbot.locator("[data-testid='user']").first).to_contain_text(FIRST)
+        expect(listed.filter(has_text=second)).to_have_count(1, timeout=300_000)
+        expect(chatbot.locator("[data-testid='user']")).to_have_count(1)
+        expect(chatbot.locator("[data-testid='user']").first).to_contain_text(FIRST)
+        expect(listed.filter(has_text=FIRST).locator("input")).to_be_checked()  # the list kept the one opened
+
+        listed.filter(has_text=second).click()  # and the one left mid-answer opens whole
+        expect(chatbot.locator("[data-testid='user']").first).to_contain_text(second)
+        expect(chatbot.locator("[data-testid='bot']").last).not_to_be_empty()
+        expect(page.locator("#sources")).to_contain_text("p. ")
+        page.screenshot(path=str(artifacts / "e2e-left-mid-answer.png"), full_page=True)
+    finally:
+        stop(process)
+    turns = stored_turns(data)
+    assert sorted(t["question"] for t in turns) == sorted([FIRST, second]) and all(t["answer"].strip() for t in turns)
+    assert len({t["conversation_id"] for t in turns}) == 2
+
+
 def test_with_a_login_each_user_sees_and_opens_only_their_own_conversations(browser, tmp_path):
     """Two logins on one Chat tab (no model needed to list and reopen): each sees only what they asked."""
     import gradio as gr
