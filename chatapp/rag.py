@@ -233,17 +233,19 @@ def standalone_question(question: str, history: list[dict], registry) -> str:
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+|\n+")
 
 
-def repeating(text: str) -> int | None:
+def repeating(text: str, finished: bool = False) -> int | None:
     """Where a looping reply should be cut, or None.
 
     Greedy decoding of a small model often loops ("The answer is 1. The answer is 1. ..."); cutting
     at the first repeated sentence, or at a short pattern repeated five times, ends the reply cleanly.
+    While the reply streams its last sentence may still grow; once `finished`, it counts too.
     """
     loop = re.search(r"(.{2,40}?)\1{4,}", text, flags=re.S)
     cut = loop.start() + len(loop.group(1)) if loop else None
     seen: set[str] = set()
     position = 0
-    for piece in _SENTENCE_END.split(text)[:-1]:  # the last piece may still be growing
+    pieces = _SENTENCE_END.split(text)
+    for piece in pieces if finished else pieces[:-1]:
         start = text.find(piece, position)
         position = start + len(piece)
         key = " ".join(piece.lower().split())
@@ -354,6 +356,11 @@ def _stream_into(result: Answer, pieces: Iterator[str], style: str) -> Iterator[
                 break
     finally:
         pieces.close()  # stops the generation thread when we stop early or the caller goes away
+    # A reply whose token limit fell just after a repeat ended with that repeat: seen walking the app, the
+    # same sentence twice at the end of an answer.
+    cut = repeating(result.raw, finished=True)
+    if cut is not None:
+        result.raw = result.raw[:cut].rstrip()
     _fill(result, style)
     result.done = True
     yield result

@@ -87,6 +87,10 @@ def test_looping_replies_are_cut_at_the_first_repeat():
     digits = "Final answer: It took 2014-08-23 12:30:52.23.12.12.12.12.12.12.12"
     assert digits[: repeating(digits)].endswith("52.23.12")
     assert repeating("One sentence. Another one. And a third") is None
+    # the token limit fell just after a repeat: nothing grows after it, so the finished reply is cut there too
+    ended = "It is not about gun laws. The passage quotes a speech. The passage quotes a speech."
+    assert repeating(ended) is None
+    assert ended[: repeating(ended, finished=True)].strip() == "It is not about gun laws. The passage quotes a speech."
 
 
 # --- the real model on real passages ---------------------------------------------------------
