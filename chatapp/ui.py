@@ -171,9 +171,10 @@ def build_chat_tab(settings: Settings, registry, store, conversations: Conversat
     current = gr.State(None)  # the id of the conversation this page shows; None until its first turn is saved
     # What the page shows, changed in place (never returned, so every event of this page holds the same dict):
     # "view" counts each change of conversation (New chat, another one opened, the chatbot's bin, Delete),
-    # "shown" is the conversation opened last. An answer whose page moved on stops drawing: it finishes and is
-    # saved all the same, and only the list learns of it. It used to draw over the chat the user had opened.
-    page_view = gr.State(lambda: {"view": 0, "shown": None})
+    # "shown" is the conversation opened last, "deleted" those this page deleted. An answer whose page moved on
+    # stops drawing: it finishes and is saved all the same, and only the list learns of it (it used to draw over
+    # the chat the user had opened); an answer whose conversation this page deleted is not saved.
+    page_view = gr.State(lambda: {"view": 0, "shown": None, "deleted": set()})
     # The same id kept in the browser (localStorage), so a reload or a restart of the app shows the
     # conversation the page showed, as ChatGPT and Open WebUI do, instead of an empty chat. BrowserState
     # draws a new key at every launch by default, and could then not read the value after a restart.
@@ -293,6 +294,11 @@ def build_chat_tab(settings: Settings, registry, store, conversations: Conversat
         except Exception as exc:
             log.exception("answering failed")
             raise gr.Error(f"answering failed: {exc}", print_exception=False) from None
+        # Gradio draws an event's last update again as it completes: each way out below ends on one that draws
+        # nothing over a page that moved on (a bare return redrew the first update, the question asked).
+        if conversation_id in view["deleted"]:  # deleted here mid-answer: saving it would bring it back
+            yield (gr.skip(),) * len(outputs)
+            return
         # Saved before the page shows the answer as finished: what the page confirms is on disk.
         shown_before = conversation_id
         conversation_id = save_turn(conversation_id, latest, variant_name or BASE, style_name or "cot", user)
@@ -356,6 +362,7 @@ def build_chat_tab(settings: Settings, registry, store, conversations: Conversat
 
     def delete_conversation(conversation_id, view: dict, request: gr.Request):
         if conversation_id:
+            view["deleted"].add(conversation_id)
             try:
                 conversations.delete(conversation_id, user_of(request))
             except KeyError:

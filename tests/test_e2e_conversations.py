@@ -204,10 +204,21 @@ def test_a_chat_left_mid_answer_is_finished_in_the_background_and_never_drawn_ov
         expect(chatbot.locator("[data-testid='bot']").last).not_to_be_empty()
         expect(page.locator("#sources")).to_contain_text("p. ")
         page.screenshot(path=str(artifacts / "e2e-left-mid-answer.png"), full_page=True)
+
+        # deleted mid-answer, it stays deleted: saving that answer used to bring it back as a new conversation
+        ask(page, "What was the dropout rate?")
+        expect(page.locator("#sources")).to_contain_text(pending, timeout=60_000)
+        page.locator("#conv-tools").get_by_text("This conversation").click()
+        page.locator("#conv-delete").click()
+        expect(listed.filter(has_text=second)).to_have_count(0)
+        ask(page, "Hello!")  # waits for the deleted one's answer: listed once that one is done
+        expect(listed.filter(has_text="Hello!")).to_have_count(1, timeout=300_000)
+        expect(listed).to_have_count(2)
+        expect(chatbot.locator("[data-testid='user']")).to_have_count(1)  # the deleted one's question not drawn back
     finally:
         stop(process)
     turns = stored_turns(data)
-    assert sorted(t["question"] for t in turns) == sorted([FIRST, second]) and all(t["answer"].strip() for t in turns)
+    assert sorted(t["question"] for t in turns) == sorted([FIRST, "Hello!"]) and all(t["answer"].strip() for t in turns)
     assert len({t["conversation_id"] for t in turns}) == 2
 
 
