@@ -121,11 +121,8 @@ def build_documents_tab(store, settings) -> None:
     # Dropped files are stored at once: a new user drops a PDF and goes straight to Chat, where a question
     # asked meanwhile waits for it (chatapp.rag); waiting for a button press stored nothing.
     # Named API endpoints (Gradio's "Use via API"): scripts and bench/soak.py store and search as the page does.
-    # Every drop is stored: Gradio's default trigger mode ("once") ignored a file dropped while another was
-    # being stored. Each drop's ingest starts at once, so the chat knows to wait for it too; the store lets
-    # one write at a time, while the next file is read. Progress shows in the log, leaving the drop zone open.
-    files.upload(on_upload, [files, jq], [log, table, target, files], concurrency_limit=None, api_name="upload",
-                 trigger_mode="multiple", show_progress_on=log)
+    files.upload(on_upload, [files, jq], [log, table, target, files], concurrency_limit=1,
+                 concurrency_id="ingest", api_name="upload")
     ingest.click(on_ingest, [files, url, jq], [log, table, target, files, url], concurrency_limit=1,
                  concurrency_id="ingest")
     delete.click(on_delete, [target], [delete_log, table, target], concurrency_limit=1)

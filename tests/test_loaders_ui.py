@@ -116,22 +116,3 @@ def test_upload_office_files_and_search_cites_their_place(app, page, tmp_path):
                            timeout=30_000)
     found = page.locator("#search-results textarea").input_value()
     assert "colonies.xlsx, Birds, row 3" in found and "survey.pptx, slide 2" in found
-
-
-def test_a_file_dropped_while_another_is_stored_is_stored_too(app, page, tmp_path):
-    """Found walking the app: a second file dropped while the first was being stored was ignored (Gradio's
-    default trigger mode), and nothing said so."""
-    from playwright.sync_api import expect
-
-    url, store = app
-    long = tmp_path / "gannet-counts.txt"  # ~700 chunks: seconds of embedding to drop the next file into
-    long.write_text(" ".join(f"Count {n}: the survey saw {n} gannets on the west cliff." for n in range(12_000)))
-    short = tmp_path / "puffin-note.txt"
-    short.write_text("Puffins come back to Skomer in April and leave in August.")
-    page.set_input_files("#upload-files input[type=file]", [str(long)])
-    expect(page.locator("#ingest-log")).to_contain_text("embedding gannet-counts.txt", timeout=60_000)
-    page.set_input_files("#upload-files input[type=file]", [str(short)])  # the drop zone is not covered
-    table = page.locator("#sources-table")
-    expect(table).to_contain_text("puffin-note.txt", timeout=180_000)
-    expect(table).to_contain_text("gannet-counts.txt", timeout=180_000)
-    assert {"gannet-counts.txt", "puffin-note.txt"} <= {e["source"] for e in store.list_sources()}
