@@ -304,12 +304,12 @@ def build_chat_tab(settings: Settings, registry, store, conversations: Conversat
         conversation_id = save_turn(conversation_id, latest, variant_name or BASE, style_name or "cot", user)
         # The title box is filled only for a conversation this turn created. Refilled after every answer, it
         # wiped a new title typed while the answer streamed, and a Rename then saved the old one.
-        created = conversation_id and conversation_id != shown_before
-        saved_title = conversations.get(conversation_id, user).title if created else gr.skip()
         if view["view"] != mine and view["shown"] != conversation_id:  # the page shows another conversation now
             yield *(gr.skip(),) * 5, gr.Radio(choices=conversation_choices(user)), gr.skip(), gr.skip()
             return
         view["shown"] = conversation_id
+        created = conversation_id and conversation_id != shown_before
+        saved_title = conversations.get(conversation_id, user).title if created else gr.skip()
         yield (history + answer_messages(latest), gr.skip(), sources_html(latest, store), model_line(registry),
                conversation_id, conversation_list(user, conversation_id), saved_title, conversation_id)
 
