@@ -106,12 +106,15 @@ class DocumentStore:
 
     # -- writing -------------------------------------------------------------------------------------
     def ingest(self, sources: Iterable[str | Path], progress: Progress | None = None,
-               jq: str | None = None) -> list[IngestResult]:
+               jq: str | None = None, started: Callable[[], None] | None = None) -> list[IngestResult]:
         """Load, split, embed and store each source (folders walked). One result per source; never raises
-        for a bad source, so the rest of the batch goes on."""
+        for a bad source, so the rest of the batch goes on. `started` is called once `ingesting()` names
+        these sources (a background ingest returns to its caller then)."""
         items = expand([sources] if isinstance(sources, (str, Path)) else sources)
         keys = [source_key(item) for item in items]
         self._mark(keys, +1)
+        if started:
+            started()
         try:
             return self._ingest(items, progress, jq)
         finally:

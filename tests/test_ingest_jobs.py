@@ -1,0 +1,43 @@
+"""Background ingests (loaders.jobs) on the real store: each drop starts its own job at once, the chat can see
+what is still being stored, and every job ends with the log lines the CLI prints."""
+from __future__ import annotations
+
+import re
+
+from chatapp.settings import Settings
+from loaders.jobs import IngestJobs
+from loaders.store import get_store
+
+
+def test_two_jobs_started_together_are_both_stored_and_named_while_they_run(tmp_path):
+    store = get_store(Settings.from_env(data_dir=tmp_path / "data"))
+    try:
+        long = tmp_path / "gannet-counts.txt"
+        long.write_text(" ".join(f"Count {n}: the survey saw {n} gannets on the west cliff." for n in range(3_000)))
+        short = tmp_path / "puffin-note.txt"
+        short.write_text("Puffins come back to Skomer in April and leave in August.")
+        jobs = IngestJobs(store)
+        first = jobs.start([str(long)], names=["gannet-counts.txt"])
+        assert "gannet-counts.txt" in store.ingesting()  # marked before start() returns: a question waits for it
+        second = jobs.start([str(short)], refused=["FAILED huge.pdf: 300.0 MB is over the 200 MB upload limit"],
+                            names=["puffin-note.txt"])
+        assert second.text().startswith("FAILED huge.pdf") and "Storing puffin-note.txt" in second.text()
+        assert first.done.wait(300) and second.done.wait(300)
+        assert re.fullmatch(r"ok     gannet-counts.txt: (\d+) chunks\n1 of 1 sources stored, \1 new chunks", first.text())
+        assert second.text() == ("FAILED huge.pdf: 300.0 MB is over the 200 MB upload limit\n"
+                                 "ok     puffin-note.txt: 1 chunks\n1 of 2 sources stored, 1 new chunks")
+        assert {e["source"] for e in store.list_sources()} == {"gannet-counts.txt", "puffin-note.txt"}
+        assert not store.ingesting() and jobs.running() == []
+        assert jobs.text([first.id, second.id]) == first.text() + "\n\n" + second.text()
+    finally:
+        store.close()
+
+
+def test_a_job_whose_store_fails_ends_with_one_line(tmp_path):
+    store = get_store(Settings.from_env(data_dir=tmp_path / "data"))
+    note = tmp_path / "note.txt"
+    note.write_text("Terns fly far.")
+    store.close()  # a closed store raises on write: the job says so and ends
+    job = IngestJobs(store).start([str(note)], names=["note.txt"])
+    assert job.done.wait(60)
+    assert job.text().startswith("FAILED note.txt: "), job.text()
