@@ -140,7 +140,7 @@ def run_round(data: Path, seconds: float, users: int, tally: Tally, kill: bool, 
             path = pending.pop(0)
             started = time.perf_counter()
             try:
-                log = client.predict([handle_file(str(path))], "", api_name="/upload")[0]
+                log = client.predict([handle_file(str(path))], "", api_name="/upload")
                 if "1 of 1 sources stored" in log:
                     with tally.lock:
                         tally.confirmed_uploads.add(path.name)

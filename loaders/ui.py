@@ -7,7 +7,11 @@ from __future__ import annotations
 
 import os
 
+import gradio as gr
+from gradio.data_classes import FileData
+
 from loaders.documents import SUPPORTED, is_url, place, source_key
+from loaders.jobs import IngestJob, IngestJobs
 
 COLUMNS = ["source", "kind", "title", "chunks"]
 
@@ -16,17 +20,20 @@ def source_rows(store) -> list[list]:
     return [[e["source"], e["kind"] or "", e["title"] or "", e["chunks"]] for e in store.list_sources()]
 
 
-def ingest_uploads(store, settings, files, url: str | None, jq: str | None, progress=None) -> str:
-    """Ingest uploaded files and/or a URL. Returns the log: one line per source, as the CLI prints it."""
-    lines: list[str] = []
+def check_uploads(settings, files, url: str | None) -> tuple[list[str], list[str]]:
+    """Split what the page sent into paths to store and one refusal line each for the rest."""
+    refused: list[str] = []
     paths: list[str] = []
     limit = settings.max_upload_mb * 1024 * 1024
     for item in files or []:
-        path = item if isinstance(item, str) else getattr(item, "name", None) or getattr(item, "path", "")
+        if isinstance(item, dict):  # the API endpoint's FileData
+            path = item.get("path", "")
+        else:
+            path = item if isinstance(item, str) else getattr(item, "name", None) or getattr(item, "path", "")
         size = os.path.getsize(path) if os.path.exists(path) else 0
         if size > limit:
-            lines.append(f"FAILED {source_key(path)}: {size / 2**20:.1f} MB is over the "
-                         f"{settings.max_upload_mb} MB upload limit (CHATAPP_MAX_UPLOAD_MB)")
+            refused.append(f"FAILED {source_key(path)}: {size / 2**20:.1f} MB is over the "
+                           f"{settings.max_upload_mb} MB upload limit (CHATAPP_MAX_UPLOAD_MB)")
         else:
             paths.append(path)
     if url and url.strip():
@@ -35,15 +42,18 @@ def ingest_uploads(store, settings, files, url: str | None, jq: str | None, prog
         if is_url(url.strip()):
             paths.append(url.strip())
         else:
-            lines.append(f"FAILED {url.strip()[:80]}: only web addresses (http:// or https://) go in this field; "
-                         "upload files instead")
-    if not paths and not lines:
-        return "Choose files or paste a URL first."
-    results = store.ingest(paths, progress=progress, jq=(jq or "").strip() or None) if paths else []
-    lines += [r.summary() for r in results]
-    ok = sum(r.ok for r in results)
-    lines.append(f"{ok} of {len(lines)} sources stored, {sum(r.added for r in results)} new chunks")
-    return "\n".join(lines)
+            refused.append(f"FAILED {url.strip()[:80]}: only web addresses (http:// or https://) go in this field; "
+                           "upload files instead")
+    return paths, refused
+
+
+def start_ingest(jobs: IngestJobs, settings, files, url: str | None, jq: str | None) -> IngestJob | None:
+    """Start storing what the page sent, in the background; None when it sent nothing."""
+    paths, refused = check_uploads(settings, files, url)
+    if not paths and not refused:
+        return None
+    return jobs.start(paths, jq=(jq or "").strip() or None, refused=refused,
+                      names=[source_key(p) for p in paths] or ["nothing"])
 
 
 def search_text(store, query: str, k: int) -> str:
@@ -60,8 +70,6 @@ def search_text(store, query: str, k: int) -> str:
 
 
 def build_documents_tab(store, settings) -> None:
-    import gradio as gr
-
     def choices():
         return [e["source"] for e in store.list_sources()]
 
@@ -98,10 +106,39 @@ def build_documents_tab(store, settings) -> None:
         found = gr.Textbox(label="Passages (plain text)", lines=8, max_lines=30, interactive=False,
                            elem_id="search-results")
 
-    def on_ingest(uploaded, link, expression, progress=gr.Progress()):
-        text = ingest_uploads(store, settings, uploaded, link, expression,
-                              progress=lambda fraction, message: progress(fraction, desc=message))
-        return text, source_rows(store), gr.update(choices=choices()), None, ""
+    jobs = IngestJobs(store)
+    # This page's jobs: those it started since none of them was running, and those running when it opened.
+    shown = gr.State(lambda: {"jobs": [], "version": -1, "finished": -1})
+    poll = gr.Timer(1.0, active=True)  # the first tick picks up jobs already running (a reload mid-ingest)
+
+    def start(page, uploaded, link, expression):
+        job = start_ingest(jobs, settings, uploaded, link, expression)
+        if job is None:
+            return "Choose files or paste a URL first.", gr.skip(), gr.skip()
+        running = set(jobs.running())
+        if not any(i in running for i in page["jobs"]):
+            page["jobs"] = []  # a new batch: the last one's lines make way
+        page["jobs"].append(job.id)
+        return jobs.text(page["jobs"]), None, gr.Timer(active=True)
+
+    def on_drop(page, uploaded, expression):
+        return start(page, uploaded, None, expression)
+
+    def on_button(page, uploaded, link, expression):
+        return *start(page, uploaded, link, expression), ""
+
+    def on_tick(page):
+        opened = page["version"] == -1  # the page's first tick: its table is fresh, its log empty
+        if opened:  # (a drop made before it is kept)
+            page["jobs"] = sorted({*page["jobs"], *jobs.running()})
+        version, finished = jobs.version, jobs.finished
+        changed = version != page["version"] and bool(page["jobs"])
+        listing = finished != page["finished"] and not opened
+        page["version"], page["finished"] = version, finished
+        return (jobs.text(page["jobs"]) if changed else gr.skip(),
+                source_rows(store) if listing else gr.skip(),
+                gr.update(choices=choices()) if listing else gr.skip(),
+                gr.skip() if jobs.running() else gr.Timer(active=False))
 
     def on_delete(source):
         if not source:
@@ -113,18 +150,22 @@ def build_documents_tab(store, settings) -> None:
     def on_refresh():
         return source_rows(store), gr.update(choices=choices())
 
-    def on_upload(uploaded, expression, progress=gr.Progress()):
-        text = ingest_uploads(store, settings, uploaded, None, expression,
-                              progress=lambda fraction, message: progress(fraction, desc=message))
-        return text, source_rows(store), gr.update(choices=choices()), None
+    def upload(files: list[FileData], jq: str = "") -> str:
+        """Store uploaded files and return the log once they are stored (for scripts; the page does not wait)."""
+        job = start_ingest(jobs, settings, files, None, jq)
+        if job is None:
+            return "Choose files or paste a URL first."
+        job.done.wait()
+        return job.text()
 
     # Dropped files are stored at once: a new user drops a PDF and goes straight to Chat, where a question
-    # asked meanwhile waits for it (chatapp.rag); waiting for a button press stored nothing.
+    # asked meanwhile waits for it (chatapp.rag); waiting for a button press stored nothing. The handlers
+    # return at once (IngestJobs says why), so every drop is taken, and the timer draws the progress.
+    files.upload(on_drop, [shown, files, jq], [log, files, poll], trigger_mode="multiple", api_name=False)
+    ingest.click(on_button, [shown, files, url, jq], [log, files, poll, url], trigger_mode="multiple", api_name=False)
+    poll.tick(on_tick, shown, [log, table, target, poll], show_progress="hidden", api_name=False)
     # Named API endpoints (Gradio's "Use via API"): scripts and bench/soak.py store and search as the page does.
-    files.upload(on_upload, [files, jq], [log, table, target, files], concurrency_limit=1,
-                 concurrency_id="ingest", api_name="upload")
-    ingest.click(on_ingest, [files, url, jq], [log, table, target, files, url], concurrency_limit=1,
-                 concurrency_id="ingest")
+    gr.api(upload, api_name="upload")
     delete.click(on_delete, [target], [delete_log, table, target], concurrency_limit=1)
     refresh.click(on_refresh, None, [table, target], api_name="sources")
     search.click(lambda q, n: search_text(store, q, n or settings.top_k), [query, k], found, api_name="search")
@@ -132,8 +173,6 @@ def build_documents_tab(store, settings) -> None:
 
 
 if __name__ == "__main__":  # a quick look at the tab alone: python -m loaders.ui
-    import gradio as gr
-
     from chatapp.settings import Settings
     from loaders.store import get_store
 

@@ -1,6 +1,7 @@
 """The Documents tab in a real browser (Debian chromium via Playwright): upload, progress, list, delete."""
 from __future__ import annotations
 
+import re
 import shutil
 
 import pytest
@@ -116,3 +117,40 @@ def test_upload_office_files_and_search_cites_their_place(app, page, tmp_path):
                            timeout=30_000)
     found = page.locator("#search-results textarea").input_value()
     assert "colonies.xlsx, Birds, row 3" in found and "survey.pptx, slide 2" in found
+
+
+def test_a_file_dropped_while_another_is_stored_is_stored_too_and_a_reload_shows_the_ingest(app, page, tmp_path):
+    """Found walking the app: a second file dropped while the first was being stored was ignored (Gradio's
+    default trigger mode), and nothing said so. A reload meanwhile shows the ingest still running."""
+    from playwright.sync_api import expect
+
+    url, store = app
+    long = tmp_path / "gannet-counts.txt"  # ~700 chunks: seconds of embedding to drop the next file into
+    long.write_text(" ".join(f"Count {n}: the survey saw {n} gannets on the west cliff." for n in range(12_000)))
+    short = tmp_path / "puffin-note.txt"
+    short.write_text("Puffins come back to Skomer in April and leave in August.")
+    log = page.locator("#ingest-log textarea")
+    page.set_input_files("#upload-files input[type=file]", [str(long)])
+    expect(log).to_have_value(re.compile(r"Storing gannet-counts.txt: \d+% \(embedding gannet-counts.txt: \d+/"),
+                              timeout=60_000)
+    page.set_input_files("#upload-files input[type=file]", [str(short)])
+    expect(log).to_have_value(re.compile(r"Storing puffin-note.txt"))
+    page.reload(wait_until="load")
+    expect(log).to_have_value(re.compile(r"Storing gannet-counts.txt: \d+%"))
+    table = page.locator("#sources-table")
+    expect(table).to_contain_text("puffin-note.txt", timeout=180_000)
+    expect(table).to_contain_text("gannet-counts.txt", timeout=180_000)
+    assert {"gannet-counts.txt", "puffin-note.txt"} <= {e["source"] for e in store.list_sources()}
+    expect(log).to_have_value(re.compile(r"ok     gannet-counts.txt: \d+ chunks"))
+
+
+def test_the_upload_endpoint_returns_once_the_files_are_stored(app, tmp_path):
+    """Scripts (and bench/soak.py) call the named endpoint and get the log back only when it is all stored."""
+    from gradio_client import Client, handle_file
+
+    url, store = app
+    note = tmp_path / "tern-note.txt"
+    note.write_text("Arctic terns fly from pole to pole every year.")
+    log = Client(url, verbose=False).predict([handle_file(str(note))], "", api_name="/upload")
+    assert log == "ok     tern-note.txt: 1 chunks\n1 of 1 sources stored, 1 new chunks"
+    assert "tern-note.txt" in {e["source"] for e in store.list_sources()}
