@@ -107,8 +107,20 @@ def build_documents_tab(store, settings) -> None:
                            elem_id="search-results")
 
     jobs = IngestJobs(store)
-    # This page's jobs: those it started since none of them was running, and those running when it opened.
-    shown = gr.State(lambda: {"jobs": [], "version": -1, "finished": -1})
+    # This page's jobs: those it started since none of them was running, and those running when it opened;
+    # and a note on sources an ingest left unfinished (the app was stopped mid-ingest).
+    shown = gr.State(lambda: {"jobs": [], "version": -1, "finished": -1, "note": ""})
+
+    def unfinished_note() -> str:
+        unfinished = store.interrupted()
+        if not unfinished:
+            return ""
+        names = ", ".join(f"{source} ({chunks} chunks written)" for source, chunks in unfinished.items())
+        return (f"Not stored: {names}: the app stopped while storing it. Drop it again to finish; "
+                "the chunks written are kept.")
+
+    def log_text(page) -> str:
+        return "\n\n".join(part for part in (page["note"], jobs.text(page["jobs"])) if part)
     poll = gr.Timer(1.0, active=True)  # the first tick picks up jobs already running (a reload mid-ingest)
 
     def start(page, uploaded, link, expression):
@@ -119,7 +131,8 @@ def build_documents_tab(store, settings) -> None:
         if not any(i in running for i in page["jobs"]):
             page["jobs"] = []  # a new batch: the last one's lines make way
         page["jobs"].append(job.id)
-        return jobs.text(page["jobs"]), None, gr.Timer(active=True)
+        page["note"] = unfinished_note()  # a source dropped again is being stored now: no longer named
+        return log_text(page), None, gr.Timer(active=True)
 
     def on_drop(page, uploaded, expression):
         return start(page, uploaded, None, expression)
@@ -132,10 +145,12 @@ def build_documents_tab(store, settings) -> None:
         if opened:  # (a drop made before it is kept)
             page["jobs"] = sorted({*page["jobs"], *jobs.running()})
         version, finished = jobs.version, jobs.finished
-        changed = version != page["version"] and bool(page["jobs"])
         listing = finished != page["finished"] and not opened
+        if opened or listing:
+            page["note"] = unfinished_note()
+        changed = version != page["version"] and bool(page["jobs"] or page["note"])
         page["version"], page["finished"] = version, finished
-        return (jobs.text(page["jobs"]) if changed else gr.skip(),
+        return (log_text(page) if changed else gr.skip(),
                 source_rows(store) if listing else gr.skip(),
                 gr.update(choices=choices()) if listing else gr.skip(),
                 gr.skip() if jobs.running() else gr.Timer(active=False))

@@ -154,3 +154,40 @@ def test_the_upload_endpoint_returns_once_the_files_are_stored(app, tmp_path):
     log = Client(url, verbose=False).predict([handle_file(str(note))], "", api_name="/upload")
     assert log == "ok     tern-note.txt: 1 chunks\n1 of 1 sources stored, 1 new chunks"
     assert "tern-note.txt" in {e["source"] for e in store.list_sources()}
+
+
+def test_a_source_left_unfinished_by_a_stopped_app_is_named_and_a_drop_finishes_it(browser, corpus, tmp_path):
+    """Walking the app: stop it mid-ingest and start it again; the file was simply missing from the table.
+    The log now names it, and dropping it again keeps the chunks already written."""
+    import gradio as gr
+    from playwright.sync_api import expect
+    from test_store_crash import killed_at
+
+    from chatapp.settings import Settings
+    from loaders import load
+    from loaders.store import get_store
+    from loaders.ui import build_documents_tab
+
+    pages = [d.page_content for d in load(corpus / "pdf" / "attention-is-all-you-need.pdf")]
+    big = tmp_path / "big-a.txt"  # 300+ chunks: the ingest is killed after its first write batch of 256
+    big.write_text("\n\n".join(f"Part {n} of big-a.txt. {page}" for n in range(6) for page in pages))
+    data = tmp_path / "data"
+    killed_at(data, "edge", [big], stop="embedding big-a.txt: 256/")
+    settings = Settings.from_env(data_dir=data)
+    store = get_store(settings)
+    with gr.Blocks(title="Documents") as demo:
+        with gr.Tab("Documents"):
+            build_documents_tab(store, settings)
+    try:
+        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        page.goto(launch_blocks(demo), wait_until="load")
+        log = page.locator("#ingest-log textarea")
+        expect(log).to_have_value("Not stored: big-a.txt (256 chunks written): the app stopped while storing it. "
+                                  "Drop it again to finish; the chunks written are kept.")
+        page.set_input_files("#upload-files input[type=file]", [str(big)])
+        expect(log).to_have_value(re.compile(r"^ok     big-a.txt: \d+ chunks \(resumed: 256 were written"), timeout=120_000)
+        expect(page.locator("#sources-table")).to_contain_text("big-a.txt")
+        assert "Not stored" not in log.input_value()
+    finally:
+        demo.close()
+        store.close()
