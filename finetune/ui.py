@@ -252,7 +252,7 @@ def build_finetune_tab(settings: Settings, registry=None):
     loss = gr.LinePlot(None, x="step", y="loss", color="split", title="Loss", elem_id="ft-loss")
     by_records = gr.LinePlot(None, x="records", y="rougeL", title="Held-out ROUGE-L by records",
                              elem_id="ft-fractions-plot")
-    timer = gr.Timer(1.0, active=False)
+    timer = gr.Timer(1.0, active=True)  # the first tick draws a run already going (the page was reloaded)
 
     def on_upload(file):
         if file is None:
@@ -275,6 +275,8 @@ def build_finetune_tab(settings: Settings, registry=None):
 
     def on_tick():
         job = trainer.job
+        if job.state == "idle":
+            return gr.skip(), gr.skip(), gr.skip(), gr.skip(), gr.Timer(active=False)
         running = job.state == "running"
         return (status_markdown(job), progress_html(job), chart_value(loss_frame(job)),
                 chart_value(fractions_frame(job)), gr.Timer(active=running))

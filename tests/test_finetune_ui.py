@@ -61,12 +61,16 @@ def quick_settings(page, name: str, steps: int) -> None:
 
 
 def test_upload_train_and_the_variant_appears(app, page, corpus, artifacts):
+    from playwright.sync_api import expect
+
     settings, registry, trainer, _ = app
     page.locator("#ft-upload input[type=file]").set_input_files(str(corpus / "finetune" / "identity.json"))
     page.wait_for_function("document.querySelector('#ft-status').innerText.includes('Dataset saved')", timeout=30000)
     quick_settings(page, "ui-ada", steps=3)
     page.locator("#ft-start").click()
     page.wait_for_function("document.querySelector('#ft-status').innerText.includes('Training')", timeout=30000)
+    page.reload(wait_until="load")  # the run goes on, and the reloaded page shows it (it said "No run yet.")
+    expect(page.locator("#ft-status")).to_contain_text("ui-ada", timeout=30000)
     page.wait_for_function("document.querySelector('#ft-status').innerText.includes('Done')", timeout=300000)
     assert "ready" in page.locator("#ft-status").inner_text()
     assert page.locator("#ft-progress-bar").get_attribute("data-share") == "1.000"
