@@ -8,9 +8,12 @@ from __future__ import annotations
 import logging
 import random
 import tempfile
+import threading
 import uuid
+from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
+from typing import Any
 
 import gradio as gr
 
@@ -233,6 +236,56 @@ def build_arena_tab(settings, registry, store: ArenaStore | None = None, generat
             "reveal": reveal, "leaderboard": board, "plot": plot, "state": battle_state, "train_hint": hint}
 
 
+class BackgroundRun:
+    """One run of a scoring section at a time, on a thread of its own. A run inside the click's event was lost
+    to a reload of the page (and a second click queued behind it, unseen); this one goes on, and the section's
+    timer draws its progress and then its result on any page, a reloaded one included."""
+
+    def __init__(self):
+        self.state = "idle"  # idle | running | done | failed
+        self.id = 0          # which run: a page draws each finished run's result once
+        self.fraction, self.message, self.error = 0.0, "", ""
+        self.result: Any = None
+        self._lock = threading.Lock()
+
+    def start(self, work: Callable[[Callable[[float, str], None]], Any]) -> None:
+        """Run `work(report)` in the background; its return value is the result the page draws."""
+        with self._lock:
+            if self.state == "running":
+                raise gr.Error("A run is still going: wait for it to finish.")
+            self.state, self.fraction, self.message, self.error, self.result = "running", 0.0, "starting", "", None
+            self.id += 1
+        threading.Thread(target=self._run, args=(work,), name="eval-run", daemon=True).start()
+
+    def _run(self, work) -> None:
+        try:
+            self.result = work(self._report)
+            self.state = "done"
+        except Exception as error:  # gr.Error and the scorer's ValueErrors alike: one line in the tab
+            self.error = " ".join(str(getattr(error, "message", error)).split()) or type(error).__name__
+            self.state = "failed"
+            log.warning("evaluation run failed: %s", self.error)
+
+    def _report(self, fraction: float, message: str) -> None:
+        self.fraction, self.message = fraction, message
+
+    def status(self) -> str:
+        if self.state == "running":
+            return f"**Running** ({self.fraction:.0%}): {self.message}"
+        return f"**Failed:** {self.error}" if self.state == "failed" else ""
+
+    def draw(self, page: dict, outputs: int) -> tuple:
+        """The tick's update: the status line, then `outputs` result values (skipped until a run finishes,
+        and once this page has drawn it), then the timer's state."""
+        if self.state == "idle" or (self.state != "running" and page.get("drawn") == self.id):
+            return (gr.skip(),) * (1 + outputs) + (gr.Timer(active=False),)
+        if self.state == "running":
+            return (self.status(),) + (gr.skip(),) * outputs + (gr.Timer(active=True),)
+        page["drawn"] = self.id
+        results = tuple(self.result) if self.state == "done" else (gr.skip(),) * outputs
+        return (self.status(), *results, gr.Timer(active=False))
+
+
 def build_eval_tab(settings, registry, tab=None) -> dict:
     """Score variants on an uploaded dataset: the `python -m eval score` run with a progress bar."""
     from chatapp.adapters import CARD_FILE, adapter_folders
@@ -260,10 +313,14 @@ def build_eval_tab(settings, registry, tab=None) -> dict:
             run = gr.Button("Score", variant="primary", elem_id="eval-run")
     table = gr.Dataframe(headers=["Variant", "ROUGE-1", "ROUGE-2", "ROUGE-L", "ROUGE-Lsum", "BLEU", "Empty",
                                   "Too long", "Too short", "Looping"], interactive=False, elem_id="eval-table")
+    status = gr.Markdown(elem_id="eval-status")
     verdicts = gr.Markdown(elem_id="eval-verdicts")
     predictions = gr.File(label="Per-example answers (JSONL)", elem_id="eval-predictions")
+    scoring = BackgroundRun()
+    drawn = gr.State(dict)
+    timer = gr.Timer(1.0, active=True)  # the first tick draws a run going on or finished before a reload
 
-    def run_score(file, held_out, chosen, n, tokens, tok, progress=gr.Progress()):
+    def run_score(file, held_out, chosen, n, tokens, tok):
         if not file and not held_out:
             raise gr.Error("Upload a dataset file first, or pick an adapter whose held-out records to score.")
         if file and held_out:
@@ -274,11 +331,12 @@ def build_eval_tab(settings, registry, tab=None) -> dict:
                              held_out_of=held_out or None, variants=list(chosen),
                              limit=int(n) if n else None, max_new_tokens=int(tokens), tokenizer=tok,
                              predictions_out=Path(tempfile.mkdtemp()) / "predictions.jsonl")
-        try:
-            result = score(config, registry=registry,
-                           progress=lambda done, total, v: progress(done / total, desc=f"generating {v}"))
-        except (ValueError, RuntimeError, FileNotFoundError) as error:
-            raise gr.Error(str(error)) from None
+        scoring.start(lambda report: score_outputs(config, held_out, report))
+        return scoring.status(), gr.Timer(active=True)
+
+    def score_outputs(config, held_out, report) -> tuple:
+        result = score(config, registry=registry,
+                       progress=lambda done, total, v: report(done / total, f"generating {v}: {done}/{total}"))
         rows = []
         for name, v in result.variants.items():
             m, e = v.metrics, v.errors
@@ -297,7 +355,9 @@ def build_eval_tab(settings, registry, tab=None) -> dict:
                  *(lines or ["Pick two or more variants for a paired bootstrap comparison."])]
         return rows, "\n".join(lines), result.predictions
 
-    run.click(run_score, [data, held_out_by, variants, limit, max_new, tokenizer], [table, verdicts, predictions])
+    run.click(run_score, [data, held_out_by, variants, limit, max_new, tokenizer], [status, timer])
+    timer.tick(lambda page: scoring.draw(page, 3), drawn, [status, table, verdicts, predictions, timer],
+               show_progress="hidden")
     refresh = gr.Button("Rescan variants", size="sm", elem_id="eval-rescan")
 
     def rescan():
@@ -329,9 +389,13 @@ def build_rag_eval(settings, registry, variants) -> dict:
         with gr.Column():
             limit = gr.Number(value=20, precision=0, minimum=1, label="Questions to ask (first N)", elem_id="rag-eval-limit")
             run = gr.Button("Ask and score", variant="primary", elem_id="rag-eval-run")
+    status = gr.Markdown(elem_id="rag-eval-status")
     table = gr.Dataframe(headers=RAG_COLUMNS, interactive=False, elem_id="rag-eval-table")
+    asking = BackgroundRun()
+    drawn = gr.State(dict)
+    timer = gr.Timer(1.0, active=True)
 
-    def run_rag(file, chosen, n, progress=gr.Progress()):
+    def run_rag(file, chosen, n):
         if not file:
             raise gr.Error("Upload a question file first.")
         if not chosen:
@@ -343,13 +407,18 @@ def build_rag_eval(settings, registry, variants) -> dict:
         store = get_store(settings)
         if store.is_empty():
             raise gr.Error("No documents are stored yet: add some in the Documents tab.")
+        asking.start(lambda report: rag_outputs(asked, store, list(chosen), report))
+        return asking.status(), gr.Timer(active=True)
+
+    def rag_outputs(asked, store, chosen, report) -> tuple:
         rows = []
         for variant in chosen:
-            report = evaluate(asked, store=store, registry=registry, settings=settings, variant=variant,
-                              progress=lambda done, total, q, v=variant: progress(done / max(total, 1), desc=f"{v}: {q[:60]}"))
-            summary = report.summary()
+            scored = evaluate(asked, store=store, registry=registry, settings=settings, variant=variant,
+                              progress=lambda done, total, q, v=variant: report(done / max(total, 1), f"{v}: {q[:60]}"))
+            summary = scored.summary()
             rows.append([summary.get(column) for column in RAG_COLUMNS])
-        return rows
+        return (rows,)
 
-    run.click(run_rag, [questions, variants, limit], [table], concurrency_limit=1, concurrency_id="generation")
+    run.click(run_rag, [questions, variants, limit], [status, timer])
+    timer.tick(lambda page: asking.draw(page, 1), drawn, [status, table, timer], show_progress="hidden")
     return {"rag_run": run, "rag_table": table}

@@ -83,7 +83,36 @@ def test_scoring_the_training_file_warns_and_held_out_records_score_instead(app,
     page.locator("#eval-data button[aria-label='Clear']").click()
     expect(page.locator("#eval-data")).not_to_contain_text("ferry-faq.json")
     page.locator("#eval-run").click()
+    expect(page.locator("#eval-status")).to_contain_text("Running")
+    page.reload(wait_until="load")  # the run goes on, and the reloaded page draws its result (it was lost)
     expect(verdicts).to_contain_text("Scored 2 records held out by ferry", timeout=300_000)
     expect(verdicts).not_to_contain_text("trained on this file")
     expect(page.locator("#eval-table [role=gridcell]", has_text="ferry")).to_have_count(1)
     page.screenshot(path=str(artifacts / "evaluate-held-out.png"), full_page=True)
+
+
+def test_answers_from_your_documents_are_scored_and_a_reload_keeps_the_run(app, browser, tmp_path):
+    """The 'Answers from your documents' section on the real store and model; reloading mid-run used to lose
+    its result, though the run went on."""
+    from playwright.sync_api import expect
+
+    from loaders.store import get_store
+
+    settings, _, url = app
+    note = tmp_path / "ferry-times.txt"
+    note.write_text("The first ferry to Skomer leaves Martin's Haven at 10 am. The crossing takes 15 minutes.")
+    assert get_store(settings).ingest([note])[0].ok
+    questions = tmp_path / "questions.jsonl"
+    questions.write_text(json.dumps({"question": "How long does the crossing to Skomer take?", "answer": "15 minutes",
+                                     "source": "ferry-times.txt"}) + "\n")
+    page = browser.new_page(viewport={"width": 1300, "height": 1300})
+    page.goto(url, wait_until="load")
+    page.locator("#rag-eval-questions input[type=file]").set_input_files(str(questions))
+    page.locator("#rag-eval-run").click()
+    expect(page.locator("#rag-eval-status")).to_contain_text("Running")
+    page.reload(wait_until="load")
+    row = page.locator("#rag-eval-table [role=gridcell]", has_text="base")
+    expect(row).to_have_count(1, timeout=300_000)
+    cells = [c.strip() for c in page.locator("#rag-eval-table [role=gridcell]").all_inner_texts()]
+    assert cells[:2] == ["base", "1"], cells  # the variant, one question asked
+    expect(page.locator("#rag-eval-status")).to_have_text("")
