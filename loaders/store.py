@@ -203,6 +203,10 @@ class DocumentStore:
             chunk.metadata.setdefault("chunk", index)  # split() numbers them; the clean-up below relies on it
         ids = [chunk_id(source, sha, chunk.metadata["chunk"]) for chunk in chunks]
         engine = self.vector_store
+        if self._lock.acquire(blocking=False):  # only to say why a source sits at 0% behind another
+            self._lock.release()
+        elif progress:
+            progress(0.0, f"waiting: another source is being written before {source}")
         with self._lock:
             have = engine.existing(ids)
             if len(have) == len(ids) and not any(p.get(PENDING) for p in have.values()) \

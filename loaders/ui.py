@@ -121,6 +121,7 @@ def build_documents_tab(store, settings) -> None:
 
     def log_text(page) -> str:
         return "\n\n".join(part for part in (page["note"], jobs.text(page["jobs"])) if part)
+
     poll = gr.Timer(1.0, active=True)  # the first tick picks up jobs already running (a reload mid-ingest)
 
     def start(page, uploaded, link, expression):

@@ -3,25 +3,39 @@ what is still being stored, and every job ends with the log lines the CLI prints
 from __future__ import annotations
 
 import re
+import time
 
 from chatapp.settings import Settings
 from loaders.jobs import IngestJobs
 from loaders.store import get_store
 
 
+def wait_for(condition, timeout: float = 120) -> bool:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+    return True
+
+
 def test_two_jobs_started_together_are_both_stored_and_named_while_they_run(tmp_path):
     store = get_store(Settings.from_env(data_dir=tmp_path / "data"))
     try:
         long = tmp_path / "gannet-counts.txt"
-        long.write_text(" ".join(f"Count {n}: the survey saw {n} gannets on the west cliff." for n in range(3_000)))
+        long.write_text(" ".join(f"Count {n}: the survey saw {n} gannets on the west cliff." for n in range(6_000)))
         short = tmp_path / "puffin-note.txt"
         short.write_text("Puffins come back to Skomer in April and leave in August.")
         jobs = IngestJobs(store)
         first = jobs.start([str(long)], names=["gannet-counts.txt"])
         assert "gannet-counts.txt" in store.ingesting()  # marked before start() returns: a question waits for it
+        assert wait_for(lambda: "embedding gannet-counts.txt" in first.progress)
         second = jobs.start([str(short)], refused=["FAILED huge.pdf: 300.0 MB is over the 200 MB upload limit"],
                             names=["puffin-note.txt"])
         assert second.text().startswith("FAILED huge.pdf") and "Storing puffin-note.txt" in second.text()
+        # read at once, then written after the first: the log says why it sits at 0%
+        assert wait_for(lambda: "waiting: another source is being written" in second.progress)
+        assert not first.done.is_set() and "puffin-note.txt" in store.ingesting()
         assert first.done.wait(300) and second.done.wait(300)
         assert re.fullmatch(r"ok     gannet-counts.txt: (\d+) chunks\n1 of 1 sources stored, \1 new chunks", first.text())
         assert second.text() == ("FAILED huge.pdf: 300.0 MB is over the 200 MB upload limit\n"
