@@ -109,7 +109,9 @@ def build_documents_tab(store, settings) -> None:
     jobs = IngestJobs(store)
     # This page's jobs: those it started since none of them was running, and those running when it opened;
     # and a note on sources an ingest left unfinished (the app was stopped mid-ingest).
-    shown = gr.State(lambda: {"jobs": [], "version": -1, "finished": -1, "note": ""})
+    # "finished" is the count at page load, when the table was drawn: a job that ends before the first tick
+    # still redraws it.
+    shown = gr.State(lambda: {"jobs": [], "version": -1, "finished": jobs.finished, "note": ""})
 
     def unfinished_note() -> str:
         unfinished = store.interrupted()
@@ -142,11 +144,11 @@ def build_documents_tab(store, settings) -> None:
         return *start(page, uploaded, link, expression), ""
 
     def on_tick(page):
-        opened = page["version"] == -1  # the page's first tick: its table is fresh, its log empty
+        opened = page["version"] == -1  # the page's first tick: its log is empty
         if opened:  # (a drop made before it is kept)
             page["jobs"] = sorted({*page["jobs"], *jobs.running()})
         version, finished = jobs.version, jobs.finished
-        listing = finished != page["finished"] and not opened
+        listing = finished != page["finished"]
         if opened or listing:
             page["note"] = unfinished_note()
         changed = version != page["version"] and bool(page["jobs"] or page["note"])
