@@ -287,7 +287,7 @@ class BackgroundRun:
 
 
 def build_eval_tab(settings, registry, tab=None) -> dict:
-    """Score variants on an uploaded dataset: the `python -m eval score` run with a progress bar."""
+    """Score variants on an uploaded dataset: `python -m eval score`, run in the background with its progress shown."""
     from chatapp.adapters import CARD_FILE, adapter_folders
     from eval.score import FEW_EXAMPLES, PAIRED_METRICS, ScoreConfig, score
 
@@ -375,7 +375,7 @@ RAG_COLUMNS = ["variant", "questions", "hit@1", "hit@4", "hit@20", "mrr", "right
 
 
 def build_rag_eval(settings, registry, variants) -> dict:
-    """Grounded answers on the user's own store: `python -m eval rag` with a progress bar."""
+    """Grounded answers on the user's own store: `python -m eval rag`, in the background, with its progress shown."""
     from eval.answers import evaluate, read_questions
     from loaders.store import get_store
 
