@@ -330,8 +330,15 @@ def build_chat_tab(settings: Settings, registry, store, conversations: Conversat
         show(view, conversation.id)
         return *shown(conversation), conversation.id, gr.skip(), conversation.title, conversation.id
 
-    def reopen_on_load(remembered_id, request: gr.Request):
-        """The list, read again; and the conversation this browser showed last, when this user still has it."""
+    def reopen_on_load(remembered_id, view: dict, request: gr.Request):
+        """The list, read again; and the conversation this browser showed last, when this user still has it.
+
+        Gradio runs this on load and again whenever `remembered` changes. After the first run a change is the
+        page's own doing (a conversation opened, a new chat, a first answer saved), already drawn: it draws
+        nothing then. Drawn again, late behind a busy model, it wiped a title typed meanwhile (CI, stop 37)."""
+        first, view["loaded"] = not view.get("loaded"), True
+        if not first and remembered_id == view["shown"]:
+            return (gr.skip(),) * 5
         user = user_of(request)
         try:
             conversation = conversations.get(remembered_id, user) if remembered_id else None
@@ -339,6 +346,7 @@ def build_chat_tab(settings: Settings, registry, store, conversations: Conversat
             conversation = None
         if conversation is None:
             return gr.skip(), gr.skip(), None, conversation_list(user, None), gr.skip()
+        view["shown"] = conversation.id  # what the page shows; no answer of this page is drawing yet
         return *shown(conversation), conversation.id, conversation_list(user, conversation.id), conversation.title
 
     def start_new(view: dict, request: gr.Request):
@@ -406,7 +414,7 @@ def build_chat_tab(settings: Settings, registry, store, conversations: Conversat
     export_json_button.click(export_json, current, exported, queue=False)
     # On every page load (a reload, a restart) the list is read again from the database, and the
     # conversation the page showed is opened again.
-    gr.on(None, reopen_on_load, remembered, [chatbot, sources, current, listed, title], queue=False)
+    gr.on(None, reopen_on_load, [remembered, page_view], [chatbot, sources, current, listed, title], queue=False)
     variant.focus(refresh_variants, variant, variant, queue=False)
     model_timer.tick(lambda: (model_line(registry), gr.Timer(active=registry.base is None)), None, [info, model_timer],
                      queue=False, show_progress="hidden")
