@@ -16,8 +16,9 @@ from loaders.jobs import IngestJob, IngestJobs
 COLUMNS = ["source", "kind", "title", "chunks"]
 
 
-def source_rows(store) -> list[list]:
-    return [[e["source"], e["kind"] or "", e["title"] or "", e["chunks"]] for e in store.list_sources()]
+def source_rows(store, entries: list[dict] | None = None) -> list[list]:
+    entries = store.list_sources() if entries is None else entries
+    return [[e["source"], e["kind"] or "", e["title"] or "", e["chunks"]] for e in entries]
 
 
 def check_uploads(settings, files, url: str | None) -> tuple[list[str], list[str]]:
@@ -70,8 +71,14 @@ def search_text(store, query: str, k: int) -> str:
 
 
 def build_documents_tab(store, settings) -> None:
-    def choices():
-        return [e["source"] for e in store.list_sources()]
+    def choices(entries: list[dict] | None = None):
+        return [e["source"] for e in (store.list_sources() if entries is None else entries)]
+
+    def listing(**dropdown) -> tuple:
+        """The table's rows and the delete dropdown's choices from one read of the store: listing the
+        sources scrolls every chunk, so it is done once, not once for each."""
+        entries = store.list_sources()
+        return source_rows(store, entries), gr.update(choices=choices(entries), **dropdown)
 
     gr.Markdown("Add documents to search and chat with: PDF (scanned pages are read by OCR), HTML, Word (DOCX), "
                 "PowerPoint (PPTX), Excel (XLSX), CSV, EPUB, JSON/JSONL, transcripts (VTT, SRT, YouTube XML), "
@@ -148,14 +155,13 @@ def build_documents_tab(store, settings) -> None:
         if opened:  # (a drop made before it is kept)
             page["jobs"] = sorted({*page["jobs"], *jobs.running()})
         version, finished = jobs.version, jobs.finished
-        listing = finished != page["finished"]
-        if opened or listing:
+        finished_since = finished != page["finished"]
+        if opened or finished_since:
             page["note"] = unfinished_note()
         changed = version != page["version"] and bool(page["jobs"] or page["note"])
         page["version"], page["finished"] = version, finished
         return (log_text(page) if changed else gr.skip(),
-                source_rows(store) if listing else gr.skip(),
-                gr.update(choices=choices()) if listing else gr.skip(),
+                *(listing() if finished_since else (gr.skip(), gr.skip())),
                 gr.skip() if jobs.running() else gr.Timer(active=False))
 
     def on_delete(source):
@@ -163,10 +169,10 @@ def build_documents_tab(store, settings) -> None:
             return "Choose a source first.", source_rows(store), gr.update()
         removed = store.delete(source)
         message = f"Deleted {source}: {removed} chunks." if removed else f"No source named {source!r}."
-        return message, source_rows(store), gr.update(choices=choices(), value=None)
+        return message, *listing(value=None)
 
     def on_refresh():
-        return source_rows(store), gr.update(choices=choices())
+        return listing()
 
     def upload(files: list[FileData], jq: str = "") -> str:
         """Store uploaded files and return the log once they are stored (for scripts; the page does not wait)."""
