@@ -12,6 +12,8 @@ import itertools
 import threading
 from dataclasses import dataclass, field
 
+from loaders.documents import source_key
+
 KEEP = 50  # finished jobs remembered (for pages that show them); older ones are dropped
 
 
@@ -44,10 +46,10 @@ class IngestJobs:
         self.version = 0
         self.finished = 0
 
-    def start(self, paths: list[str], jq: str | None = None, refused: list[str] | None = None,
-              names: list[str] | None = None) -> IngestJob:
+    def start(self, paths: list[str], jq: str | None = None, refused: list[str] | None = None) -> IngestJob:
         """Start storing `paths` on a thread of its own; `refused` lines (too big, not a URL) head its log."""
-        job = IngestJob(next(self._ids), names or [str(p) for p in paths], lines=list(refused or []))
+        names = [source_key(p) for p in paths] or ["nothing"]  # as the store will name them
+        job = IngestJob(next(self._ids), names, lines=list(refused or []))
         with self._lock:
             self._jobs[job.id] = job
             for old in sorted(self._jobs)[:-KEEP]:

@@ -14,6 +14,7 @@ from loaders.documents import SUPPORTED, is_url, place, source_key
 from loaders.jobs import IngestJob, IngestJobs
 
 COLUMNS = ["source", "kind", "title", "chunks"]
+NOTHING_CHOSEN = "Choose files or paste a URL first."
 
 
 def source_rows(store, entries: list[dict] | None = None) -> list[list]:
@@ -53,8 +54,7 @@ def start_ingest(jobs: IngestJobs, settings, files, url: str | None, jq: str | N
     paths, refused = check_uploads(settings, files, url)
     if not paths and not refused:
         return None
-    return jobs.start(paths, jq=(jq or "").strip() or None, refused=refused,
-                      names=[source_key(p) for p in paths] or ["nothing"])
+    return jobs.start(paths, jq=(jq or "").strip() or None, refused=refused)
 
 
 def search_text(store, query: str, k: int) -> str:
@@ -136,7 +136,7 @@ def build_documents_tab(store, settings) -> None:
     def start(page, uploaded, link, expression):
         job = start_ingest(jobs, settings, uploaded, link, expression)
         if job is None:
-            return "Choose files or paste a URL first.", gr.skip(), gr.skip()
+            return NOTHING_CHOSEN, gr.skip(), gr.skip()
         running = set(jobs.running())
         if not any(i in running for i in page["jobs"]):
             page["jobs"] = []  # a new batch: the last one's lines make way
@@ -178,7 +178,7 @@ def build_documents_tab(store, settings) -> None:
         """Store uploaded files and return the log once they are stored (for scripts; the page does not wait)."""
         job = start_ingest(jobs, settings, files, None, jq)
         if job is None:
-            return "Choose files or paste a URL first."
+            return NOTHING_CHOSEN
         job.done.wait()
         return job.text()
 

@@ -27,11 +27,10 @@ def test_two_jobs_started_together_are_both_stored_and_named_while_they_run(tmp_
         short = tmp_path / "puffin-note.txt"
         short.write_text("Puffins come back to Skomer in April and leave in August.")
         jobs = IngestJobs(store)
-        first = jobs.start([str(long)], names=["gannet-counts.txt"])
+        first = jobs.start([str(long)])
         assert "gannet-counts.txt" in store.ingesting()  # marked before start() returns: a question waits for it
         assert wait_for(lambda: "embedding gannet-counts.txt" in first.progress)
-        second = jobs.start([str(short)], refused=["FAILED huge.pdf: 300.0 MB is over the 200 MB upload limit"],
-                            names=["puffin-note.txt"])
+        second = jobs.start([str(short)], refused=["FAILED huge.pdf: 300.0 MB is over the 200 MB upload limit"])
         assert second.text().startswith("FAILED huge.pdf") and "Storing puffin-note.txt" in second.text()
         # read at once, then written after the first: the log says why it sits at 0%
         assert wait_for(lambda: "waiting: another source is being written" in second.progress)
@@ -52,6 +51,6 @@ def test_a_job_whose_store_fails_ends_with_one_line(tmp_path):
     note = tmp_path / "note.txt"
     note.write_text("Terns fly far.")
     store.close()  # a closed store raises on write: the job says so and ends
-    job = IngestJobs(store).start([str(note)], names=["note.txt"])
+    job = IngestJobs(store).start([str(note)])
     assert job.done.wait(60)
     assert job.text().startswith("FAILED note.txt: "), job.text()
