@@ -242,6 +242,14 @@ class EdgeVectorStore(VectorStore):
         return [Hit(h.id, records[h.id].payload or {}, h.score, _dense(records[h.id].vector))
                 for h in top if h.id in records]
 
+    def holds_keyword(self, sparse) -> bool:
+        """Whether a complete point's BM25 vector holds one of the terms of `sparse` (a query vector)."""
+        request = edge.QueryRequest(limit=1, query=edge.Query.Nearest(
+            edge.SparseVector(list(sparse.indices), list(sparse.values)), using=KEYWORDS), filter=VISIBLE,
+            with_payload=False, with_vector=False)
+        with self.lock:
+            return bool(self.shard.query(request))
+
     # -- the index ---------------------------------------------------------------------------------------
     def unindexed(self) -> int:
         """Points written since the last index build (deleted ones included: an estimate)."""

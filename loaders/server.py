@@ -139,6 +139,12 @@ class ServerVectorStore(QdrantVectorStore):
         return [Hit(h.id, records[h.id].payload or {}, h.score, _dense(records[h.id].vector))
                 for h in top if h.id in records]
 
+    def holds_keyword(self, sparse) -> bool:
+        """Whether a complete point's BM25 vector holds one of the terms of `sparse` (a query vector)."""
+        return bool(self.client.query_points(
+            self.collection_name, query=models.SparseVector(indices=list(sparse.indices), values=list(sparse.values)),
+            using=KEYWORDS, limit=1, query_filter=VISIBLE, with_payload=False, with_vectors=False).points)
+
     def index_in_background(self, threshold: int = 0) -> None:
         return None  # a server indexes by itself
 

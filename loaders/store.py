@@ -294,6 +294,12 @@ class DocumentStore:
         hybrid = self.hybrid if hybrid is None else hybrid
         return self.vector_store.similarity_search_with_score(query, k, hybrid=hybrid)
 
+    def mentions(self, word: str) -> bool:
+        """Whether some complete chunk holds `word`, as the BM25 index holds it (stemmed, case aside). One
+        keyword lookup: the chat asks it of a name that none of its candidate passages holds."""
+        keywords = self.keywords.embed_query(word)
+        return bool(keywords.indices) and self.vector_store.holds_keyword(keywords)
+
     def as_retriever(self, **kwargs):
         return self.vector_store.as_retriever(**kwargs)
 

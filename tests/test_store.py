@@ -382,6 +382,9 @@ def test_edge_and_the_server_path_give_the_same_top_k_and_push_copies_the_store(
         assert embedded.count() == server.count() and embedded.list_sources() == server.list_sources()
         expected = answers(server)
         assert answers(embedded) == expected
+        # a name the chat looks up when no candidate passage holds it: held by a stored chunk or by none
+        words = {"Minecraft": True, "Obama": True, "Vaswani": True, "Everest": False, "Jupiter": False}
+        assert {w: embedded.mentions(w) for w in words} == {w: server.mentions(w) for w in words} == words
         embedded.vector_store.build_index()  # HNSW at this size still answers exactly (below full_scan_threshold)
         assert answers(embedded) == expected
     finally:
