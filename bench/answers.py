@@ -44,7 +44,7 @@ def describe() -> str:
 
 def plain(settings: Settings) -> Settings:
     return replace(settings, candidates=settings.top_k, hybrid=False, evidence_in_prompt=False,
-                   extractive_fallback=False)
+                   extractive_fallback=False, name_check=False)
 
 
 def main() -> int:

@@ -20,7 +20,7 @@ import math
 import re
 import threading
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 import pysbd
@@ -49,6 +49,7 @@ CLOSE_EVIDENCE = 0.85  # a passage whose evidence scores this share of the best 
 # a quote than a whole sentence with the same words.
 FRAGMENT_PENALTY = 0.1
 PRECISION_WEIGHT = 0.2  # the share of the sentence's own terms that the question asks about
+NAME_PREFIX = 6  # letters of a name that a word of the passages must start with to hold it (unmentioned_names)
 
 # Asked for a figure: a count, an amount, a value, a date. Such a question's evidence holds a number.
 _ASKS_FIGURE = re.compile(
@@ -80,6 +81,7 @@ _SECTION_NUMBER = re.compile(r"^\s*\d+(?:\.\d+)*\.?\s+(?=[A-Z])")  # "6.3 Englis
 _REFERENCE = re.compile(r"\b(?:sections?|tables?|figures?|fig\.|chapters?|equations?|eq\.)\s*\d+(?:\.\d+)*",
                         re.IGNORECASE)
 _NAME = re.compile(r"(?<![\w.])[A-Z][a-z]+(?:[A-Z][a-z]+)*\b|\b[A-Z]{2,}[a-z]*\b")
+_NAME_TAIL = re.compile(r"[ -](?:[A-Z]|\d[\w.]*)\b")  # what ends a name without being one: "Model S", "GPT-4"
 _CLOSED = re.compile(r"[.!?:;\"'”’)\]]\s*$")  # a piece that ends as a sentence does
 _ENDED = re.compile(r"[.!?][\"'”’)\]]*\s*$|[.!?]\[\d+\]\s*$")  # a sentence's end: "…0.1.", "…(3.5 days).", "…mozilla.org.[4]"
 _SEGMENTER = pysbd.Segmenter(language="en", clean=False, char_span=True)
@@ -111,6 +113,35 @@ def _name_matches(text: str) -> Iterator[re.Match]:
 def names(text: str) -> frozenset[str]:
     """The stems of the names `text` holds, roughly."""
     return frozenset(t for match in _name_matches(text) for t in terms(match.group(0)))
+
+
+def unmentioned_names(question: str, passages: list[str], mentioned: Callable[[str], bool] = lambda name: False
+                      ) -> list[str]:
+    """The names the question asks about (as written, adjacent capitalised words as one: "Mount Everest") that
+    none of the passages holds, nor `mentioned(word)` (the store's keyword lookup, asked only then).
+    A word is held where a word of the passages starts with its first NAME_PREFIX letters, case aside ("Nova
+    Scotian" is held by "Nova Scotia"), or, when shorter, is that word ("AI" is not held by "said")."""
+    text = " ".join(passages).lower()
+
+    def held(word: str) -> bool:
+        prefix = rf"\b{re.escape(word[:NAME_PREFIX].lower())}" + (r"\b" if len(word) < NAME_PREFIX else "")
+        return not terms(word) or bool(re.search(prefix, text)) or mentioned(word)
+
+    runs: list[list[re.Match]] = []
+    for match in _name_matches(question):
+        if runs and not question[runs[-1][-1].end():match.start()].strip():
+            runs[-1].append(match)
+        else:
+            runs.append([match])
+    missing = []
+    for run in runs:
+        if all(held(m.group(0)) for m in run):
+            continue
+        tail = _NAME_TAIL.match(question, run[-1].end())  # "Model S", "GPT-4", "Apollo 11": named whole
+        name = question[run[0].start():tail.end() if tail else run[-1].end()]
+        if name not in missing:
+            missing.append(name)
+    return missing
 
 
 def sentence_spans(text: str) -> list[tuple[int, int]]:

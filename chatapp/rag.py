@@ -8,6 +8,9 @@ Decisions worth knowing:
   nearly all of the question's words (see covers()). When neither holds, the model is not asked at all:
   the reply says the documents don't cover the question and cites nothing (a 135M model asked anyway
   answers from memory, see tests/test_chat_rag.py).
+- A question about a name that no stored chunk holds ("Mount Everest", asked of a store whose Himalayan
+  travel pages come close) gets the same reply, naming it: the 135M model asked anyway invented a figure,
+  and no cosine or word-coverage threshold told such a question apart from answerable paraphrases.
 - Small talk ("hi", "thanks") skips retrieval and gets a short, source-free reply.
 - Retrieval asks the store for `settings.candidates` passages (20) and keeps the `top_k` with the best
   evidence (chatapp/evidence.py): the sentence that answers a question is often in a passage the dense
@@ -182,6 +185,15 @@ def covers(question: str, candidates: list[Source], threshold: float) -> bool:
     return bool(close) and evidence.question_coverage(question, close) >= KEYWORD_COVER
 
 
+def unmentioned_names(question: str, candidates: list[Source], store) -> list[str]:
+    """The names the question asks about that neither the candidates nor any stored chunk holds (see
+    evidence.unmentioned_names). A source may be named as people call it: "the NYT article" is nytimes-1.html,
+    "the Verge" theverge.html, so the candidates' file names and titles hold a name as a substring too."""
+    named = " ".join(f"{c.source} {c.title}" for c in candidates).lower()
+    return evidence.unmentioned_names(question, [c.text for c in candidates],
+                                      lambda name: name.lower() in named or store.mentions(name))
+
+
 def choose_passages(question: str, candidates: list[Source], k: int) -> list[Source]:
     """The k candidates with the best evidence for the question, numbered for the prompt with the best
     last, right before the question: the 135M model leans on what it read most recently (on the shared
@@ -318,12 +330,18 @@ def answer(
     query = searched if searched.count("?") == 1 and searched.rstrip().endswith("?") else question
     candidates = retrieve(store, [question, searched], max(settings.candidates, k or settings.top_k),
                           hybrid=settings.hybrid)
+    unmentioned = []
     if not covers(query, candidates, settings.score_threshold):
         candidates = []  # nothing relevant enough: the documents don't cover the question
+    elif settings.name_check:  # a name it asks about that no stored chunk holds, however close the other words come
+        unmentioned = unmentioned_names(query, candidates, store)
+        candidates = [] if unmentioned else candidates
     retrieved = choose_passages(query, candidates, k or settings.top_k)
     result = Answer(question, standalone_question=searched, retrieved=retrieved)
     if not retrieved:
-        result.status, result.answer, result.raw, result.done = "no_context", NO_CONTEXT_REPLY, NO_CONTEXT_REPLY, True
+        reply = (f"The documents don't mention {' or '.join(unmentioned)}, so I can't answer this from them."
+                 if unmentioned else NO_CONTEXT_REPLY)
+        result.status, result.answer, result.raw, result.done = "no_context", reply, reply, True
         yield result
         return
     embed = _memo(store.embeddings.embed_documents)  # the sentences are embedded once, for both uses below

@@ -41,6 +41,8 @@ class Settings:
     evidence_in_prompt: bool = True
     # An answer stating a figure no passage holds, or missing the figure asked for, becomes the quote.
     extractive_fallback: bool = True
+    # A question about a name that no stored chunk holds gets no answer, and the reply names it.
+    name_check: bool = True
     # Cosine similarity the best passage must reach for the documents to count as covering a question.
     score_threshold: float = 0.3
     host: str = "127.0.0.1"

@@ -135,6 +135,20 @@ def test_nothing_relevant_means_no_answer_and_no_sources(store, registry):
     assert final.answer == rag.NO_CONTEXT_REPLY and final.sources == [] and final.retrieved == []
 
 
+def test_a_question_about_a_name_no_stored_chunk_holds_is_not_answered_and_says_which(store, registry, settings):
+    """The paper's passages come close to this question (it clears the relevance threshold), but no chunk of
+    the store holds "DeepMind": the reply names it and lists nothing, instead of a figure the model invents."""
+    question = "How many GPUs did DeepMind use to train the big Transformer?"
+    assert rag.covers(question, rag.retrieve(store, question, settings.candidates), settings.score_threshold)
+    final = rag.ask(question, [], store=store, registry=registry, generation=SHORT)
+    assert final.status == "no_context" and final.sources == [] and final.retrieved == []
+    assert final.answer == "The documents don't mention DeepMind, so I can't answer this from them."
+    # the same question about the authors' own lab is answered from page 7
+    final = rag.ask("How many GPUs did Google Brain use to train the big Transformer?", [], store=store,
+                    registry=registry, generation=SHORT)
+    assert final.status != "no_context" and any(s.page == 7 for s in final.sources), final.to_json()
+
+
 def test_small_talk_gets_a_reply_without_sources(store, registry):
     final = rag.ask("Hello!", [], store=store, registry=registry, generation=GenerationSettings(max_new_tokens=20))
     assert final.status == "small_talk" and final.answer

@@ -26,6 +26,19 @@ def passages_with(pages, *needles: str) -> list[str]:
     return found
 
 
+def test_a_name_the_passages_do_not_hold_is_unmentioned_and_a_variant_of_one_they_hold_is_not():
+    passages = ["Loyalists settled in Nova Scotia in 1783.", "They said the climb up the mountain took a day."]
+    question = "What is the boiling point of water at the top of Mount Everest?"
+    assert evidence.unmentioned_names(question, passages) == ["Mount Everest"]  # adjacent names as one
+    looked_up = []
+    assert evidence.unmentioned_names(question, passages, lambda w: looked_up.append(w) or True) == []
+    assert looked_up == ["Mount", "Everest"]  # the store is asked only of words no passage holds
+    assert evidence.unmentioned_names("When did the Nova Scotians settle there?", passages) == []
+    assert evidence.unmentioned_names("Is AI mentioned?", passages) == ["AI"]  # "said" does not hold "AI"
+    assert evidence.unmentioned_names("How fast is the Tesla Model S?", passages) == ["Tesla Model S"]
+    assert evidence.unmentioned_names("Where did the loyalists settle?", passages) == []  # no name asked about
+
+
 def test_sentences_are_cut_at_their_ends_and_long_ones_bounded():
     text = "We used warmup_steps = 4000. Dropout was 0.1 for the base model.\n" + "word " * 200
     spans = evidence.sentence_spans(text)
