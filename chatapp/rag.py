@@ -91,6 +91,7 @@ class Answer:
     retrieved: list[Source] = field(default_factory=list)  # everything the prompt was given
     unsupported: list[str] = field(default_factory=list)  # figures/names the model stated that no passage holds
     model_answer: str = ""  # the model's own answer, when it was replaced by the evidence quote
+    unmentioned: list[str] = field(default_factory=list)  # names asked about that no stored chunk holds (no_context)
     status: str = "answered"  # answered | no_context | small_talk | empty_store | waiting
     raw: str = ""  # the model's reply as produced
     done: bool = False
@@ -117,6 +118,8 @@ class Answer:
         }
         if self.model_answer:
             record["model_answer"] = self.model_answer
+        if self.unmentioned:
+            record["unmentioned"] = list(self.unmentioned)
         return record
 
 
@@ -337,7 +340,7 @@ def answer(
         unmentioned = unmentioned_names(query, candidates, store)
         candidates = [] if unmentioned else candidates
     retrieved = choose_passages(query, candidates, k or settings.top_k)
-    result = Answer(question, standalone_question=searched, retrieved=retrieved)
+    result = Answer(question, standalone_question=searched, retrieved=retrieved, unmentioned=unmentioned)
     if not retrieved:
         reply = (f"The documents don't mention {' or '.join(unmentioned)}, so I can't answer this from them."
                  if unmentioned else NO_CONTEXT_REPLY)

@@ -87,8 +87,10 @@ def sources_html(answer: rag.Answer | None, store=None) -> str:
         return _sources_note("No sources: no documents are stored yet (Documents tab).")
     if answer.status == "waiting":
         return PENDING_SOURCES
+    if answer.unmentioned:
+        return _sources_note(f"No sources: no document mentions {' or '.join(answer.unmentioned)}.")
     if not answer.sources:
-        return _sources_note("No sources: nothing in the documents scored above the relevance threshold.")
+        return _sources_note("No sources: the documents don't cover this question.")
     items = []
     for source in answer.sources:
         where = f" · {html.escape(source.location)}" if source.location else ""

@@ -18,7 +18,7 @@ from chatapp.generation import GenerationSettings
 from chatapp.loading import load_base
 from chatapp.model import BASE, ModelRegistry
 from chatapp.settings import Settings
-from chatapp.ui import build_chat_tab
+from chatapp.ui import build_chat_tab, sources_html
 
 ROOT = Path(__file__).resolve().parents[1]
 PDF = "attention-is-all-you-need.pdf"
@@ -143,6 +143,8 @@ def test_a_question_about_a_name_no_stored_chunk_holds_is_not_answered_and_says_
     final = rag.ask(question, [], store=store, registry=registry, generation=SHORT)
     assert final.status == "no_context" and final.sources == [] and final.retrieved == []
     assert final.answer == "The documents don't mention DeepMind, so I can't answer this from them."
+    assert final.to_json()["unmentioned"] == ["DeepMind"]
+    assert "No sources: no document mentions DeepMind." in sources_html(final)  # the Chat tab's sources panel
     # the same question about the authors' own lab is answered from page 7
     final = rag.ask("How many GPUs did Google Brain use to train the big Transformer?", [], store=store,
                     registry=registry, generation=SHORT)
@@ -212,7 +214,7 @@ def test_unknown_variant_is_a_clear_error(store, registry):
 
 
 def test_retrieved_html_is_rendered_as_text():
-    from chatapp.ui import answer_messages, sources_html
+    from chatapp.ui import answer_messages
 
     passages = [rag.Source(1, "evil<img>.html", "<script>window.pwned = 1</script><b>bold</b>", 0.9, kind="html")]
     answer = rag.Answer("q", answer="<script>x()</script> [1]", reasoning="<i>r</i>", sources=passages, done=True)
