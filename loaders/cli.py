@@ -1,4 +1,4 @@
-"""python -m loaders ingest|search|list|delete|push: the document store from the command line.
+"""python -m loaders ingest|search|list|delete|push|reindex: the document store from the command line.
 
 Every command reads CHATAPP_* settings (CHATAPP_DATA_DIR for the embedded store, CHATAPP_QDRANT_URL for a
 server). Failures print one line and exit non-zero; no tracebacks.
@@ -18,6 +18,7 @@ EPILOG = """examples:
   python -m loaders list --json
   python -m loaders delete paper.pdf
   python -m loaders push http://qdrant.example:6333
+  CHATAPP_EMBEDDING_MODEL=BAAI/bge-small-en-v1.5 python -m loaders reindex
 
 Sources are stored under their file name (or URL): ingesting a file again adds nothing when its bytes are
 unchanged and replaces its chunks when they changed. A source shows only once all its chunks are written;
@@ -59,6 +60,11 @@ def parser() -> argparse.ArgumentParser:
     push.add_argument("--api-key", default=None, help="the server's API key (default CHATAPP_QDRANT_API_KEY)")
     push.add_argument("--collection", default=None, help="target collection (default: the same name)")
     push.add_argument("--json", action="store_true", help='{"pushed": N, "url": ..., "collection": ...} on stdout')
+    reindex = sub.add_parser("reindex", help="embed every stored chunk again with CHATAPP_EMBEDDING_MODEL",
+                             description="After changing CHATAPP_EMBEDDING_MODEL: embed every chunk of the embedded "
+                                         "store again with the new model (the store refuses to open with another "
+                                         "model's vectors). The old store stays until the new one is complete.")
+    reindex.add_argument("--json", action="store_true", help='{"reindexed": N} on stdout')
     return p
 
 
@@ -68,11 +74,13 @@ def main(argv: list[str] | None = None) -> int:
     warnings.filterwarnings("ignore")  # library deprecation chatter is not the user's business here
     from chatapp.settings import Settings
 
-    from loaders.store import StoreError, get_store
+    from loaders.store import DocumentStore, StoreError, get_store
 
     try:
         settings = Settings.from_env()
-        store = get_store(settings)
+        # reindex opens a store whose vectors came from another model: what it is there to mend
+        store = DocumentStore.from_settings(settings, check_embedder=False) if args.command == "reindex" \
+            else get_store(settings)
     except StoreError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
@@ -212,10 +220,27 @@ def cmd_push(store, settings, args) -> int:
     return 0
 
 
+def cmd_reindex(store, settings, args) -> int:
+    from tqdm import tqdm
+
+    with tqdm(total=store.vector_store.count(pending=None), unit="chunk", file=sys.stderr, dynamic_ncols=True) as bar:
+        def progress(fraction: float, message: str) -> None:
+            bar.n = round(fraction * bar.total)
+            bar.refresh()
+
+        done = store.reindex(progress)
+    if args.json:
+        print(json.dumps({"reindexed": done}))
+    else:
+        print(f"embedded {done} chunks again with {settings.embedding_model}")
+    return 0
+
+
 def _clock(seconds: float) -> str:
     seconds = int(seconds)
     return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}" if seconds >= 3600 \
         else f"{seconds // 60}:{seconds % 60:02d}"
 
 
-COMMANDS = {"ingest": cmd_ingest, "search": cmd_search, "list": cmd_list, "delete": cmd_delete, "push": cmd_push}
+COMMANDS = {"ingest": cmd_ingest, "search": cmd_search, "list": cmd_list, "delete": cmd_delete, "push": cmd_push,
+            "reindex": cmd_reindex}

@@ -14,6 +14,7 @@ A source shows (list, search, count) only once all its chunks are written: see `
 from __future__ import annotations
 
 import hashlib
+import itertools
 import logging
 import re
 import shutil
@@ -39,6 +40,7 @@ log = logging.getLogger("loaders.store")
 Progress = Callable[[float, str], None]
 CHUNK_NAMESPACE = uuid.UUID("6f0c6a52-3c47-4d1e-9a55-2f6a0c1f7a10")  # fixed: ids must not change between runs
 WRITE_BATCH = 256  # chunks embedded and written per step: bounds memory and paces the progress bar
+SAME_EMBEDDER = 0.8  # embedder_agreement below this: the store's vectors come from another model
 
 
 @dataclass
@@ -89,7 +91,9 @@ class DocumentStore:
         self._pending_changed = threading.Condition()
 
     @classmethod
-    def from_settings(cls, settings, progress: Progress | None = None) -> "DocumentStore":
+    def from_settings(cls, settings, progress: Progress | None = None, check_embedder: bool = True) -> "DocumentStore":
+        """The store of these settings. It refuses (StoreError) to open with an embedder other than the one its
+        vectors came from, unless `check_embedder` is False (`python -m loaders reindex` opens it so)."""
         from loaders.embeddings import SentenceEmbeddings  # here: loading the embedder is the slow part of start-up
 
         embeddings = SentenceEmbeddings(settings.embedding_model, backend=getattr(settings, "embedding_backend", "auto"),
@@ -98,11 +102,31 @@ class DocumentStore:
         try:
             store = cls(engine, embeddings, chunk_size=settings.chunk_size, chunk_overlap=settings.chunk_overlap,
                         files_dir=settings.data_dir / "files", hybrid=getattr(settings, "hybrid", True))
+            agreement = store.embedder_agreement() if check_embedder else None
+            if agreement is not None and agreement < SAME_EMBEDDER:
+                raise StoreError(
+                    f"the store's vectors come from another embedding model than CHATAPP_EMBEDDING_MODEL="
+                    f"{settings.embedding_model} (stored chunks embedded again: cosine {agreement:.2f}), so its "
+                    f"searches would match nothing; run `python -m loaders reindex` to embed its {store.count()} "
+                    "chunks again with this model, or use another CHATAPP_DATA_DIR")
         except BaseException:
             engine.close()
             raise
         engine.index_in_background()  # a store opened with many unindexed points (a migration, a killed build)
         return store
+
+    def embedder_agreement(self, samples: int = 3) -> float | None:
+        """How well this store's embedder reproduces the stored vectors: the median cosine between a few stored
+        chunks' vectors and their indexed text embedded again (0 when the sizes differ); None when empty.
+        The same model gives >= 0.99 (int8 or fp32; >= 0.91 even for chunks indexed before their header grew),
+        another one far less (all-MiniLM-L6-v2 with CLS pooling instead of mean: 0.31-0.45)."""
+        points = list(itertools.islice(self.vector_store.scroll(vectors=True, limit=samples), samples))
+        if not points:
+            return None
+        fresh = self.embeddings.embed_documents([indexed_text(Hit(p.id, p.payload, 0.0).document()) for p in points])
+        cosines = sorted(sum(a * b for a, b in zip(new, p.dense)) if len(new) == len(p.dense) else 0.0
+                         for new, p in zip(fresh, points))
+        return cosines[len(cosines) // 2]
 
     # -- writing -------------------------------------------------------------------------------------
     def ingest(self, sources: Iterable[str | Path], progress: Progress | None = None,
@@ -283,6 +307,19 @@ class DocumentStore:
         busy = self.ingesting()
         return {source: n for source, n in sorted(found.items()) if source not in busy}
 
+    def reindex(self, progress: Progress | None = None) -> int:
+        """Embed every stored chunk again with this store's embedder (after CHATAPP_EMBEDDING_MODEL changed);
+        returns the chunks embedded. The embedded store only: a server's collection is filled anew instead."""
+        if not isinstance(self.vector_store, EdgeVectorStore):
+            raise StoreError("reindex rebuilds the embedded store; for a Qdrant server, ingest the sources into "
+                             "a new collection (CHATAPP_COLLECTION)")
+        with self._lock:
+            path = self.vector_store.path
+            done = transfer.reindex(self.vector_store, self.embeddings, progress or _log_progress)
+            self.vector_store = EdgeVectorStore(path, self.embeddings)
+            self.keywords = self.vector_store.keywords
+        return done
+
     # -- reading -------------------------------------------------------------------------------------
     def search(self, query: str, k: int = 4, hybrid: bool | None = None) -> list[tuple[Document, float]]:
         """The k best complete chunks for the query, best first, each with its cosine similarity to it.
@@ -352,6 +389,8 @@ def open_engine(settings, embeddings, progress: Progress | None = None):
             client.close()
             raise StoreError(f"cannot reach Qdrant at {settings.qdrant_url}: {type(err).__name__}") from None
     path = edge_path(settings)
+    if not path.exists() and transfer.replaced_path(path).exists():  # a reindex killed as it swapped stores
+        transfer.replaced_path(path).rename(path)
     try:
         if not path.exists() and transfer.has_local_mode_store(settings.qdrant_path, settings.collection):
             transfer.migrate_local_mode(settings.qdrant_path, settings.collection, path, embeddings,

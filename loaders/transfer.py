@@ -1,19 +1,22 @@
 """Copying a store between engines: a store that qdrant-client's local mode wrote (DATA/qdrant, earlier
 versions) into Qdrant Edge on first open, and `python -m loaders push URL`, the embedded store to a
 Qdrant server. Ids, dense vectors and payloads are copied as they are; BM25 vectors too (computed for
-chunks of stores made before hybrid search).
+chunks of stores made before hybrid search). And `python -m loaders reindex`: the embedded store copied
+with its dense vectors made again by another embedding model.
 """
 from __future__ import annotations
 
 import shutil
 import warnings
+from dataclasses import replace
 from pathlib import Path
 from typing import Callable
 
 from qdrant_client import QdrantClient, models
 
+from loaders.documents import indexed_text
 from loaders.edge import EdgeVectorStore
-from loaders.layout import DENSE, KEYWORDS, StoredPoint
+from loaders.layout import DENSE, KEYWORDS, Hit, StoredPoint
 from loaders.server import VISIBLE, create_collection
 
 Progress = Callable[[float, str], None]
@@ -117,4 +120,51 @@ def _upsert(client: QdrantClient, collection: str, batch: list[StoredPoint]) -> 
         client.upsert(collection, points=[models.PointStruct(id=p.id, payload=p.payload, vector={
             DENSE: p.dense, KEYWORDS: models.SparseVector(indices=(p.sparse or ([], []))[0], values=(p.sparse or ([], []))[1])})
             for p in batch])
+    return len(batch)
+
+
+REINDEX_BATCH = 256
+
+
+def replaced_path(path: Path) -> Path:
+    """Where reindex() keeps the old store while it swaps the new one in (open_engine restores it from there)."""
+    return path.with_name(path.name + ".replaced")
+
+
+def reindex(store: EdgeVectorStore, embeddings, progress: Progress) -> int:
+    """Embed every chunk of the embedded store again with `embeddings` (another model, of any size) into a new
+    shard built beside it, then swap it in and close `store`. Ids, payloads and BM25 vectors are kept; unfinished
+    sources stay unfinished. Cut short, the old store is left as it was. Returns the chunks embedded."""
+    path = Path(store.path)
+    building = path.with_name(path.name + ".reindexing")
+    shutil.rmtree(building, ignore_errors=True)
+    total = store.count(pending=None)
+    target = EdgeVectorStore(building, embeddings, dimension=len(embeddings.embed_query("dimension probe")))
+    done = 0
+    progress(0.0, f"embedding {total} chunks again")
+    try:
+        batch: list[StoredPoint] = []
+        for point in store.scroll(vectors=True, pending=None):
+            batch.append(point)
+            if len(batch) == REINDEX_BATCH:
+                done += _reembedded(target, embeddings, batch)
+                progress(done / max(total, 1), f"embedding the store again: {done}/{total} chunks")
+                batch = []
+        done += _reembedded(target, embeddings, batch)
+    finally:
+        target.close()
+    store.close()
+    old = replaced_path(path)
+    shutil.rmtree(old, ignore_errors=True)
+    path.rename(old)  # killed between these two renames, the next open renames `old` back
+    building.rename(path)
+    shutil.rmtree(old)
+    progress(1.0, f"embedded {done} chunks again")
+    return done
+
+
+def _reembedded(target: EdgeVectorStore, embeddings, batch: list[StoredPoint]) -> int:
+    if batch:
+        dense = embeddings.embed_documents([indexed_text(Hit(p.id, p.payload, 0.0).document()) for p in batch])
+        target.write([replace(p, dense=vector) for p, vector in zip(batch, dense)])
     return len(batch)

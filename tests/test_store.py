@@ -205,8 +205,8 @@ def test_store_reopens_with_its_data(settings, corpus, tmp_path):
 
 # --- the command line ------------------------------------------------------------------------------------
 
-def cli(*args, data_dir: Path) -> subprocess.CompletedProcess:
-    env = {**os.environ, "CHATAPP_DATA_DIR": str(data_dir)}
+def cli(*args, data_dir: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    env = {**os.environ, "CHATAPP_DATA_DIR": str(data_dir), **(env or {})}
     return subprocess.run([sys.executable, "-m", "loaders", *args], cwd=ROOT, env=env, capture_output=True,
                           text=True, timeout=300)
 
@@ -448,3 +448,44 @@ def test_index_build_does_not_freeze_the_process_and_searches_answer_meanwhile(s
         assert reopened.count() == len(vectors)
     finally:
         reopened.close()
+
+
+def test_a_store_refuses_another_embedding_model_until_reindexed_with_it(tmp_path):
+    """A store searched with another model's vectors matched nothing, silently (same size) or with 'Vector
+    dimension error: expected dim: 384, got 128'. It now refuses to open with one line naming the mend, and
+    `python -m loaders reindex` embeds every chunk again with the new model, of any size."""
+    import torch
+    from sentence_transformers import SentenceTransformer, models
+
+    from loaders.embeddings import model_path
+
+    torch.manual_seed(0)  # a real model of another size: MiniLM's encoder with a 384 -> 128 projection
+    other = tmp_path / "minilm-128"
+    SentenceTransformer(modules=[models.Transformer(model_path("embedded")), models.Pooling(384, "mean"),
+                                 models.Dense(384, 128), models.Normalize()]).save(str(other))
+    data = tmp_path / "data"
+    note = tmp_path / "ferry.txt"
+    note.write_text("The harbour ferry leaves Pier 3 every forty minutes on Saturdays. Tickets cost four euros.")
+    store = DocumentStore.from_settings(Settings.from_env(data_dir=data))
+    try:
+        assert store.ingest([note])[0].ok and store.embedder_agreement() > 0.99
+    finally:
+        store.close()
+
+    with pytest.raises(StoreError, match=r"another embedding model .* `python -m loaders reindex` to embed its 1 chunks"):
+        DocumentStore.from_settings(Settings.from_env(data_dir=data, embedding_model=str(other)))
+    env = {"CHATAPP_EMBEDDING_MODEL": str(other)}
+    refused = cli("list", data_dir=data, env=env)
+    assert refused.returncode == 2 and "loaders reindex" in refused.stderr and "Traceback" not in refused.stderr
+
+    done = cli("reindex", "--json", data_dir=data, env=env)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout) == {"reindexed": 1}
+    found = cli("search", "When does the ferry go on Saturdays?", "--json", data_dir=data, env=env)
+    assert found.returncode == 0, found.stderr
+    assert json.loads(found.stdout)["hits"][0]["source"] == "ferry.txt"
+    assert cli("list", data_dir=data).returncode == 2  # now the default model is the other one
+
+    # a reindex killed between swapping the folders: the next open finds the old store again
+    (data / "store" / "documents").rename(data / "store" / "documents.replaced")
+    assert json.loads(cli("list", "--json", data_dir=data, env=env).stdout)[0]["source"] == "ferry.txt"
