@@ -132,6 +132,7 @@ class ModelRegistry:
         self.base = None
         self.tokenizer = None
         self.precision = None
+        self.load_error: str | None = None  # why the last load failed (the Chat tab says so); None once loaded
         self._lora = None  # PeftModel holding every LoRA-family adapter
         self._prompt_models: dict[str, object] = {}
         self._remembered: list[_PromptKV] = []  # newest last
@@ -149,9 +150,14 @@ class ModelRegistry:
     def load(self) -> "ModelRegistry":
         with self._load_lock:
             if self.base is None:
-                # SDPA that keeps its causal kernel when a prompt continues a cached prefix (chatapp/attention.py)
-                self.base, self.tokenizer, self.precision = self.call(load_base, self.settings,
-                                                                      attention=PREFIX_ATTENTION)
+                try:
+                    # SDPA that keeps its causal kernel when a prompt continues a cached prefix (chatapp/attention.py)
+                    self.base, self.tokenizer, self.precision = self.call(load_base, self.settings,
+                                                                          attention=PREFIX_ATTENTION)
+                except Exception as exc:  # an id the hub cannot serve offline, a broken folder: tried again next time
+                    self.load_error = " ".join(str(exc).split()) or type(exc).__name__
+                    raise
+                self.load_error = None
         return self
 
     @property

@@ -69,6 +69,7 @@ class RemoteRegistry:
             max_retries=1,
         )
         self.base: str | None = None  # the served model id behind "base", once known
+        self.load_error: str | None = None  # why the server could not be asked last time (the Chat tab says so)
         self.tokenizer = None  # the server tokenizes
         self.precision = "served"
         self.last_reused_tokens = 0
@@ -91,13 +92,15 @@ class RemoteRegistry:
     def load(self) -> "RemoteRegistry":
         """Find the model behind "base": CHATAPP_LLM_MODEL, else the first the server lists."""
         if self.base is None:
-            ids = self.served_models(fresh=True)
-            if self.settings.llm_model:
-                self.base = self.settings.llm_model  # some servers (Ollama) list fewer models than they serve
-            elif ids:
-                self.base = ids[0]
-            else:
-                raise LLMServerError(f"the model server at {self.url} lists no models; set CHATAPP_LLM_MODEL")
+            try:
+                ids = self.served_models(fresh=True)
+                if not ids and not self.settings.llm_model:
+                    raise LLMServerError(f"the model server at {self.url} lists no models; set CHATAPP_LLM_MODEL")
+            except LLMServerError as exc:
+                self.load_error = str(exc)
+                raise
+            # CHATAPP_LLM_MODEL first: some servers (Ollama) list fewer models than they serve
+            self.base, self.load_error = self.settings.llm_model or ids[0], None
         return self
 
     def info(self) -> dict:

@@ -42,7 +42,13 @@ PENDING_SOURCES = _sources_note("Sources appear when this answer is complete.")
 
 
 def model_line(registry) -> str:
-    """The loaded base, its precision and weights footprint; never blocks on a load in progress."""
+    """The loaded base, its precision and weights footprint, or why it could not be loaded; never blocks on a
+    load in progress."""
+    if registry.base is None and registry.load_error:
+        wanted = registry.settings.llm_url or registry.settings.base_model
+        return (f"Model: **{html.escape(str(wanted))}** could not be loaded: {html.escape(registry.load_error, quote=False)} "
+                "(set CHATAPP_BASE_MODEL to a local folder, a Hugging Face id the machine can reach, or `embedded`;"
+                " CHATAPP_LLM_URL to a running server). Each question tries again.")
     if registry.base is None:
         return "Model: loading (the first answer waits for it)…"
     info = registry.info()
@@ -169,7 +175,7 @@ def build_chat_tab(settings: Settings, registry, store, conversations: Conversat
     conversations = conversations or Conversations(settings.conversations_db)
     info = gr.Markdown(lambda: model_line(registry), elem_id="model-info")
     # The model loads in the background after the page is up: the line follows it, then the timer stops.
-    model_timer = gr.Timer(1.0, active=registry.base is None)
+    model_timer = gr.Timer(1.0, active=registry.base is None and not registry.load_error)
     current = gr.State(None)  # the id of the conversation this page shows; None until its first turn is saved
     # What the page shows, changed in place (never returned, so every event of this page holds the same dict):
     # "view" counts each change of conversation (New chat, another one opened, the chatbot's bin, Delete),
@@ -293,9 +299,12 @@ def build_chat_tab(settings: Settings, registry, store, conversations: Conversat
             raise
         except (KeyError, ValueError) as exc:  # an adapter deleted meanwhile, a bad setting
             raise gr.Error(str(exc).strip("'\""), print_exception=False) from None
-        except Exception as exc:
+        except Exception as exc:  # the model failed to load, a model server went away: said in the chat, where
+            # the question stays (gr.Error put every output in an error state, and the question was gone)
             log.exception("answering failed")
-            raise gr.Error(f"answering failed: {exc}", print_exception=False) from None
+            failed = {"role": "assistant", "content": html.escape(f"⚠ Answering failed: {' '.join(str(exc).split())}", quote=False)}
+            yield history + [failed], gr.skip(), EMPTY_SOURCES, model_line(registry), *keep
+            return
         # Gradio draws an event's last update again as it completes: each way out below ends on one that draws
         # nothing over a page that moved on (a bare return redrew the first update, the question asked).
         if conversation_id in view["deleted"]:  # deleted here mid-answer: saving it would bring it back
@@ -418,7 +427,8 @@ def build_chat_tab(settings: Settings, registry, store, conversations: Conversat
     # conversation the page showed is opened again.
     gr.on(None, reopen_on_load, [remembered, page_view], [chatbot, sources, current, listed, title], queue=False)
     variant.focus(refresh_variants, variant, variant, queue=False)
-    model_timer.tick(lambda: (model_line(registry), gr.Timer(active=registry.base is None)), None, [info, model_timer],
+    model_timer.tick(lambda: (model_line(registry), gr.Timer(active=registry.base is None and not registry.load_error)),
+                     None, [info, model_timer],
                      queue=False, show_progress="hidden")
 
     return {

@@ -92,3 +92,26 @@ def test_asking_before_any_document_is_stored_points_to_the_documents_tab(browse
         page.locator("#chat-input textarea").press("Enter")
         expect(page.locator("#chatbot [data-testid='bot']").last).to_contain_text("Documents tab", timeout=60_000)
         expect(page.locator("#sources")).to_contain_text("no documents are stored yet")
+
+
+def test_a_model_that_cannot_be_loaded_is_named_on_the_page_and_the_question_stays(browser, tmp_path, artifacts):
+    """CHATAPP_BASE_MODEL naming what cannot be loaded here (a hub id offline, a folder without a model): the
+    model line said "loading" forever, and a question put every output in Gradio's red "Error" state and was
+    gone. Now the line says why, and the question stays in the chat with the failure under it."""
+    from conftest import data_with_the_paper
+    from playwright.sync_api import expect
+
+    data = data_with_the_paper(tmp_path / "data")  # documents stored, so the question reaches the model
+    missing = tmp_path / "no-model-here"
+    with running_app(data, env={"CHATAPP_BASE_MODEL": str(missing)}) as url:
+        page = browser.new_page(viewport={"width": 1300, "height": 900})
+        page.goto(url, wait_until="load")
+        line = page.locator("#model-info")
+        expect(line).to_contain_text("could not be loaded", timeout=60_000)
+        expect(line).to_contain_text("no-model-here")
+        page.locator("#chat-input textarea").fill("How many warmup steps were used?")
+        page.locator("#chat-input textarea").press("Enter")
+        chatbot = page.locator("#chatbot")
+        expect(chatbot.locator("[data-testid='bot']").last).to_contain_text("Answering failed", timeout=60_000)
+        expect(chatbot.locator("[data-testid='user']").last).to_contain_text("How many warmup steps were used?")
+        page.screenshot(path=str(artifacts / "e2e-model-not-loaded.png"))
