@@ -187,6 +187,7 @@ def build_documents_tab(store, settings) -> None:
     # return at once (IngestJobs says why), so every drop is taken, and the timer draws the progress.
     files.upload(on_drop, [shown, files, jq], [log, files, poll], trigger_mode="multiple", api_name=False)
     ingest.click(on_button, [shown, files, url, jq], [log, files, poll, url], trigger_mode="multiple", api_name=False)
+    url.submit(on_button, [shown, files, url, jq], [log, files, poll, url], trigger_mode="multiple", api_name=False)
     poll.tick(on_tick, shown, [log, table, target, poll], show_progress="hidden", api_name=False)
     # Named API endpoints (Gradio's "Use via API"): scripts and bench/soak.py store and search as the page does.
     gr.api(upload, api_name="upload")

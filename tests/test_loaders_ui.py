@@ -191,3 +191,31 @@ def test_a_source_left_unfinished_by_a_stopped_app_is_named_and_a_drop_finishes_
     finally:
         demo.close()
         store.close()
+
+
+def test_a_web_address_pasted_and_entered_is_stored(app, page, corpus, tmp_path):
+    """Enter in the URL box did nothing: only the button stored a pasted address. The page is served by a
+    real HTTP server on this machine (there is no internet here)."""
+    import http.server
+    import threading
+    from functools import partial
+
+    from playwright.sync_api import expect
+
+    url, store = app
+    shutil.copy(corpus / "html" / "nytimes-1.html", tmp_path / "sudan.html")
+    server = http.server.ThreadingHTTPServer(
+        ("127.0.0.1", 0), partial(http.server.SimpleHTTPRequestHandler, directory=str(tmp_path)))
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    address = f"http://127.0.0.1:{server.server_port}/sudan.html"
+    try:
+        box = page.locator("#youtube-url textarea, #youtube-url input").first
+        box.fill(address)
+        box.press("Enter")
+        expect(page.locator("#ingest-log textarea")).to_have_value(re.compile(re.escape(f"ok     {address}: ")),
+                                                                   timeout=60_000)
+        expect(box).to_have_value("")
+        expect(page.locator("#sources-table")).to_contain_text(address, timeout=10_000)
+        assert address in {e["source"] for e in store.list_sources()}
+    finally:
+        server.shutdown()
