@@ -46,7 +46,8 @@ def model_line(registry) -> str:
     load in progress."""
     if registry.base is None and registry.load_error:
         wanted = registry.settings.llm_url or registry.settings.base_model
-        return (f"Model: **{html.escape(str(wanted))}** could not be loaded: {html.escape(registry.load_error, quote=False)} "
+        reason = html.escape(registry.load_error, quote=False)
+        return (f"Model: **{html.escape(str(wanted))}** could not be loaded: {reason} "
                 "(set CHATAPP_BASE_MODEL to a local folder, a Hugging Face id the machine can reach, or `embedded`;"
                 " CHATAPP_LLM_URL to a running server). Each question tries again.")
     if registry.base is None:
@@ -302,7 +303,11 @@ def build_chat_tab(settings: Settings, registry, store, conversations: Conversat
         except Exception as exc:  # the model failed to load, a model server went away: said in the chat, where
             # the question stays (gr.Error put every output in an error state, and the question was gone)
             log.exception("answering failed")
-            failed = {"role": "assistant", "content": html.escape(f"⚠ Answering failed: {' '.join(str(exc).split())}", quote=False)}
+            if view["view"] != mine:  # the page shows another conversation now: nothing drawn over it
+                yield (gr.skip(),) * len(outputs)
+                return
+            reason = " ".join(str(exc).split()) or type(exc).__name__
+            failed = {"role": "assistant", "content": html.escape(f"⚠ Answering failed: {reason}", quote=False)}
             yield history + [failed], gr.skip(), EMPTY_SOURCES, model_line(registry), *keep
             return
         # Gradio draws an event's last update again as it completes: each way out below ends on one that draws
@@ -428,8 +433,7 @@ def build_chat_tab(settings: Settings, registry, store, conversations: Conversat
     gr.on(None, reopen_on_load, [remembered, page_view], [chatbot, sources, current, listed, title], queue=False)
     variant.focus(refresh_variants, variant, variant, queue=False)
     model_timer.tick(lambda: (model_line(registry), gr.Timer(active=registry.base is None and not registry.load_error)),
-                     None, [info, model_timer],
-                     queue=False, show_progress="hidden")
+                     None, [info, model_timer], queue=False, show_progress="hidden")
 
     return {
         "chatbot": chatbot, "question": question, "send": send, "new_chat": new_chat, "sources": sources,
