@@ -349,11 +349,12 @@ def build_chat_tab(settings: Settings, registry, store, conversations: Conversat
     def reopen_on_load(remembered_id, view: dict, request: gr.Request):
         """The list, read again; and the conversation this browser showed last, when this user still has it.
 
-        Gradio runs this on load and again whenever `remembered` changes. After the first run a change is the
-        page's own doing (a conversation opened, a new chat, a first answer saved), already drawn: it draws
-        nothing then. Drawn again, late behind a busy model, it wiped a title typed meanwhile (CI, stop 37)."""
-        first, view["loaded"] = not view.get("loaded"), True
-        if not first and remembered_id == view["shown"]:
+        Gradio runs this on load and again whenever `remembered` changes. A change to the conversation the page
+        already shows is the page's own doing (one opened from the list, a first answer saved), already drawn: it
+        draws nothing then. Drawn again, late behind a busy model, it wiped a title typed meanwhile (CI, stops 37
+        and 38). Whether this is the page's first run is no test: Gradio hands the load-time run a State dict of
+        its own, so a mark made there was not seen by the next run (found by the test under CPU load)."""
+        if remembered_id is not None and remembered_id == view["shown"]:
             return (gr.skip(),) * 5
         user = user_of(request)
         try:
