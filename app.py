@@ -44,7 +44,7 @@ def build_app(settings, registry, store):
         if settings.auth:  # the login is chatapp/access.py's cookie, so signing out is its route too
             gr.HTML('<div style="text-align:right"><a href="/logout" id="sign-out">Sign out</a></div>')
         with gr.Tab("Chat"):
-            build_chat_tab(settings, registry, store)
+            build_chat_tab(settings, registry, store, demo)
         with gr.Tab("Documents"):
             build_documents_tab(store, settings)
         with gr.Tab("Fine-tune"):

@@ -170,9 +170,10 @@ def export_file(conversation: Conversation, kind: str) -> str:
     return str(path)
 
 
-def build_chat_tab(settings: Settings, registry, store, conversations: Conversations | None = None) -> dict:
-    """Build the Chat tab's components inside the caller's `gr.Tab`; returns them by name. Conversations are
-    saved in `conversations` (default: settings.conversations_db)."""
+def build_chat_tab(settings: Settings, registry, store, page: gr.Blocks,
+                   conversations: Conversations | None = None) -> dict:
+    """Build the Chat tab's components inside the caller's `gr.Tab` of `page`; returns them by name.
+    Conversations are saved in `conversations` (default: settings.conversations_db)."""
     conversations = conversations or Conversations(settings.conversations_db)
     info = gr.Markdown(lambda: model_line(registry), elem_id="model-info")
     # The model loads in the background after the page is up: the line follows it, then the timer stops.
@@ -348,14 +349,7 @@ def build_chat_tab(settings: Settings, registry, store, conversations: Conversat
 
     def reopen_on_load(remembered_id, view: dict, request: gr.Request):
         """The list, read again; and the conversation this browser showed last, when this user still has it.
-
-        Gradio runs this on load and again whenever `remembered` changes. A change to the conversation the page
-        already shows is the page's own doing (one opened from the list, a first answer saved), already drawn: it
-        draws nothing then. Drawn again, late behind a busy model, it wiped a title typed meanwhile (CI, stops 37
-        and 38). Whether this is the page's first run is no test: Gradio hands the load-time run a State dict of
-        its own, so a mark made there was not seen by the next run (found by the test under CPU load)."""
-        if remembered_id is not None and remembered_id == view["shown"]:
-            return (gr.skip(),) * 5
+        Run once, on the page's load (the BrowserState holds its stored value by then)."""
         user = user_of(request)
         try:
             conversation = conversations.get(remembered_id, user) if remembered_id else None
@@ -430,8 +424,12 @@ def build_chat_tab(settings: Settings, registry, store, conversations: Conversat
     export_md_button.click(export_markdown, current, exported, queue=False)
     export_json_button.click(export_json, current, exported, queue=False)
     # On every page load (a reload, a restart) the list is read again from the database, and the
-    # conversation the page showed is opened again.
-    gr.on(None, reopen_on_load, [remembered, page_view], [chatbot, sources, current, listed, title], queue=False)
+    # conversation the page showed is opened again. On load only: run on each change of `remembered` as well
+    # (`gr.on(None, …)`), it ran again after a list click, and again as the BrowserState took its stored value,
+    # with a State dict that the load-time run had not marked. Late behind a busy app, such a run drew the
+    # conversation over what the user did meanwhile: a New chat clicked just after a reload (each run logged
+    # under CPU load), and most likely the title refilled after a follow-up in CI (stops 37 and 38).
+    page.load(reopen_on_load, [remembered, page_view], [chatbot, sources, current, listed, title], queue=False)
     variant.focus(refresh_variants, variant, variant, queue=False)
     model_timer.tick(lambda: (model_line(registry), gr.Timer(active=registry.base is None and not registry.load_error)),
                      None, [info, model_timer], queue=False, show_progress="hidden")

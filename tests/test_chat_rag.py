@@ -185,8 +185,8 @@ def test_a_question_that_stands_alone_keeps_its_passages_after_another_topic(sto
 def test_variants_switch_on_the_one_base_and_new_adapters_appear(store, registry, settings):
     question = "What optimizer was used to train the Transformer?"
     base_answer = rag.ask(question, [], store=store, registry=registry, generation=SHORT).raw
-    with gr.Blocks():
-        tab = build_chat_tab(settings, registry, store)
+    with gr.Blocks() as demo:
+        tab = build_chat_tab(settings, registry, store, demo)
     model, _, _ = load_base(settings)
     lora = get_peft_model(model, LoraConfig(r=4, target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM"))
     generator = torch.Generator().manual_seed(0)
