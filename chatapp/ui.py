@@ -41,6 +41,11 @@ EMPTY_SOURCES = _sources_note("Sources for the latest answer appear here.")
 PENDING_SOURCES = _sources_note("Sources appear when this answer is complete.")
 
 
+def still_loading(registry) -> bool:
+    """The base is being loaded, and no load has failed: the model line is worth polling."""
+    return registry.base is None and not registry.load_error
+
+
 def model_line(registry) -> str:
     """The loaded base, its precision and weights footprint, or why it could not be loaded; never blocks on a
     load in progress."""
@@ -177,7 +182,7 @@ def build_chat_tab(settings: Settings, registry, store, page: gr.Blocks,
     conversations = conversations or Conversations(settings.conversations_db)
     info = gr.Markdown(lambda: model_line(registry), elem_id="model-info")
     # The model loads in the background after the page is up: the line follows it, then the timer stops.
-    model_timer = gr.Timer(1.0, active=registry.base is None and not registry.load_error)
+    model_timer = gr.Timer(1.0, active=still_loading(registry))
     current = gr.State(None)  # the id of the conversation this page shows; None until its first turn is saved
     # What the page shows, changed in place (never returned, so every event of this page holds the same dict):
     # "view" counts each change of conversation (New chat, another one opened, the chatbot's bin, Delete),
@@ -431,7 +436,7 @@ def build_chat_tab(settings: Settings, registry, store, page: gr.Blocks,
     # under CPU load), and most likely the title refilled after a follow-up in CI (stops 37 and 38).
     page.load(reopen_on_load, [remembered, page_view], [chatbot, sources, current, listed, title], queue=False)
     variant.focus(refresh_variants, variant, variant, queue=False)
-    model_timer.tick(lambda: (model_line(registry), gr.Timer(active=registry.base is None and not registry.load_error)),
+    model_timer.tick(lambda: (model_line(registry), gr.Timer(active=still_loading(registry))),
                      None, [info, model_timer], queue=False, show_progress="hidden")
 
     return {
