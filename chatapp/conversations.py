@@ -57,10 +57,13 @@ CREATE TABLE IF NOT EXISTS turns (
     sources TEXT NOT NULL DEFAULT '[]',
     evidence TEXT NOT NULL DEFAULT '[]',
     unsupported TEXT NOT NULL DEFAULT '[]',
+    unmentioned TEXT NOT NULL DEFAULT '[]',
     PRIMARY KEY (conversation_id, number)
 );
 """
-JSON_COLUMNS = ("sources", "evidence", "unsupported")
+JSON_COLUMNS = ("sources", "evidence", "unsupported", "unmentioned")
+# Columns added since the first schema, each with its default: a file made before gains them on open.
+ADDED_COLUMNS = {"unmentioned": "TEXT NOT NULL DEFAULT '[]'"}
 
 
 @dataclass
@@ -78,6 +81,8 @@ class Turn:
     sources: list[dict] = field(default_factory=list)
     evidence: list[dict] = field(default_factory=list)
     unsupported: list[str] = field(default_factory=list)
+    # The names asked about that no stored chunk holds, so that a reopened turn says why it has no sources.
+    unmentioned: list[str] = field(default_factory=list)
     created: float = field(default_factory=time.time)
     number: int = 0  # set by append_turn: 1, 2, ... within its conversation
 
@@ -87,7 +92,8 @@ class Turn:
         return cls(question=answer.question, answer=answer.answer, reasoning=answer.reasoning,
                    standalone_question=answer.standalone_question, status=answer.status, variant=variant,
                    style=style, model_answer=answer.model_answer, sources=[asdict(s) for s in answer.sources],
-                   evidence=answer.evidence, unsupported=list(answer.unsupported))
+                   evidence=answer.evidence, unsupported=list(answer.unsupported),
+                   unmentioned=list(answer.unmentioned))
 
 
 @dataclass
@@ -167,6 +173,10 @@ class Conversations:
         with closing(self._connect()) as db:
             db.execute("PRAGMA journal_mode=WAL")  # persistent in the file: readers never block the writer
             db.executescript(SCHEMA)
+            present = {row["name"] for row in db.execute("PRAGMA table_info(turns)")}
+            for column, declaration in ADDED_COLUMNS.items():
+                if column not in present:
+                    db.execute(f"ALTER TABLE turns ADD COLUMN {column} {declaration}")
 
     def _connect(self) -> sqlite3.Connection:
         # isolation_level=None: transactions are explicit (BEGIN IMMEDIATE below), so numbering a turn and

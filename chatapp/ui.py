@@ -153,8 +153,8 @@ def stored_answer(turn: Turn) -> rag.Answer:
     """A saved turn as the finished Answer the page drew, to draw it again."""
     return rag.Answer(turn.question, standalone_question=turn.standalone_question, answer=turn.answer,
                       reasoning=turn.reasoning, sources=[rag.Source(**source) for source in turn.sources],
-                      unsupported=list(turn.unsupported), model_answer=turn.model_answer, status=turn.status,
-                      done=True)
+                      unsupported=list(turn.unsupported), unmentioned=list(turn.unmentioned),
+                      model_answer=turn.model_answer, status=turn.status, done=True)
 
 
 def conversation_messages(conversation: Conversation) -> list[dict]:

@@ -14,11 +14,12 @@ import torch
 from peft import LoraConfig, get_peft_model
 
 from chatapp import prompts, rag
+from chatapp.conversations import Conversations, Turn
 from chatapp.generation import GenerationSettings
 from chatapp.loading import load_base
 from chatapp.model import BASE, ModelRegistry
 from chatapp.settings import Settings
-from chatapp.ui import build_chat_tab, sources_html
+from chatapp.ui import build_chat_tab, sources_html, stored_answer
 
 ROOT = Path(__file__).resolve().parents[1]
 PDF = "attention-is-all-you-need.pdf"
@@ -135,7 +136,8 @@ def test_nothing_relevant_means_no_answer_and_no_sources(store, registry):
     assert final.answer == rag.NO_CONTEXT_REPLY and final.sources == [] and final.retrieved == []
 
 
-def test_a_question_about_a_name_no_stored_chunk_holds_is_not_answered_and_says_which(store, registry, settings):
+def test_a_question_about_a_name_no_stored_chunk_holds_is_not_answered_and_says_which(store, registry, settings,
+                                                                                        tmp_path):
     """The paper's passages come close to this question (it clears the relevance threshold), but no chunk of
     the store holds "DeepMind": the reply names it and lists nothing, instead of a figure the model invents."""
     question = "How many GPUs did DeepMind use to train the big Transformer?"
@@ -145,6 +147,12 @@ def test_a_question_about_a_name_no_stored_chunk_holds_is_not_answered_and_says_
     assert final.answer == "The documents don't mention DeepMind, so I can't answer this from them."
     assert final.to_json()["unmentioned"] == ["DeepMind"]
     assert "No sources: no document mentions DeepMind." in sources_html(final)  # the Chat tab's sources panel
+    # and so it reads when the conversation is opened again (the turn keeps the names it was turned away for)
+    conversations = Conversations(tmp_path / "conversations.sqlite")
+    cid = conversations.create()
+    conversations.append_turn(cid, Turn.from_answer(final))
+    reopened = stored_answer(Conversations(tmp_path / "conversations.sqlite").get(cid).turns[0])
+    assert "No sources: no document mentions DeepMind." in sources_html(reopened)
     # the same question about the authors' own lab is answered from page 7
     final = rag.ask("How many GPUs did Google Brain use to train the big Transformer?", [], store=store,
                     registry=registry, generation=SHORT)

@@ -53,6 +53,32 @@ def test_turns_are_stored_in_order_with_their_sources_and_the_title_is_the_first
         assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
 
 
+def test_a_file_made_before_a_column_was_added_gains_it_and_keeps_its_turns(tmp_path):
+    """A conversations.sqlite written before turns had `unmentioned` (the schema of 2026-12-06) opens, its
+    turns read back with the column's default, and new turns store it."""
+    path = tmp_path / "conversations.sqlite"
+    with closing(sqlite3.connect(path)) as db:
+        db.executescript("""
+            CREATE TABLE conversations (id TEXT PRIMARY KEY, user TEXT NOT NULL DEFAULT '', title TEXT NOT NULL
+                DEFAULT '', created REAL NOT NULL, updated REAL NOT NULL);
+            CREATE TABLE turns (conversation_id TEXT NOT NULL REFERENCES conversations (id) ON DELETE CASCADE,
+                number INTEGER NOT NULL, created REAL NOT NULL, question TEXT NOT NULL, answer TEXT NOT NULL
+                DEFAULT '', reasoning TEXT NOT NULL DEFAULT '', standalone_question TEXT NOT NULL DEFAULT '',
+                status TEXT NOT NULL DEFAULT 'answered', variant TEXT NOT NULL DEFAULT '', style TEXT NOT NULL
+                DEFAULT '', model_answer TEXT NOT NULL DEFAULT '', sources TEXT NOT NULL DEFAULT '[]', evidence
+                TEXT NOT NULL DEFAULT '[]', unsupported TEXT NOT NULL DEFAULT '[]',
+                PRIMARY KEY (conversation_id, number));
+            INSERT INTO conversations VALUES ('old', '', 'An old one', 1.0, 1.0);
+            INSERT INTO turns (conversation_id, number, created, question, answer) VALUES ('old', 1, 1.0, 'Q?', 'A.');
+        """)
+    conversations = Conversations(path)
+    old = conversations.get("old")
+    assert [(t.question, t.answer, t.unmentioned) for t in old.turns] == [("Q?", "A.", [])]
+    conversations.append_turn("old", turn("Who is Ada Lovelace?", "The documents don't mention Ada Lovelace.",
+                                          status="no_context", unmentioned=["Ada Lovelace"]))
+    assert Conversations(path).get("old").turns[1].unmentioned == ["Ada Lovelace"]
+
+
 def test_the_list_is_newest_first_skips_empty_ones_and_follows_renames(conversations):
     old = conversations.create()
     conversations.append_turn(old, turn("How many layers does the encoder have?"))
