@@ -39,6 +39,7 @@ def _sources_note(text: str) -> str:
 EMPTY_SOURCES = _sources_note("Sources for the latest answer appear here.")
 # Shown while an answer streams, so the last answer's sources never sit beside the new one.
 PENDING_SOURCES = _sources_note("Sources appear when this answer is complete.")
+NEW_CHAT = "new"  # what the browser remembers while the page shows a new, unsaved chat (see `remembered`)
 
 
 def still_loading(registry) -> bool:
@@ -193,6 +194,8 @@ def build_chat_tab(settings: Settings, registry, store, page: gr.Blocks,
     # The same id kept in the browser (localStorage), so a reload or a restart of the app shows the
     # conversation the page showed, as ChatGPT and Open WebUI do, instead of an empty chat. BrowserState
     # draws a new key at every launch by default, and could then not read the value after a restart.
+    # A new chat is remembered as NEW_CHAT, not None: BrowserState writes only a truthy value to localStorage,
+    # so None left the last id there, and a reload after New chat brought that conversation back.
     remembered = gr.BrowserState(None, storage_key="chatapp-open-conversation",
                                  secret=kept_secret(settings.browser_secret_file))
     with gr.Row():
@@ -348,7 +351,7 @@ def build_chat_tab(settings: Settings, registry, store, page: gr.Blocks,
         except KeyError:  # deleted from another tab
             gr.Warning("That conversation no longer exists.")
             show(view, None)
-            return [], EMPTY_SOURCES, None, conversation_list(user_of(request), None), "", None
+            return [], EMPTY_SOURCES, None, conversation_list(user_of(request), None), "", NEW_CHAT
         show(view, conversation.id)
         return *shown(conversation), conversation.id, gr.skip(), conversation.title, conversation.id
 
@@ -357,7 +360,7 @@ def build_chat_tab(settings: Settings, registry, store, page: gr.Blocks,
         Run once, on the page's load (the BrowserState holds its stored value by then)."""
         user = user_of(request)
         try:
-            conversation = conversations.get(remembered_id, user) if remembered_id else None
+            conversation = conversations.get(remembered_id, user) if remembered_id not in (None, NEW_CHAT) else None
         except KeyError:  # deleted meanwhile, or another login's on a shared browser: start empty, quietly
             conversation = None
         if conversation is None:
@@ -367,7 +370,7 @@ def build_chat_tab(settings: Settings, registry, store, page: gr.Blocks,
 
     def start_new(view: dict, request: gr.Request):
         show(view, None)
-        return [], EMPTY_SOURCES, "", None, conversation_list(user_of(request), None), "", None, None
+        return [], EMPTY_SOURCES, "", None, conversation_list(user_of(request), None), "", None, NEW_CHAT
 
     def rename_conversation(conversation_id, new_title, request: gr.Request):
         user = user_of(request)

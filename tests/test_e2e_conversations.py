@@ -320,6 +320,13 @@ def test_the_load_handler_runs_once_per_load_so_a_title_typed_after_opening_a_co
         page.locator("#new-chat").click()
         page.wait_for_timeout(1000)
         expect(page.locator("#chatbot [data-testid='user']")).to_have_count(0)
+
+        # after New chat, a reload shows a new chat: the old conversation came back (the browser kept its id)
+        page.reload(wait_until="load")
+        expect(listed).to_have_count(2)
+        page.wait_for_timeout(1000)
+        expect(page.locator("#chatbot [data-testid='user']")).to_have_count(0)
+        expect(page.locator("#conversations input:checked")).to_have_count(0)
     finally:
         page.close()
         demo.close()
