@@ -51,8 +51,10 @@ class Example:
         return self.prompt[-1]["content"]
 
 
-def _records_of(path: Path) -> list:
-    """The file's records with where each one is, or DatasetError: missing, empty, or holding none."""
+def records_of(path: str | Path) -> list[tuple[object, str]]:
+    """The file's records (a JSON array, {"data": [...]}, or JSONL), each with where it is (" (line 3)"), or
+    DatasetError: missing, empty, not JSON, or holding none. Every reader of a record file starts here."""
+    path = Path(path)
     if not path.is_file():
         raise DatasetError(f"{path}: no such file")
     text = path.read_text(encoding="utf-8")
@@ -67,7 +69,7 @@ def _records_of(path: Path) -> list:
 def read_records(path: str | Path, variables: dict[str, str] | None = None) -> list[Example]:
     """Every record of a dataset file as an Example; the first bad record raises DatasetError."""
     path = Path(path)
-    records = _records_of(path)
+    records = records_of(path)
     examples = []
     for number, (record, where) in enumerate(records, start=1):
         try:
@@ -296,7 +298,7 @@ def to_preference(record) -> Preference:
 def read_preferences(path: str | Path, variables: dict[str, str] | None = None) -> list[Preference]:
     """Every record of a preference file (JSON array or JSONL); the first bad record raises DatasetError."""
     path = Path(path)
-    records = _records_of(path)
+    records = records_of(path)
     pairs = []
     for number, (record, where) in enumerate(records, start=1):
         try:

@@ -13,13 +13,13 @@ A line without `answer` and `source` is one that must get no sources (off-topic,
 """
 from __future__ import annotations
 
-import json
 import re
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from chatapp import rag
+from chatapp.datasets import DatasetError, records_of
 from chatapp.evidence import figures
 from chatapp.generation import GenerationSettings
 from loaders.terms import figure_key
@@ -43,17 +43,14 @@ class Question:
 
 
 def read_questions(path: str | Path, split: str | None = None) -> list[Question]:
-    """Questions from a JSON list or JSONL file; `split` keeps only that split ("tune", "holdout")."""
-    text = Path(path).read_text(encoding="utf-8")
-    try:
-        rows = json.loads(text) if text.lstrip().startswith("[") else [json.loads(line) for line in text.splitlines() if line.strip()]
-    except json.JSONDecodeError as err:
-        raise ValueError(f"{path}: not JSON or JSONL ({err.msg}, line {err.lineno})") from None
+    """Questions from a JSON list or JSONL file; `split` keeps only that split ("tune", "holdout").
+    A bad record raises DatasetError (a ValueError) naming the file, the record and its line."""
     questions = []
-    for number, row in enumerate(rows, 1):
-        question = row.get("question") or row.get("instruction")
+    for number, (row, where) in enumerate(records_of(path), 1):
+        question = row.get("question") or row.get("instruction") if isinstance(row, dict) else None
         if not isinstance(question, str) or not question.strip():
-            raise ValueError(f"{path}: record {number} has no question")
+            raise DatasetError(f"{path}: record {number}{where} has no question (expected an object with "
+                               f'"question", or "instruction" as synth writes)')
         questions.append(Question(question=question.strip(), answer=row.get("answer", row.get("output")),
                                   source=row.get("source"), page=row.get("page"), id=str(row.get("id") or number),
                                   paraphrase=bool(row.get("paraphrase")), split=str(row.get("split") or "")))
