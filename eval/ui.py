@@ -405,12 +405,18 @@ def build_rag_eval(settings, registry, variants) -> dict:
         except (ValueError, OSError) as error:
             raise gr.Error(str(error)) from None
         store = get_store(settings)
-        if store.is_empty():
+        if store.is_empty() and not store.ingesting():
             raise gr.Error("No documents are stored yet: add some in the Documents tab.")
         asking.start(lambda report: rag_outputs(asked, store, list(chosen), report))
         return asking.status(), gr.Timer(active=True)
 
     def rag_outputs(asked, store, chosen, report) -> tuple:
+        # A file dropped in the Documents tab just before is scored once stored, as the chat waits for it:
+        # asked meanwhile, the questions met a store without it (or "no documents are stored yet").
+        pending = store.ingesting()
+        if pending:
+            report(0.0, f"waiting for {', '.join(sorted(pending))} to be stored (Documents tab)")
+            store.wait_until_stored()
         rows = []
         for variant in chosen:
             scored = evaluate(asked, store=store, registry=registry, settings=settings, variant=variant,

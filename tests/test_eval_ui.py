@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import threading
 
 import pytest
 from conftest import launch_blocks, make_tiny_adapter
@@ -99,16 +100,33 @@ def test_answers_from_your_documents_are_scored_and_a_reload_keeps_the_run(app, 
     from loaders.store import get_store
 
     settings, _, url = app
+    page = browser.new_page(viewport={"width": 1300, "height": 1300})
+    page.goto(url, wait_until="load")
+    # a record that is no question object gets one line naming it (it was "'str' object has no attribute 'get'")
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"question": "How long is the crossing?", "answer": "15 minutes"}\n"How long is the crossing?"\n')
+    page.locator("#rag-eval-questions input[type=file]").set_input_files(str(bad))
+    page.locator("#rag-eval-run").click()
+    expect(page.locator(".toast-body").last).to_contain_text("record 2 (line 2) has no question")
+
+    # questions asked while their file is still being stored (dropped in Documents just before) wait for it
+    store = get_store(settings)
     note = tmp_path / "ferry-times.txt"
-    note.write_text("The first ferry to Skomer leaves Martin's Haven at 10 am. The crossing takes 15 minutes.")
-    assert get_store(settings).ingest([note])[0].ok
+    filler = "".join(f"Timetable note {i}: sailings depend on the weather and the tide at the landing stage. " * 12 + "\n\n"
+                     for i in range(400))  # some 400 chunks, a few seconds to embed
+    note.write_text(filler + "The first ferry to Skomer leaves Martin's Haven at 10 am. The crossing takes 15 minutes.")
+    storing = threading.Event()
+    ingest = threading.Thread(target=store.ingest, args=([note],), kwargs={"started": storing.set})
+    ingest.start()
+    assert storing.wait(60)
     questions = tmp_path / "questions.jsonl"
     questions.write_text(json.dumps({"question": "How long does the crossing to Skomer take?", "answer": "15 minutes",
                                      "source": "ferry-times.txt"}) + "\n")
-    page = browser.new_page(viewport={"width": 1300, "height": 1300})
-    page.goto(url, wait_until="load")
+    page.locator("#rag-eval-questions button[aria-label='Clear']").click()
     page.locator("#rag-eval-questions input[type=file]").set_input_files(str(questions))
     page.locator("#rag-eval-run").click()
+    expect(page.locator("#rag-eval-status")).to_contain_text("waiting for ferry-times.txt to be stored")
+    ingest.join()
     expect(page.locator("#rag-eval-status")).to_contain_text("Running")
     page.reload(wait_until="load")
     row = page.locator("#rag-eval-table [role=gridcell]", has_text="base")
