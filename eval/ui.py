@@ -17,8 +17,14 @@ from typing import Any
 
 import gradio as gr
 
+from chatapp import rag
+from chatapp.adapters import CARD_FILE, adapter_folders
+from chatapp.generation import GenerationSettings
+from eval.answers import evaluate, read_questions
 from eval.arena import AlreadyVoted, ArenaStore, Battle
 from eval.ratings import leaderboard, style_control, win_rate_figure
+from eval.score import FEW_EXAMPLES, PAIRED_METRICS, ScoreConfig, score
+from loaders.store import get_store
 
 log = logging.getLogger(__name__)
 
@@ -55,16 +61,7 @@ HOW_IT_WORKS = ("Type a prompt: two different variants ({variants}) are drawn at
                 "and each battle takes one vote.")
 
 
-def _rag_answer():
-    """chatapp.rag.answer when the chat package provides it, else None (no retrieval option)."""
-    try:
-        from chatapp.rag import answer
-    except ImportError:
-        return None
-    return answer
-
-
-def _answer_texts(rag_answer, prompt: str, variant: str, registry, generation, use_rag: bool):
+def _answer_texts(prompt: str, variant: str, registry, generation, use_rag: bool):
     """The answer so far, growing: plain generation, or the grounded answer with its sources."""
     if not use_rag:
         text = ""
@@ -72,7 +69,7 @@ def _answer_texts(rag_answer, prompt: str, variant: str, registry, generation, u
             text += piece
             yield text
         return
-    for snapshot in rag_answer(prompt, [], registry=registry, variant=variant, generation=generation):
+    for snapshot in rag.answer(prompt, [], registry=registry, variant=variant, generation=generation):
         # The variant's own words, even where the chat shows the evidence quote instead: a vote judges the
         # variant (both would otherwise show the same quote), and the check says what no source holds.
         text = snapshot.model_answer or snapshot.text
@@ -120,11 +117,8 @@ def _win_plot(store: ArenaStore):
 def build_arena_tab(settings, registry, store: ArenaStore | None = None, generation=None, tab=None) -> dict:
     """Build the Arena inside the current Blocks context; returns its components by name. With its `tab`,
     the variants and the leaderboard are read again each time the tab is opened."""
-    from chatapp.generation import GenerationSettings
-
     store = store or ArenaStore(settings.arena_db)
     generation = generation or GenerationSettings()
-    rag_answer = _rag_answer()
 
     def intro() -> str:
         variants = registry.variants()
@@ -140,8 +134,7 @@ def build_arena_tab(settings, registry, store: ArenaStore | None = None, generat
                             lines=1, max_lines=8, scale=5, elem_id="arena-prompt")
         with gr.Column(scale=1, min_width=160):
             go = gr.Button("Battle", variant="primary", elem_id="arena-go")
-            use_rag = gr.Checkbox(label="Answer from my documents", value=False, visible=rag_answer is not None,
-                                  elem_id="arena-rag")
+            use_rag = gr.Checkbox(label="Answer from my documents", value=False, elem_id="arena-rag")
     with gr.Row(equal_height=True):
         answer_a = gr.Textbox(label="Model A", lines=10, max_lines=20, interactive=False, elem_id="arena-model-a")
         answer_b = gr.Textbox(label="Model B", lines=10, max_lines=20, interactive=False, elem_id="arena-model-b")
@@ -164,7 +157,7 @@ def build_arena_tab(settings, registry, store: ArenaStore | None = None, generat
 
     locked = [gr.update(interactive=False)] * len(vote_buttons)
 
-    def run_battle(text: str, rag: bool):
+    def run_battle(text: str, from_documents: bool):
         text = (text or "").strip()
         if not text:
             raise gr.Error("Type a prompt first.")
@@ -174,13 +167,12 @@ def build_arena_tab(settings, registry, store: ArenaStore | None = None, generat
             return
         model_a, model_b = random.sample(variants, 2)  # two different variants, on random sides
         battle = {"question_id": uuid.uuid4().hex, "model_a": model_a, "model_b": model_b, "prompt": text,
-                  "answer_a": "", "answer_b": "", "rag": bool(rag and rag_answer), "done": False}
+                  "answer_a": "", "answer_b": "", "rag": bool(from_documents), "done": False}
         yield (battle, "", "", intro(), "", gr.update(interactive=False), *locked)
         # One base model serves every variant, so the two answers are generated one after the other.
         try:
             for side in ("a", "b"):
-                for so_far in _answer_texts(rag_answer, text, battle[f"model_{side}"], registry, generation,
-                                            battle["rag"]):
+                for so_far in _answer_texts(text, battle[f"model_{side}"], registry, generation, battle["rag"]):
                     battle[f"answer_{side}"] = so_far
                     yield (battle, battle["answer_a"], battle["answer_b"], gr.skip(), "", gr.skip(), *locked)
         except Exception as exc:  # an adapter deleted meanwhile, a broken adapter folder, a failed generation
@@ -288,9 +280,6 @@ class BackgroundRun:
 
 def build_eval_tab(settings, registry, tab=None) -> dict:
     """Score variants on an uploaded dataset: `python -m eval score`, run in the background with its progress shown."""
-    from chatapp.adapters import CARD_FILE, adapter_folders
-    from eval.score import FEW_EXAMPLES, PAIRED_METRICS, ScoreConfig, score
-
     def adapter_names() -> list[str]:  # those with a card, which names the records they held out
         return [name for name, folder in adapter_folders(settings).items() if (folder / CARD_FILE).is_file()]
 
@@ -376,9 +365,6 @@ RAG_COLUMNS = ["variant", "questions", "hit@1", "hit@4", "hit@20", "mrr", "right
 
 def build_rag_eval(settings, registry, variants) -> dict:
     """Grounded answers on the user's own store: `python -m eval rag`, in the background, with its progress shown."""
-    from eval.answers import evaluate, read_questions
-    from loaders.store import get_store
-
     gr.Markdown("### Answers from your documents\nUpload questions about the stored documents (JSONL: "
                 '`{"question", "answer", "source", "page"}`, the answer as the document words it; or pairs from '
                 "`python -m finetune synth`). Each is asked as in Chat, and scored: is the passage holding the "
