@@ -47,7 +47,7 @@ def read_questions(path: str | Path, split: str | None = None) -> list[Question]
     A bad record raises DatasetError (a ValueError) naming the file, the record and its line."""
     questions = []
     for number, (row, where) in enumerate(records_of(path), 1):
-        question = row.get("question") or row.get("instruction") if isinstance(row, dict) else None
+        question = (row.get("question") or row.get("instruction")) if isinstance(row, dict) else None
         if not isinstance(question, str) or not question.strip():
             raise DatasetError(f"{path}: record {number}{where} has no question (expected an object with "
                                f'"question", or "instruction" as synth writes)')
