@@ -112,11 +112,12 @@ def test_answers_from_your_documents_are_scored_and_a_reload_keeps_the_run(app, 
     # questions asked while their file is still being stored (dropped in Documents just before) wait for it
     store = get_store(settings)
     note = tmp_path / "ferry-times.txt"
-    filler = "".join(f"Timetable note {i}: sailings depend on the weather and the tide at the landing stage. " * 12 + "\n\n"
-                     for i in range(400))  # some 400 chunks, a few seconds to embed
-    note.write_text(filler + "The first ferry to Skomer leaves Martin's Haven at 10 am. The crossing takes 15 minutes.")
-    storing = threading.Event()
-    ingest = threading.Thread(target=store.ingest, args=([note],), kwargs={"started": storing.set})
+    note.write_text("The first ferry to Skomer leaves Martin's Haven at 10 am. The crossing takes 15 minutes.")
+    # The ingest is held at its first progress report until the page has shown the wait: a fast machine
+    # stores a small file before the click, and the wait is then never seen.
+    storing, release, stored = threading.Event(), threading.Event(), []
+    ingest = threading.Thread(target=lambda: stored.extend(store.ingest(
+        [note], progress=lambda fraction, message: release.wait(120), started=storing.set)))
     ingest.start()
     assert storing.wait(60)
     questions = tmp_path / "questions.jsonl"
@@ -126,7 +127,9 @@ def test_answers_from_your_documents_are_scored_and_a_reload_keeps_the_run(app, 
     page.locator("#rag-eval-questions input[type=file]").set_input_files(str(questions))
     page.locator("#rag-eval-run").click()
     expect(page.locator("#rag-eval-status")).to_contain_text("waiting for ferry-times.txt to be stored")
+    release.set()
     ingest.join()
+    assert [r.ok for r in stored] == [True], stored
     expect(page.locator("#rag-eval-status")).to_contain_text("Running")
     page.reload(wait_until="load")
     row = page.locator("#rag-eval-table [role=gridcell]", has_text="base")
