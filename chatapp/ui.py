@@ -23,7 +23,7 @@ from chatapp.conversations import Conversation, Conversations, Turn
 from chatapp.generation import GenerationSettings
 from chatapp.model import BASE
 from chatapp.settings import Settings
-from loaders.pages import highlighted_page
+from loaders.pages import highlighted_page, picture_page
 
 log = logging.getLogger("chatapp.ui")
 
@@ -76,18 +76,27 @@ def marked_passage(source: rag.Source) -> str:
 
 
 def page_picture(store, source: rag.Source) -> str:
-    """An <img> of the PDF page with the quote highlighted, or "" (not a PDF, or no stored copy)."""
-    original = store.original(source.sha256) if store is not None and source.page and source.kind == "pdf" else None
+    """An <img> of the PDF page with the quote highlighted, or of the picture OCR read; "" for other kinds
+    or when no copy is stored."""
+    if store is None or source.kind not in ("pdf", "image") or (source.kind == "pdf" and not source.page):
+        return ""
+    original = store.original(source.sha256, kind=source.kind)
     if original is None:
         return ""
     try:
-        jpeg = highlighted_page(original, source.page, [source.text[a:b] for a, b in source.quote_spans])
+        if source.kind == "pdf":
+            jpeg = highlighted_page(original, source.page, [source.text[a:b] for a, b in source.quote_spans])
+        else:
+            jpeg = picture_page(original, source.page or 1)
     except Exception:  # a damaged copy: the passage is still shown as text
         log.exception("rendering %s p. %s failed", source.source, source.page)
         return ""
     data = base64.b64encode(jpeg).decode()
-    return (f'<details class="chat-page"><summary>Page {source.page} with the quote highlighted</summary>'
-            f'<img class="chat-page-image" alt="{html.escape(source.source)} p. {source.page}" '
+    summary = (f"Page {source.page} with the quote highlighted" if source.kind == "pdf"
+               else "The picture this text was read from by OCR")
+    where = f" p. {source.page}" if source.page else ""
+    return (f'<details class="chat-page"><summary>{summary}</summary>'
+            f'<img class="chat-page-image" alt="{html.escape(source.source)}{where}" '
             f'src="data:image/jpeg;base64,{data}" style="max-width: 100%"></details>')
 
 

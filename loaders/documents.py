@@ -1,7 +1,7 @@
 """Turning a source (file, folder, URL) into LangChain Documents, and splitting them into chunks.
 
 Every Document carries: source (file name or URL: the key that replace and delete use), kind, title,
-sha256 of the source's bytes, and where the format has one: page (PDF, from 1), start/end (seconds,
+sha256 of the source's bytes, and where the format has one: page (PDF or multi-page TIFF, from 1), start/end (seconds,
 transcripts), record (JSON/JSONL, from 0), and for the formats of loaders.formats a `location` in words
 ("Sheet1, row 12", "slide 3") and a `section` (heading path). A source that cannot be read raises LoadError, whose
 message is one line naming the source and saying why; nothing is returned for it.
@@ -34,6 +34,8 @@ KINDS = {
     ".txt": "text", ".md": "markdown", ".markdown": "markdown",
     ".docx": "docx", ".pptx": "pptx", ".xlsx": "xlsx", ".xlsm": "xlsx", ".csv": "csv", ".tsv": "csv",
     ".epub": "epub",
+    ".png": "image", ".jpg": "image", ".jpeg": "image", ".tif": "image", ".tiff": "image", ".webp": "image",
+    ".bmp": "image", ".gif": "image",
 }
 SUPPORTED = sorted(KINDS)
 MAX_NAME = 200  # characters of a source's name; file systems allow 255 bytes, and it is shown in every citation
@@ -203,6 +205,8 @@ def parse(data: bytes, name: str, *, kind: str, suffix: str = "", jq: str | None
     def read() -> list[Document]:
         if kind == "pdf":
             return _pdf(data, name, base, progress)
+        if kind == "image":
+            return _picture(data, name, base, progress)
         if kind == "html":
             return _html(data, name, base)
         if kind == "json":
@@ -357,6 +361,36 @@ def _pdf(data: bytes, name: str, base: dict, progress: Progress | None = None) -
     return [Document(page_content=text, metadata={**base, "title": str(title).strip(), "page": number,
                                                   **({"ocr": True} if by_ocr else {})})
             for number, (text, by_ocr) in enumerate(pages, start=1) if text.strip()]
+
+
+def _picture(data: bytes, name: str, base: dict, progress: Progress | None = None) -> list[Document]:
+    """A photo, screenshot or scan read by OCR: one Document per page of a multi-page TIFF, each with its
+    page number (as a scanned PDF's), or one Document for a single picture."""
+    from PIL import UnidentifiedImageError
+
+    try:
+        pages = list(ocr.picture_pages(data))
+    except UnidentifiedImageError:
+        raise LoadError(name, "not a picture that Pillow can read (damaged, or another format)") from None
+    except OSError as err:  # Pillow's word for pixel data cut short or damaged
+        raise LoadError(name, f"damaged picture ({err})") from None
+    except ocr.OCRError as err:
+        raise LoadError(name, f"cannot read the picture by OCR: {err}") from None
+    texts = []
+    for index, page in enumerate(pages):
+        try:
+            texts.append(ocr.read(page))
+        except ocr.OCRError as err:
+            raise LoadError(name, f"OCR failed{f' on page {index + 1}' if len(pages) > 1 else ''}: {err}") from None
+        if progress:
+            progress((index + 1) / len(pages), f"reading {name}" + (f": page {index + 1}/{len(pages)}" if len(pages) > 1 else "")
+                     + " by OCR")
+    if not any(text.strip() for text in texts):
+        raise LoadError(name, "no text in the picture, not even by OCR")
+    numbered = len(pages) > 1
+    return [Document(page_content=text, metadata={**base, "title": Path(name).stem, "ocr": True,
+                                                  **({"page": number} if numbered else {})})
+            for number, text in enumerate(texts, start=1) if text.strip()]
 
 
 def _html(data: bytes, name: str, base: dict) -> list[Document]:
@@ -673,7 +707,7 @@ def _load_url(url: str, *, jq: str | None) -> list[Document]:
     suffix = Path(urlparse(url).path).suffix.lower()
     kind = ("pdf" if "pdf" in content_type else "html" if "html" in content_type
             else "jsonl" if suffix == ".jsonl" else "json" if "json" in content_type
-            else KINDS.get(suffix, "text"))
+            else "image" if content_type.startswith("image/") else KINDS.get(suffix, "text"))
     return load_bytes(data, url, kind=kind, suffix=suffix, jq=jq)
 
 

@@ -1,16 +1,21 @@
-"""OCR for PDF pages that have no text layer (scans, photographed pages): PDFium renders the page, Debian's
-tesseract reads it (through pytesseract). loaders.documents calls this only for pages whose text is empty,
-so a PDF with a text layer never pays for it.
+"""OCR for PDF pages that have no text layer (scans, photographed pages) and for pictures (PNG, JPEG,
+TIFF, ...): PDFium renders a page, Pillow opens a picture, Debian's tesseract reads it (through
+pytesseract). loaders.documents calls this only for pages whose text is empty, so a PDF with a text layer
+never pays for it.
 
     image = page_image(pdfium_page)   # PIL image at ~300 dpi, pixels capped
+    pictures = picture_pages(data)    # each page of a picture file (a multi-page TIFF has several)
     text = read(image)                # raises OCRError with a one-line reason
 """
 from __future__ import annotations
 
+import io
 import math
+from typing import Iterator
 
 import pypdfium2.raw as pdfium_c
 import pytesseract
+from PIL import Image, ImageOps, ImageSequence
 
 DPI = 300  # what tesseract is trained for; 200 dpi lost small print in the paper's tables
 MAX_RENDER_PIXELS = 12_000_000  # an A4/Letter page at 300 dpi is ~8.7 M; a poster-sized page is scaled down
@@ -33,6 +38,24 @@ def page_image(page):
     points = page.get_width() * page.get_height()
     scale = min(DPI / 72, math.sqrt(MAX_RENDER_PIXELS / points)) if points > 0 else DPI / 72
     return page.render(scale=scale, grayscale=True).to_pil()
+
+
+def picture_pages(data: bytes) -> Iterator[Image.Image]:
+    """The pages of a picture file as grayscale images ready for OCR: every frame of a TIFF (scanners and
+    fax write one file per document), the first of any other format (a GIF's frames are an animation).
+    A phone photo is turned upright by its EXIF orientation, which tesseract does not read."""
+    with Image.open(io.BytesIO(data)) as picture:  # UnidentifiedImageError for bytes that are no picture
+        frames = ImageSequence.Iterator(picture) if picture.format == "TIFF" else [picture]
+        for frame in frames:
+            width, height = frame.size
+            if width * height > MAX_IMAGE_PIXELS:
+                raise OCRError(f"a picture of {width}×{height} pixels is over the {MAX_IMAGE_PIXELS // 10**6} M "
+                               "pixel limit (a decompression bomb?)")
+            page = ImageOps.exif_transpose(frame).convert("L")
+            if width * height > MAX_RENDER_PIXELS:  # a 48 MP photo: tesseract needs no more than a 300-dpi page
+                scale = math.sqrt(MAX_RENDER_PIXELS / (width * height))
+                page.thumbnail((int(width * scale), int(height * scale)))
+            yield page
 
 
 def read(image) -> str:

@@ -1,7 +1,9 @@
 """Pictures of PDF pages with a passage's quote highlighted, so a reader sees the sentence where it
-stands on the page (Kotaemon and RAGFlow do this; Open WebUI only jumps to the page).
+stands on the page (Kotaemon and RAGFlow do this; Open WebUI only jumps to the page), and of the picture
+(photo, scan) whose text OCR read, so a reader can check what OCR made of it.
 
     jpeg = highlighted_page(Path("data/files/<sha256>.pdf"), page=8, quotes=["...label smoothing of value 0.1..."])
+    jpeg = picture_page(Path("data/files/<sha256>.picture"), page=1)
 
 PDFium (pypdfium2) renders the page and gives the rectangles of any range of its characters. The text the
 loader stored is PDFium's own text of the page with control characters dropped, so a quote is found in it
@@ -15,11 +17,12 @@ import re
 from pathlib import Path
 
 import pypdfium2 as pdfium
-from PIL import Image, ImageDraw
+from PIL import Image, ImageDraw, ImageOps
 
 from loaders.documents import PDFIUM_DROPPED, PDFIUM_LOCK
 
 RENDER_SCALE = 1.4  # ~860 px wide for a Letter page: the highlighted words stay readable
+PICTURE_WIDTH = 860  # px: a PDF page's width at RENDER_SCALE
 HIGHLIGHT = (255, 214, 0, 110)  # translucent yellow, as a highlighter pen
 
 
@@ -64,4 +67,16 @@ def highlighted_page(path: str | Path, page: int, quotes: list[str]) -> bytes:
                         right * RENDER_SCALE + 1, (height - bottom) * RENDER_SCALE + 1], fill=HIGHLIGHT)
     out = io.BytesIO()
     Image.alpha_composite(image, overlay).convert("RGB").save(out, format="JPEG", quality=80)
+    return out.getvalue()
+
+
+def picture_page(path: str | Path, page: int = 1) -> bytes:
+    """JPEG of a stored picture (page `page` of a multi-page TIFF), upright and ~860 px wide at most. No
+    highlight: OCR's word boxes are not kept, and reading them again would take seconds a page."""
+    with Image.open(path) as picture:
+        picture.seek(page - 1)
+        image = ImageOps.exif_transpose(picture).convert("RGB")
+    image.thumbnail((PICTURE_WIDTH, PICTURE_WIDTH * 4))
+    out = io.BytesIO()
+    image.save(out, format="JPEG", quality=80)
     return out.getvalue()

@@ -41,6 +41,7 @@ Progress = Callable[[float, str], None]
 CHUNK_NAMESPACE = uuid.UUID("6f0c6a52-3c47-4d1e-9a55-2f6a0c1f7a10")  # fixed: ids must not change between runs
 WRITE_BATCH = 256  # chunks embedded and written per step: bounds memory and paces the progress bar
 SAME_EMBEDDER = 0.8  # embedder_agreement below this: the store's vectors come from another model
+ORIGINAL_SUFFIX = {"pdf": ".pdf", "image": ".picture"}  # copies kept for the chat's page pictures, by kind
 
 
 @dataclass
@@ -269,20 +270,21 @@ class DocumentStore:
         return len(chunks)
 
     def _keep_original(self, item, chunks: list[Document]) -> None:
-        if self.files_dir is None or not chunks or chunks[0].metadata.get("kind") != "pdf" or is_url(item):
+        kind = chunks[0].metadata.get("kind") if chunks else None
+        if self.files_dir is None or kind not in ORIGINAL_SUFFIX or is_url(item):
             return
-        target = self.original(chunks[0].metadata.get("sha256", ""), must_exist=False)
+        target = self.original(chunks[0].metadata.get("sha256", ""), must_exist=False, kind=kind)
         if target is not None and not target.exists():
             self.files_dir.mkdir(parents=True, exist_ok=True)
             partial = target.with_suffix(".partial")
             shutil.copyfile(item, partial)
             partial.replace(target)  # never a half-copied file under the final name
 
-    def original(self, sha256: str, must_exist: bool = True) -> Path | None:
-        """The stored copy of a PDF by its sha256, or None."""
-        if self.files_dir is None or not re.fullmatch(r"[0-9a-f]{64}", sha256 or ""):
+    def original(self, sha256: str, must_exist: bool = True, kind: str = "pdf") -> Path | None:
+        """The stored copy of a PDF or picture (`kind`) by its sha256, or None."""
+        if self.files_dir is None or not re.fullmatch(r"[0-9a-f]{64}", sha256 or "") or kind not in ORIGINAL_SUFFIX:
             return None
-        path = self.files_dir / f"{sha256}.pdf"
+        path = self.files_dir / f"{sha256}{ORIGINAL_SUFFIX[kind]}"
         return path if path.exists() or not must_exist else None
 
     def delete(self, source: str) -> int:
@@ -293,9 +295,10 @@ class DocumentStore:
             shas = {(p.payload.get("metadata") or {}).get("sha256", "")
                     for p in self.vector_store.scroll(["metadata.sha256"], pending=None, source=source)}
             for sha in shas:
-                copy = self.original(sha)
-                if copy is not None:
-                    copy.unlink(missing_ok=True)
+                for kind in ORIGINAL_SUFFIX:
+                    copy = self.original(sha, kind=kind)
+                    if copy is not None:
+                        copy.unlink(missing_ok=True)
             if count or self.vector_store.count(source, pending=True):
                 self.vector_store.remove(source)
         return count

@@ -3,6 +3,11 @@ python-pptx, openpyxl and ebooklib, and pages of the attention paper rendered to
 real embedded store, searched, and cited with the right place."""
 from __future__ import annotations
 
+import base64
+import http.server
+import io
+import re
+import threading
 import time
 
 import docx
@@ -10,10 +15,12 @@ import openpyxl
 import pptx
 import pypdfium2 as pdfium
 import pytest
+from PIL import Image
 from ebooklib import epub
 
 from chatapp import rag
 from chatapp.settings import Settings
+from chatapp.ui import page_picture
 from loaders import LoadError, load
 from loaders.documents import place
 from loaders.store import get_store
@@ -240,3 +247,88 @@ def test_blank_pdf_says_ocr_found_nothing(tmp_path):
     blank.close()
     with pytest.raises(LoadError, match=r"^blank.pdf: PDF has no text, not even by OCR"):
         load(tmp_path / "blank.pdf")
+
+
+@pytest.fixture(scope="module")
+def pictures(tmp_path_factory, corpus):
+    """The paper's pages 1 and 8 as a two-page TIFF (a scanner's output), and page 8 as a phone photo: a
+    JPEG whose pixels lie sideways with the EXIF orientation that turns them upright."""
+    folder = tmp_path_factory.mktemp("pictures")
+    paper = pdfium.PdfDocument(corpus / "pdf" / "attention-is-all-you-need.pdf")
+    first, eighth = (paper[index].render(scale=200 / 72, grayscale=True).to_pil() for index in (0, 7))
+    paper.close()
+    first.save(folder / "scan.tiff", save_all=True, append_images=[eighth], compression="tiff_deflate")
+    exif = Image.Exif()
+    exif[0x0112] = 6  # "rotate 90° clockwise to show": how a phone held upright stores a photo
+    eighth.transpose(Image.Transpose.ROTATE_90).save(folder / "photo.jpg", quality=85, exif=exif)
+    return folder
+
+
+def test_a_multi_page_tiff_is_read_by_ocr_page_by_page(pictures):
+    heard: list[tuple[float, str]] = []
+    docs = load(pictures / "scan.tiff", progress=lambda fraction, message: heard.append((round(fraction, 2), message)))
+    assert [(d.metadata["page"], d.metadata["ocr"], d.metadata["kind"]) for d in docs] == [(1, True, "image"), (2, True, "image")]
+    assert "Attention Is All You Need" in docs[0].page_content
+    assert "label smoothing" in docs[1].page_content.replace("\n", " ")
+    assert heard[-1] == (1.0, "reading scan.tiff: page 2/2 by OCR")
+
+
+def test_a_sideways_phone_photo_is_turned_upright_before_ocr(pictures):
+    [doc] = load(pictures / "photo.jpg")
+    assert "page" not in doc.metadata  # one picture: nothing to number
+    text = " ".join(doc.page_content.split())
+    assert text.startswith("Table 2: The Transformer achieves") and "label smoothing of value" in text
+
+
+def test_pictures_are_stored_searched_and_cited(tmp_path, pictures):
+    store = get_store(Settings.from_env(data_dir=tmp_path / "data"))
+    try:
+        results = store.ingest([pictures / "scan.tiff", pictures / "photo.jpg"])
+        assert all(r.ok for r in results), [r.summary() for r in results]
+        sources = rag.retrieve(store, "What value of label smoothing was used?", k=3)
+        assert {("scan.tiff", "p. 2"), ("photo.jpg", "")} <= {(s.source, s.location) for s in sources}
+        for source in sources[:2]:  # the chat shows the picture the text was read from, upright
+            shown = page_picture(store, source)
+            assert "The picture this text was read from by OCR" in shown
+            jpeg = base64.b64decode(re.search(r'src="data:image/jpeg;base64,([^"]+)"', shown).group(1))
+            with Image.open(io.BytesIO(jpeg)) as picture:
+                assert picture.width == 860 and picture.height > picture.width  # a portrait page, not sideways
+        store.delete("photo.jpg")
+        assert page_picture(store, next(s for s in sources if s.source == "photo.jpg")) == ""
+    finally:
+        store.close()
+
+
+def test_a_damaged_or_blank_picture_is_one_line(tmp_path, pictures):
+    (tmp_path / "cut.png").write_bytes((pictures / "photo.jpg").read_bytes()[:200])
+    with pytest.raises(LoadError, match=r"^cut.png: damaged picture \(Truncated File Read\)$"):
+        load(tmp_path / "cut.png")
+    Image.new("L", (800, 600), 255).save(tmp_path / "white.png")
+    with pytest.raises(LoadError, match=r"^white.png: no text in the picture, not even by OCR$"):
+        load(tmp_path / "white.png")
+    (tmp_path / "notes.png").write_text("not a picture at all")
+    with pytest.raises(LoadError, match=r"^notes.png: not a picture that Pillow can read"):
+        load(tmp_path / "notes.png")
+
+
+def test_a_picture_url_is_read_by_its_content_type(pictures):
+    """An address with no suffix ('/scan?id=8') is a picture when the server says image/jpeg."""
+    photo = (pictures / "photo.jpg").read_bytes()
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            self.send_response(200)
+            self.send_header("Content-Type", "image/jpeg")
+            self.send_header("Content-Length", str(len(photo)))
+            self.end_headers()
+            self.wfile.write(photo)
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_port}/scan?id=8"
+        [doc] = load(url)
+        assert (doc.metadata["source"], doc.metadata["kind"]) == (url, "image")
+        assert "label smoothing of value" in " ".join(doc.page_content.split())
+    finally:
+        server.shutdown()
