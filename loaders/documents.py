@@ -8,6 +8,7 @@ message is one line naming the source and saying why; nothing is returned for it
 """
 from __future__ import annotations
 
+import codecs
 import hashlib
 import html as htmllib
 import itertools
@@ -92,7 +93,9 @@ def place(metadata: dict, *, page: str, start: Callable[[float], str], other: st
 
 
 def expand(sources: Iterable[str | Path]) -> list[str | Path]:
-    """Folders walked (sorted, hidden files and unsupported types skipped); files and URLs kept as given."""
+    """Folders walked (sorted; hidden files, unsupported types and pictures skipped); files and URLs kept as
+    given. A folder's pictures are mostly figures, icons and logos that OCR would take seconds each to find
+    nothing in: a picture is read when it is named (or dropped) itself."""
     out: list[str | Path] = []
     for source in sources:
         if is_url(source):
@@ -102,7 +105,8 @@ def expand(sources: Iterable[str | Path]) -> list[str | Path]:
         if _is_dir(path):
             for child in sorted(path.rglob("*")):
                 rel = child.relative_to(path).parts
-                if child.is_file() and not any(p.startswith(".") for p in rel) and child.suffix.lower() in KINDS:
+                if (child.is_file() and not any(p.startswith(".") for p in rel)
+                        and KINDS.get(child.suffix.lower(), "image") != "image"):
                     out.append(child)
         else:
             out.append(path)
@@ -401,12 +405,24 @@ def _html(data: bytes, name: str, base: dict) -> list[Document]:
 
 
 def _decode(data: bytes, name: str) -> str:
+    """Text from a file's bytes. A byte-order mark names UTF-16/32 (Notepad's "Unicode", Excel's "Unicode
+    Text"); then UTF-8; then Windows-1252, which old Windows files are (its curly quotes and € are control
+    characters in Latin-1); Latin-1 last, which never fails."""
+    for mark, codec in ((codecs.BOM_UTF32_LE, "utf-32"), (codecs.BOM_UTF32_BE, "utf-32"),
+                        (codecs.BOM_UTF16_LE, "utf-16"), (codecs.BOM_UTF16_BE, "utf-16")):
+        if data.startswith(mark):
+            try:
+                return data.decode(codec)
+            except UnicodeDecodeError as err:
+                raise LoadError(name, f"damaged {codec.upper()} text (byte {err.start})") from None
     if b"\x00" in data[:4096]:
         raise LoadError(name, "binary data, not text")
-    try:
-        return data.decode("utf-8-sig")
-    except UnicodeDecodeError:
-        return data.decode("latin-1")  # never fails; old Windows/ISO text files are the usual case
+    for codec in ("utf-8-sig", "cp1252"):
+        try:
+            return data.decode(codec)
+        except UnicodeDecodeError:
+            pass
+    return data.decode("latin-1")
 
 
 def _text(data: bytes, name: str, base: dict) -> list[Document]:

@@ -197,7 +197,7 @@ def test_text_markdown_and_folders(tmp_path, corpus):
     (tmp_path / "notes" / "readme.md").write_text("# Project notes\n\nSome text about Qdrant.\n")
     (tmp_path / "notes" / "plain.txt").write_text("Plain text, latin-1: caf\xe9".encode("latin-1").decode("latin-1"),
                                                   encoding="latin-1")
-    (tmp_path / "notes" / "image.png").write_bytes(b"\x89PNG....")
+    (tmp_path / "notes" / "image.png").write_bytes(b"\x89PNG....")  # a folder's pictures are skipped (figures, logos)
     (tmp_path / "notes" / ".hidden.txt").write_text("secret")
     docs = load(tmp_path / "notes")
     assert sorted(d.metadata["source"] for d in docs) == ["plain.txt", "readme.md"]
@@ -307,3 +307,19 @@ def test_url_without_network_fails_fast(url):
     message = bad(url)
     assert time.monotonic() - started < 20
     assert message.startswith(f"{url}: no network") or message.startswith(f"{url}: no answer within"), message
+
+
+def test_text_from_windows_encodings_reads_as_written(tmp_path):
+    """Notepad's "Unicode" and Excel's "Unicode Text" are UTF-16 with a byte-order mark, which was refused as
+    binary; an old Windows file's curly quotes and € came out as control characters through Latin-1."""
+    words = "The “Q3” budget is €1,200 – café’s share"
+    (tmp_path / "notepad.txt").write_bytes(words.encode("utf-16"))  # with its BOM, as Notepad writes
+    (tmp_path / "old.txt").write_bytes(words.encode("cp1252"))
+    (tmp_path / "export.tsv").write_bytes("item\tcost\nferry\t€12\n".encode("utf-16"))
+    assert load(tmp_path / "notepad.txt")[0].page_content == words
+    assert load(tmp_path / "old.txt")[0].page_content == words
+    [row] = load(tmp_path / "export.tsv")
+    assert (row.page_content, row.metadata["location"]) == ("item: ferry\ncost: €12", "row 2")
+    (tmp_path / "cut.txt").write_bytes(words.encode("utf-16")[:-1])  # an odd byte count: cut short
+    with pytest.raises(LoadError, match=r"^cut.txt: damaged UTF-16 text \(byte \d+\)$"):
+        load(tmp_path / "cut.txt")
