@@ -37,7 +37,14 @@ KINDS = {
     ".epub": "epub",
     ".png": "image", ".jpg": "image", ".jpeg": "image", ".tif": "image", ".tiff": "image", ".webp": "image",
     ".bmp": "image", ".gif": "image",
+    # Plain text under other names: markup people write documents in, logs, and code or configuration,
+    # which is read only when named (see expand).
+    ".rst": "text", ".adoc": "text", ".org": "text", ".tex": "text", ".log": "text", ".text": "text",
+    **dict.fromkeys((".py", ".js", ".ts", ".java", ".c", ".h", ".cpp", ".hpp", ".cs", ".go", ".rs", ".rb",
+                     ".php", ".swift", ".kt", ".r", ".sh", ".sql", ".css", ".yaml", ".yml", ".toml", ".ini", ".cfg"),
+                    "code"),
 }
+FOLDER_SKIPS = {"image", "code"}  # kinds a folder walk leaves out; see expand
 SUPPORTED = sorted(KINDS)
 MAX_NAME = 200  # characters of a source's name; file systems allow 255 bytes, and it is shown in every citation
 DEFAULT_MAX_SOURCE_MB = 64  # of text from one source; see max_source_chars
@@ -93,9 +100,10 @@ def place(metadata: dict, *, page: str, start: Callable[[float], str], other: st
 
 
 def expand(sources: Iterable[str | Path]) -> list[str | Path]:
-    """Folders walked (sorted; hidden files, unsupported types and pictures skipped); files and URLs kept as
-    given. A folder's pictures are mostly figures, icons and logos that OCR would take seconds each to find
-    nothing in: a picture is read when it is named (or dropped) itself."""
+    """Folders walked (sorted; hidden files, unsupported types, pictures and code skipped); files and URLs
+    kept as given. A folder's pictures are mostly figures, icons and logos that OCR would take seconds each
+    to find nothing in, and its code is the tooling beside the documents: each is read when it is named
+    (or dropped) itself."""
     out: list[str | Path] = []
     for source in sources:
         if is_url(source):
@@ -106,7 +114,7 @@ def expand(sources: Iterable[str | Path]) -> list[str | Path]:
             for child in sorted(path.rglob("*")):
                 rel = child.relative_to(path).parts
                 if (child.is_file() and not any(p.startswith(".") for p in rel)
-                        and KINDS.get(child.suffix.lower(), "image") != "image"):
+                        and KINDS.get(child.suffix.lower(), "image") not in FOLDER_SKIPS):
                     out.append(child)
         else:
             out.append(path)
@@ -278,7 +286,8 @@ def split(docs: list[Document], chunk_size: int = 1000, chunk_overlap: int = 150
 
 KIND_WORDS = {"pdf": "document", "html": "web page", "transcript": "video transcript", "json": "record",
               "jsonl": "record", "markdown": "document", "text": "document", "docx": "document",
-              "pptx": "slides", "xlsx": "spreadsheet", "csv": "spreadsheet", "epub": "book"}
+              "pptx": "slides", "xlsx": "spreadsheet", "csv": "spreadsheet", "epub": "book", "image": "picture",
+              "code": "code"}
 
 
 def context_header(metadata: dict) -> str:

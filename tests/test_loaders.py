@@ -323,3 +323,19 @@ def test_text_from_windows_encodings_reads_as_written(tmp_path):
     (tmp_path / "cut.txt").write_bytes(words.encode("utf-16")[:-1])  # an odd byte count: cut short
     with pytest.raises(LoadError, match=r"^cut.txt: damaged UTF-16 text \(byte \d+\)$"):
         load(tmp_path / "cut.txt")
+
+
+def test_text_under_other_names_is_read_and_a_folder_leaves_code_out(tmp_path):
+    """A .rst, .log or .py file was refused as an unsupported type. Named or dropped, each is read as text;
+    a folder walk takes the documents and leaves the tooling beside them (scripts, configuration) out."""
+    (tmp_path / "docs").mkdir()
+    (tmp_path / "docs" / "guide.rst").write_text("Install\n=======\n\nRun ``make run`` to start the ferry planner.\n")
+    (tmp_path / "docs" / "ferry.log").write_text("2026-12-01 08:15 WARN ferry Kea delayed by 20 minutes\n")
+    (tmp_path / "docs" / "plan.py").write_text("TIMETABLE = {'Kea': '08:15'}  # ferry departures\n")
+    walked = load(tmp_path / "docs")
+    assert sorted((d.metadata["source"], d.metadata["kind"]) for d in walked) == [("ferry.log", "text"), ("guide.rst", "text")]
+    [code] = load(tmp_path / "docs" / "plan.py")
+    assert (code.metadata["kind"], code.page_content) == ("code", "TIMETABLE = {'Kea': '08:15'}  # ferry departures\n")
+    (tmp_path / "data.bin").write_bytes(b"\x00\x01")
+    with pytest.raises(LoadError, match=r"^data.bin: unsupported file type '.bin' \(supported: "):
+        load(tmp_path / "data.bin")
