@@ -17,7 +17,9 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import argparse
+import errno
 import logging
+import socket
 import sys
 import threading
 import time
@@ -107,11 +109,25 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--port", type=int, default=settings.port, help=f"port (default {settings.port}; CHATAPP_PORT)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    # bitsandbytes reports at import that optional CPU kernels from the hub are missing; none is needed here.
+    logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
     try:
         login = Login.parse(settings.auth)
     except ValueError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    # The port is taken before the ~15 s of start-up, and handed to uvicorn: a second `make run` says at
+    # once that the app is already there, instead of failing after it with uvicorn's bind error.
+    try:
+        listening = socket.create_server((args.host, args.port),
+                                         family=socket.AF_INET6 if ":" in args.host else socket.AF_INET)
+    except OSError as err:
+        if err.errno == errno.EADDRINUSE:
+            print(f"error: port {args.port} on {args.host} is in use: is the app already running "
+                  f"(http://{args.host}:{args.port})? Stop it, or pass --port N or set CHATAPP_PORT.", file=sys.stderr)
+        else:
+            print(f"error: cannot listen on {args.host}:{args.port}: {err.strerror or err}", file=sys.stderr)
+        return 1
 
     import uvicorn
 
@@ -134,8 +150,7 @@ def main(argv: list[str] | None = None) -> int:
              f"; generating on {settings.llm_url}" if settings.llm_url else "")
     # An open page keeps Gradio's event stream alive, and uvicorn's graceful shutdown would wait for it
     # forever: Ctrl+C or a SIGTERM then never stopped the app while a browser tab was open.
-    uvicorn.run(server, host=args.host, port=args.port, log_level="warning",
-                timeout_graceful_shutdown=SHUTDOWN_GRACE_S)
+    uvicorn.run(server, fd=listening.fileno(), log_level="warning", timeout_graceful_shutdown=SHUTDOWN_GRACE_S)
     return 0
 
 

@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -145,3 +146,26 @@ def test_a_confirmed_vote_survives_kill_9(browser, tmp_path, artifacts):
     finally:
         app.kill()
         app.wait()
+
+
+def test_a_second_start_on_a_port_in_use_says_so_at_once_and_leaves_the_first_running(tmp_path):
+    """`make run` twice: the second app failed only after its ~15 s start-up, with uvicorn's bind error
+    after a log line claiming it was serving. Now it says in one line what is wrong, before loading anything."""
+    (tmp_path / "first").mkdir()
+    first, url = start_app(tmp_path / "first")
+    try:
+        port = int(url.rstrip("/").rsplit(":", 1)[1])
+        started = time.monotonic()
+        second = subprocess.run([sys.executable, "app.py", "--port", str(port)], cwd=ROOT, capture_output=True, text=True,
+                                env={**os.environ, "CHATAPP_DATA_DIR": str(tmp_path / "second")}, timeout=120)
+        assert second.returncode == 1
+        assert second.stderr.strip() == (f"error: port {port} on 127.0.0.1 is in use: is the app already running "
+                                         f"(http://127.0.0.1:{port})? Stop it, or pass --port N or set CHATAPP_PORT.")
+        assert time.monotonic() - started < 10  # no store, embedder or model was opened first
+        assert not (tmp_path / "second").exists()
+        assert first.poll() is None
+        with urllib.request.urlopen(url + "v1/models", timeout=10) as response:
+            assert response.status == 200
+    finally:
+        first.send_signal(signal.SIGTERM)
+        first.wait(30)
