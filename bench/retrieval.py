@@ -1,7 +1,8 @@
 """Retrieval: is the passage that holds the answer (its file, its page for a PDF, the answer in its text)
 among the top k? Three arms on every answerable question of bench/questions.jsonl, in one run: the store's
-dense search (the plain baseline), its hybrid dense + BM25 search (what `python -m loaders search`
-returns), and the chat's choice (20 hybrid candidates, the top k by evidence: chatapp.rag).
+dense search (the plain baseline), its hybrid dense + BM25 search in the store's order, and the chat's
+choice (20 hybrid candidates, the top k by evidence: chatapp.rag), which `python -m loaders search` and
+the Documents tab's search return too.
 
     python bench/retrieval.py [--k 5] [--data DIR] [--out bench/results/retrieval.md]
     python bench/retrieval.py --chunk-sizes 500,700,1000,1500 --out bench/results/chunking.md
@@ -37,8 +38,8 @@ from loaders.store import get_store  # noqa: E402
 CORPUS = ROOT.parent / "shared" / "corpus"
 
 
-ARMS = {"dense": "dense only (baseline)", "hybrid": "hybrid dense + BM25 (`loaders search`)",
-        "evidence": "chat: 20 hybrid candidates, top k by evidence"}
+ARMS = {"dense": "dense only (baseline)", "hybrid": "hybrid dense + BM25, the store's order",
+        "evidence": "chat and `loaders search`: 20 hybrid candidates, top k by evidence"}
 
 
 def on_page(passage: dict, question) -> bool:

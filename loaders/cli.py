@@ -43,7 +43,8 @@ def parser() -> argparse.ArgumentParser:
                             description="Search the store. With --json: one line per query, "
                                         '{"query": ..., "hits": [{"text", "source", "page", "score"}, ...]}.')
     search.add_argument("queries", nargs="+", metavar="QUERY")
-    search.add_argument("--k", type=int, default=None, help="hits per query (default CHATAPP_TOP_K, 4)")
+    search.add_argument("--k", type=int, default=None, help="hits per query (default CHATAPP_TOP_K, 4), chosen as the chat "
+                        "chooses: the best evidence among CHATAPP_CANDIDATES (20) hybrid hits")
     search.add_argument("--json", action="store_true", help="JSON lines on stdout")
     listing = sub.add_parser("list", help="the stored sources with their chunk counts")
     listing.add_argument("--json", action="store_true", help="a JSON array on stdout")
@@ -136,6 +137,7 @@ def cmd_ingest(store, settings, args) -> int:
 
 
 def cmd_search(store, settings, args) -> int:
+    from chatapp import evidence
     from loaders.documents import place
 
     k = args.k or settings.top_k
@@ -143,7 +145,7 @@ def cmd_search(store, settings, args) -> int:
         print("error: --k must be at least 1", file=sys.stderr)
         return 2
     for query in args.queries:
-        hits = store.search(query, k=k)
+        hits = evidence.rerank(query, store.search(query, k=max(k, settings.candidates)), k)
         if args.json:
             print(json.dumps({"query": query, "hits": [
                 {"text": doc.page_content, "source": doc.metadata.get("source"), "page": doc.metadata.get("page"),

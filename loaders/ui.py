@@ -10,6 +10,7 @@ import os
 import gradio as gr
 from gradio.data_classes import FileData
 
+from chatapp import evidence
 from loaders.documents import SUPPORTED, is_url, place, source_key
 from loaders.jobs import IngestJob, IngestJobs
 
@@ -57,10 +58,11 @@ def start_ingest(jobs: IngestJobs, settings, files, url: str | None, jq: str | N
     return jobs.start(paths, jq=(jq or "").strip() or None, refused=refused)
 
 
-def search_text(store, query: str, k: int) -> str:
+def search_text(store, query: str, k: int, candidates: int) -> str:
+    """The passages the chat would choose for `query`, as text."""
     if not query or not query.strip():
         return ""
-    hits = store.search(query.strip(), k=int(k))
+    hits = evidence.rerank(query.strip(), store.search(query.strip(), k=max(int(k), candidates)), int(k))
     if not hits:
         return "No documents stored yet."
     out = []
@@ -193,8 +195,12 @@ def build_documents_tab(store, settings) -> None:
     gr.api(upload, api_name="upload")
     delete.click(on_delete, [target], [delete_log, table, target], concurrency_limit=1)
     refresh.click(on_refresh, None, [table, target], api_name="sources")
-    search.click(lambda q, n: search_text(store, q, n or settings.top_k), [query, k], found, api_name="search")
-    query.submit(lambda q, n: search_text(store, q, n or settings.top_k), [query, k], found, api_name=False)
+
+    def searched(question, count):
+        return search_text(store, question, count or settings.top_k, settings.candidates)
+
+    search.click(searched, [query, k], found, api_name="search")
+    query.submit(searched, [query, k], found, api_name=False)
 
 
 if __name__ == "__main__":  # a quick look at the tab alone: python -m loaders.ui

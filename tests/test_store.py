@@ -237,6 +237,11 @@ def test_cli_ingest_search_list_delete(corpus, tmp_path):
         assert len(answer["hits"]) == 3
         assert set(answer["hits"][0]) == {"text", "source", "page", "score"}
         assert answer["hits"][0]["source"] == PDF and isinstance(answer["hits"][0]["page"], int)
+    # the passages the chat would choose, not the store's order: its top 3 here are pp. 6, 3 and 4, while
+    # the sentence "the inner-layer has dimensionality dff = 2048" is on p. 5
+    chosen = cli("search", "How many units does the hidden layer of the per-token two-layer network have?",
+                 "--k", "3", "--json", data_dir=data)
+    assert 5 in [hit["page"] for hit in json.loads(chosen.stdout)["hits"]], chosen.stdout
 
     listed = cli("list", "--json", data_dir=data)
     entries = {e["source"]: e["chunks"] for e in json.loads(listed.stdout)}
