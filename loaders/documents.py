@@ -35,6 +35,7 @@ KINDS = {
     ".txt": "text", ".md": "markdown", ".markdown": "markdown",
     ".docx": "docx", ".pptx": "pptx", ".xlsx": "xlsx", ".xlsm": "xlsx", ".csv": "csv", ".tsv": "csv",
     ".epub": "epub",
+    ".xls": "xls", ".ods": "ods", ".odt": "odt", ".odp": "odp", ".rtf": "rtf", ".eml": "email",
     ".png": "image", ".jpg": "image", ".jpeg": "image", ".tif": "image", ".tiff": "image", ".webp": "image",
     ".bmp": "image", ".gif": "image",
     # Plain text under other names: markup people write documents in, logs, and code or configuration,
@@ -233,8 +234,20 @@ def parse(data: bytes, name: str, *, kind: str, suffix: str = "", jq: str | None
             return list(formats.pptx_slides(data, name, base))
         if kind == "xlsx":
             return list(formats.xlsx(data, name, base))
+        if kind == "xls":
+            return list(formats.xls(data, name, base))
+        if kind == "ods":
+            return list(formats.ods(data, name, base))
+        if kind == "odt":
+            return list(formats.odt_sections(data, name, base))
+        if kind == "odp":
+            return list(formats.odp_slides(data, name, base))
         if kind == "csv":
             return list(formats.csv_rows(data, name, base, _decode))
+        if kind == "rtf":
+            return list(formats.rtf(data, name, base))
+        if kind == "email":
+            return list(formats.email_message(data, name, base, _decode))
         if kind == "epub":
             return list(formats.epub_chapters(data, name, base, _html))
         return _text(data, name, base)
@@ -287,7 +300,8 @@ def split(docs: list[Document], chunk_size: int = 1000, chunk_overlap: int = 150
 KIND_WORDS = {"pdf": "document", "html": "web page", "transcript": "video transcript", "json": "record",
               "jsonl": "record", "markdown": "document", "text": "document", "docx": "document",
               "pptx": "slides", "xlsx": "spreadsheet", "csv": "spreadsheet", "epub": "book", "image": "picture",
-              "code": "code"}
+              "code": "code", "xls": "spreadsheet", "ods": "spreadsheet", "odt": "document", "odp": "slides",
+              "rtf": "document", "email": "email"}
 
 
 def context_header(metadata: dict) -> str:

@@ -1,29 +1,48 @@
-"""Readers for office documents, spreadsheets, e-books and Markdown sections: each turns a source's bytes
-into LangChain Documents through a well-kept parser (python-docx, python-pptx, openpyxl, the csv module,
-ebooklib, markdown-it). loaders.documents owns the suffix table and calls these.
+"""Readers for office documents, spreadsheets, e-books, e-mail, RTF and Markdown sections: each turns a
+source's bytes into LangChain Documents through a well-kept parser (python-docx, python-pptx, openpyxl, xlrd
+for legacy .xls, odfpy for OpenDocument, the csv module, ebooklib, the email package, striprtf, markdown-it).
+loaders.documents owns the suffix table and calls these.
 
 Where a format has places a reader can point at, the Document says so:
 - `location`: the words a citation shows after the source name ("Sheet1, row 12", "slide 3", "chapter 2");
-- `section`: the heading path of the text ("Setup > Install"), for Markdown, DOCX and EPUB;
+- `section`: the heading path of the text ("Setup > Install"), for Markdown, DOCX, ODT and EPUB;
 - the numbers themselves: `sheet` and `row` (spreadsheet rows as the spreadsheet numbers them, the header
   being row 1), `slide` (from 1), `chapter` (from 1, in reading order).
 """
 from __future__ import annotations
 
 import csv
+import email
+import email.policy
 import io
+import itertools
+import struct
 import warnings
+from datetime import time
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable, Iterable, Iterator
 
 import docx
 import openpyxl
 import pptx
+import xlrd
 from ebooklib import ITEM_DOCUMENT, epub
 from langchain_core.documents import Document
 from markdown_it import MarkdownIt
+from odf import dc, draw
+from odf import table as odftable
+from odf import text as odftext
+from odf.namespaces import DRAWNS, OFFICENS, PRESENTATIONNS, TABLENS, TEXTNS
+from odf.opendocument import load as load_odf
+from odf.teletype import extractText
+from striprtf.striprtf import rtf_to_text
+
+from loaders.documents import LoadError
 
 CSV_SNIFF_BYTES = 64 * 1024
+# A spreadsheet's most rows and columns (Excel's and LibreOffice's): no ODF repeat count goes past them.
+SHEET_MAX_ROWS, SHEET_MAX_COLUMNS = 1_048_576, 16_384
+EMAIL_HEADERS = ("From", "To", "Cc", "Date", "Subject")
 
 
 def row_text(header: list[str], values: list) -> str:
@@ -57,6 +76,13 @@ def table_rows(rows) -> Iterator[tuple[int, list[str], list]]:
         yield number, header, values
 
 
+def sheet_rows(rows, sheet: str, base: dict, title: str) -> Iterator[Document]:
+    """One Document per data row of a sheet (see table_rows), cited as "Sheet1, row 12"."""
+    for number, header, values in table_rows(rows):
+        yield Document(page_content=row_text(header, list(values)), metadata={
+            **base, "title": title, "sheet": sheet, "row": number, "location": f"{sheet}, row {number}"})
+
+
 def xlsx(data: bytes, name: str, base: dict) -> Iterator[Document]:
     """One Document per row of every sheet; the first non-empty row of a sheet is its header."""
     # read_only streams the sheet XML instead of building every cell; data_only gives formulas' cached values.
@@ -64,12 +90,39 @@ def xlsx(data: bytes, name: str, base: dict) -> Iterator[Document]:
     try:
         title = (book.properties.title or "").strip() or Path(name).stem
         for sheet in book.worksheets:
-            for number, header, values in table_rows(sheet.iter_rows(values_only=True)):
-                yield Document(page_content=row_text(header, list(values)), metadata={
-                    **base, "title": title, "sheet": sheet.title, "row": number,
-                    "location": f"{sheet.title}, row {number}"})
+            yield from sheet_rows(sheet.iter_rows(values_only=True), sheet.title, base, title)
     finally:
         book.close()
+
+
+def _xls_value(cell, datemode: int):
+    """A cell as a person reads it: xlrd gives every number, dates included, as a float."""
+    if cell.ctype == xlrd.XL_CELL_DATE:
+        moment = xlrd.xldate_as_datetime(cell.value, datemode)
+        if cell.value < 1:  # a time of day alone: day 0 is no date
+            return moment.time().isoformat()
+        return moment.date().isoformat() if moment.time() == time() else moment.isoformat(sep=" ")
+    if cell.ctype == xlrd.XL_CELL_NUMBER and cell.value.is_integer():
+        return int(cell.value)
+    if cell.ctype == xlrd.XL_CELL_BOOLEAN:
+        return bool(cell.value)
+    if cell.ctype == xlrd.XL_CELL_ERROR:
+        return xlrd.error_text_from_code.get(cell.value, "")
+    return cell.value
+
+
+def xls(data: bytes, name: str, base: dict) -> Iterator[Document]:
+    """Excel 97–2003 (.xls), read by xlrd: one Document per row of every sheet, as for XLSX."""
+    if data.startswith(b"PK\x03\x04"):  # an XLSX named .xls, as some exports save them; Excel opens those too
+        yield from xlsx(data, name, base)
+        return
+    try:  # xlrd writes its remarks on slightly odd files to stdout unless given somewhere else to write them
+        book = xlrd.open_workbook(file_contents=data, logfile=io.StringIO())
+    except (IndexError, struct.error):  # xlrd's words for records cut short
+        raise LoadError(name, "truncated or damaged XLS file") from None
+    for sheet in book.sheets():
+        rows = ([_xls_value(cell, book.datemode) for cell in row] for row in sheet.get_rows())
+        yield from sheet_rows(rows, sheet.name, base, Path(name).stem)
 
 
 def csv_rows(data: bytes, name: str, base: dict, decode: Callable[[bytes, str], str]) -> Iterator[Document]:
@@ -122,14 +175,9 @@ def _heading_level(paragraph) -> int | None:
     return None
 
 
-def docx_sections(data: bytes, name: str, base: dict) -> Iterator[Document]:
-    """One Document per heading's section, paragraphs and tables in document order; `section` is the
-    heading path ("Results > Table 2")."""
-    document = docx.Document(io.BytesIO(data))
-    # Word fills the core title only when the author types it in File > Info; most documents carry their
-    # title as a "Title"-styled first paragraph instead.
-    styled = next((p.text.strip() for p in document.paragraphs if _heading_level(p) == 0 and p.text.strip()), "")
-    title = (document.core_properties.title or "").strip() or styled or Path(name).stem
+def sections(blocks: Iterable[tuple[int | None, str]], base: dict, title: str) -> Iterator[Document]:
+    """One Document per heading's section from (heading level or None, text) blocks in document order;
+    `section` is the heading path ("Results > Table 2")."""
     path: dict[int, str] = {}
     lines: list[str] = []
 
@@ -140,17 +188,176 @@ def docx_sections(data: bytes, name: str, base: dict) -> Iterator[Document]:
                            metadata={**base, "title": title, **({"section": section, "location": section} if section else {})})
         lines.clear()
 
-    for block in document.iter_inner_content():
-        if isinstance(block, docx.table.Table):
-            lines.extend(" | ".join(cell.text.strip() for cell in row.cells) for row in block.rows)
-            continue
-        level = _heading_level(block)
-        if level is not None and block.text.strip():
+    for level, line in blocks:
+        if level is not None and line.strip():
             yield from flush()
             path = {k: v for k, v in path.items() if k < level}
-            path[level] = block.text.strip()
-        lines.append(block.text)
+            path[level] = line.strip()
+        lines.append(line)
     yield from flush()
+
+
+def docx_sections(data: bytes, name: str, base: dict) -> Iterator[Document]:
+    """One Document per heading's section, paragraphs and tables in document order; `section` is the
+    heading path ("Results > Table 2")."""
+    document = docx.Document(io.BytesIO(data))
+    # Word fills the core title only when the author types it in File > Info; most documents carry their
+    # title as a "Title"-styled first paragraph instead.
+    styled = next((p.text.strip() for p in document.paragraphs if _heading_level(p) == 0 and p.text.strip()), "")
+    title = (document.core_properties.title or "").strip() or styled or Path(name).stem
+
+    def blocks() -> Iterator[tuple[int | None, str]]:
+        for block in document.iter_inner_content():
+            if isinstance(block, docx.table.Table):
+                yield from ((None, " | ".join(cell.text.strip() for cell in row.cells)) for row in block.rows)
+            else:
+                yield _heading_level(block), block.text
+
+    yield from sections(blocks(), base, title)
+
+
+# --- OpenDocument (LibreOffice) ----------------------------------------------------------------------
+
+ODF_TYPES = {"odt": "text", "ods": "spreadsheet", "odp": "presentation"}
+
+
+def _odf(data: bytes, name: str, kind: str):
+    """The document and its body (office:text, office:spreadsheet or office:presentation)."""
+    document = load_odf(io.BytesIO(data))
+    wanted = ODF_TYPES[kind]
+    if not document.mimetype.startswith(f"application/vnd.oasis.opendocument.{wanted}"):
+        raise LoadError(name, f"not an OpenDocument {wanted} file (its type is {document.mimetype or 'missing'})")
+    return document, getattr(document, wanted)
+
+
+def _odf_title(document, name: str) -> str:
+    titles = document.meta.getElementsByType(dc.Title)
+    return (extractText(titles[0]).strip() if titles else "") or Path(name).stem
+
+
+def _elements(element, *qnames: tuple[str, str]) -> list:
+    """The child elements of `element` (of the given qualified names, when any are given)."""
+    return [child for child in element.childNodes
+            if child.nodeType == child.ELEMENT_NODE and (not qnames or child.qname in qnames)]
+
+
+def _paragraph_text(element) -> str:
+    """The text of the paragraphs in a table cell or a slide's frame, a line each."""
+    return "\n".join(extractText(p) for p in element.getElementsByType(odftext.P))
+
+
+def _odt_blocks(element) -> Iterator[tuple[int | None, str]]:
+    """(heading level or None, text) for the headings, paragraphs and table rows, in document order."""
+    for child in _elements(element):
+        if child.qname == (TEXTNS, "h"):
+            yield int(child.getAttrNS(TEXTNS, "outline-level") or 1), extractText(child)
+        elif child.qname == (TEXTNS, "p"):
+            yield None, extractText(child)
+        elif child.qname == (TABLENS, "table"):
+            for row in child.getElementsByType(odftable.TableRow):
+                cells = _elements(row, (TABLENS, "table-cell"), (TABLENS, "covered-table-cell"))
+                yield None, " | ".join(_paragraph_text(cell).strip() for cell in cells)
+        elif child.qname != (TEXTNS, "tracked-changes"):  # where the text a change deleted is kept
+            yield from _odt_blocks(child)  # sections, lists and their items: their paragraphs, in order
+
+
+def odt_sections(data: bytes, name: str, base: dict) -> Iterator[Document]:
+    """OpenDocument text (LibreOffice Writer): one Document per heading's section, as for DOCX."""
+    document, body = _odf(data, name, "odt")
+    yield from sections(_odt_blocks(body), base, _odf_title(document, name))
+
+
+def _unrepeated(runs: Iterable[tuple[object, int]], empty, limit: int) -> Iterator:
+    """The values of ODF's (value, times repeated) runs of rows or cells, each run capped at `limit`. Empty
+    runs are held back until a value follows them: LibreOffice ends a sheet with an empty row repeated to
+    the millionth, and a row with an empty cell repeated to the last column, which are no data."""
+    held = 0
+    for value, times in runs:
+        if not value:
+            held = min(held + times, limit)
+            continue
+        yield from itertools.repeat(empty, held)
+        held = 0
+        yield from itertools.repeat(value, min(times, limit))
+
+
+def _ods_cell(cell) -> str:
+    if cell.getAttrNS(OFFICENS, "value-type") == "date":  # ISO, not the sheet's local way of writing dates
+        return (cell.getAttrNS(OFFICENS, "date-value") or "").replace("T", " ")
+    return _paragraph_text(cell)  # as the sheet shows it: "12.50 €", "45%"
+
+
+def _ods_row(row) -> list[str]:
+    cells = _elements(row, (TABLENS, "table-cell"), (TABLENS, "covered-table-cell"))
+    runs = ((_ods_cell(cell).strip(), int(cell.getAttrNS(TABLENS, "number-columns-repeated") or 1)) for cell in cells)
+    return list(_unrepeated(runs, "", SHEET_MAX_COLUMNS))
+
+
+def ods(data: bytes, name: str, base: dict) -> Iterator[Document]:
+    """OpenDocument spreadsheet (LibreOffice Calc): one Document per row of every sheet, as for XLSX."""
+    document, body = _odf(data, name, "ods")
+    title = _odf_title(document, name)
+    for table in _elements(body, (TABLENS, "table")):
+        # rows may sit in header-rows and row groups: getElementsByType finds them all, in order
+        runs = ((_ods_row(row), int(row.getAttrNS(TABLENS, "number-rows-repeated") or 1))
+                for row in table.getElementsByType(odftable.TableRow))
+        yield from sheet_rows(_unrepeated(runs, [], SHEET_MAX_ROWS), table.getAttrNS(TABLENS, "name"), base, title)
+
+
+def odp_slides(data: bytes, name: str, base: dict) -> Iterator[Document]:
+    """OpenDocument presentation (LibreOffice Impress): one Document per slide, its notes included, as for PPTX."""
+    document, body = _odf(data, name, "odp")
+    title = _odf_title(document, name)
+    for number, page in enumerate(_elements(body, (DRAWNS, "page")), start=1):
+        parts = [extractText(p).strip() for p in page.getElementsByType(odftext.P)]  # notes are in the page too
+        heading = next((_paragraph_text(frame).strip() for frame in page.getElementsByType(draw.Frame)
+                        if frame.getAttrNS(PRESENTATIONNS, "class") == "title"), "")
+        metadata = {**base, "title": title, "slide": number, "location": f"slide {number}"}
+        if heading:
+            metadata["section"] = heading
+        yield Document(page_content="\n".join(p for p in parts if p), metadata=metadata)
+
+
+# --- e-mail and RTF ----------------------------------------------------------------------------------
+
+def email_message(data: bytes, name: str, base: dict, decode: Callable[[bytes, str], str]) -> Iterator[Document]:
+    """An e-mail (.eml) as one Document: its From, To, Cc, Date and Subject lines, its body (the plain-text
+    part, else the HTML one through the project's HTML extractor), and the names of its attachments (which
+    are not read)."""
+    message = email.message_from_bytes(data, policy=email.policy.default)
+    headers = [f"{field}: {message[field]}" for field in EMAIL_HEADERS if message[field]]
+    if not headers:
+        raise LoadError(name, f"not an e-mail message (none of the headers {', '.join(EMAIL_HEADERS)})")
+    body = message.get_body(preferencelist=("plain", "html"))
+    text = ""
+    if body is not None:
+        try:
+            text = body.get_content()
+        except LookupError:  # a charset Python does not know ("unknown-8bit", a typo): read it as a text file
+            text = decode(body.get_payload(decode=True), name)
+        if body.get_content_subtype() == "html":
+            from loaders.html import extract  # trafilatura loads only for a message with no plain text
+
+            text = extract(text, None, with_date=False)[1]
+    parts = ["\n".join(headers), text.strip()]
+    attachments = [part.get_filename() for part in message.iter_attachments() if part.get_filename()]
+    if attachments:
+        parts.append("Attachments: " + ", ".join(attachments))
+    subject = str(message["Subject"] or "").strip()
+    yield Document(page_content="\n\n".join(p for p in parts if p),
+                   metadata={**base, "title": subject or Path(name).stem})
+
+
+def rtf(data: bytes, name: str, base: dict) -> Iterator[Document]:
+    """Rich Text (WordPad, TextEdit) as one Document of its plain text, read by striprtf."""
+    # RTF is 7-bit ASCII with escapes for the rest (\'e9, \u8364), which striprtf decodes by the file's code
+    # page; a stray 8-bit byte is most likely Windows-1252, and \bin data may hold any byte.
+    source = data.decode("cp1252", errors="replace")
+    if not source.lstrip().startswith("{\\rtf"):
+        raise LoadError(name, "not an RTF file (it does not start with {\\rtf)")
+    if not source.rstrip("\x00 \t\r\n").endswith("}"):  # the document is one {...} group, closed last
+        raise LoadError(name, "truncated RTF file (it does not end with the closing brace)")
+    yield Document(page_content=rtf_to_text(source, errors="replace"), metadata={**base, "title": Path(name).stem})
 
 
 # --- e-books and Markdown ----------------------------------------------------------------------------
