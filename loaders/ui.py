@@ -113,8 +113,9 @@ def build_documents_tab(store, settings) -> None:
             k = gr.Number(value=settings.top_k, precision=0, minimum=1, maximum=20, label="Passages",
                           elem_id="search-k", scale=1)
         search = gr.Button("Search", elem_id="search-button")
-        found = gr.Textbox(label="Passages (plain text)", lines=8, max_lines=30, interactive=False,
-                           elem_id="search-results")
+        found = gr.Textbox(label="Passages the chat would choose, best first: the sentences that best answer "
+                                 "the question decide the order, not the similarity alone", lines=8, max_lines=30,
+                           interactive=False, elem_id="search-results")
 
     jobs = IngestJobs(store)
     # This page's jobs: those it started since none of them was running, and those running when it opened;
