@@ -78,26 +78,35 @@ CONDENSE_INSTRUCTION = (
 _SMALL_TALK = re.compile(
     r"^\s*(hi+|hello+|hey+|hiya|yo|good (morning|afternoon|evening|night)|thanks?( you)?( so much| a lot)?|"
     r"thank you( very much)?|cheers|ok(ay)?|cool|great|nice|bye|goodbye|see you|how are you( doing)?( today)?|"
+    r"how'?s it going|how do you do|nice to meet you|got it|sounds good|well done|good job|i see|"
     r"what'?s up|who are you|what are you|what can you do)\s*[!.?]*\s*$",
     re.IGNORECASE,
 )
 
 
-# A greeting or thanks with only friendly filler around it ("hello there", "thanks, that helps!", "good
+# A greeting or thanks with only friendly filler around it ("hello there", "thanks for the help", "good
 # morning everyone") is small talk too: the phrase list alone sent "hello there" to the documents, which
 # answered it with two passages as sources.
 _GREETING_WORDS = frozenset("hi hii hello hey hiya howdy greetings morning afternoon evening thanks thank thx ty "
                             "cheers bye goodbye".split())
 _FRIENDLY_WORDS = _GREETING_WORDS | frozenset(
-    "good day night you so much very a lot ok okay cool great nice awesome perfect lovely wonderful see later there "
-    "all everyone everybody folks friend friends mate buddy again and appreciate it that that's helps helped "
-    "helpful to oh ah well dear bot assistant".split())
+    "good day night you you're your so much very a lot ok okay cool great nice awesome perfect lovely wonderful "
+    "see later now there was for the help all everyone everybody folks friend friends mate buddy again and appreciate it "
+    "that that's helps helped helpful to oh ah well dear bot assistant tomorrow soon".split())
+
+
+def _friendly(phrase: str) -> bool:
+    words = re.findall(r"[a-z']+", phrase.lower())
+    return 0 < len(words) <= 8 and set(words) <= _FRIENDLY_WORDS
 
 
 def is_small_talk(text: str) -> bool:
-    words = re.findall(r"[a-z']+", (text or "").lower())
-    friendly = 0 < len(words) <= 8 and set(words) <= _FRIENDLY_WORDS and bool(set(words) & _GREETING_WORDS)
-    return bool(_SMALL_TALK.match(text or "")) or (friendly and "?" not in text)
+    """Whether every phrase of `text` is a greeting, thanks or pleasantry: "hey, how are you?" and "ok bye,
+    thanks for the help" are, "hi, how many warmup steps were used?" is not (its second phrase asks)."""
+    phrases = [p for p in re.split(r"[,.!?;:]+", text or "") if p.strip()]
+    talk = [bool(_SMALL_TALK.match(p)) for p in phrases]
+    greets = any(talk) or any(set(re.findall(r"[a-z']+", p.lower())) & _GREETING_WORDS for p in phrases)
+    return bool(phrases) and greets and all(t or _friendly(p) for t, p in zip(talk, phrases))
 
 
 def context_block(passages: list[str]) -> str:

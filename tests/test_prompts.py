@@ -62,13 +62,19 @@ def test_cited_numbers_in_order_within_range():
 
 
 @pytest.mark.parametrize("text", ["hi", "Hello!", "thanks a lot", "Good morning.", "how are you today?", "bye",
-                                  "hello there", "Hey there!", "thanks, that helps!", "good morning everyone"])
+                                  "hello there", "Hey there!", "thanks, that helps!", "good morning everyone",
+                                  # two pleasantries in one line went to the documents and came back with sources
+                                  "hey, how are you?", "ok bye, thanks for the help", "Good morning! How's it going?",
+                                  "great, thanks!", "Thank you so much, that was helpful.", "nice to meet you",
+                                  "hi there, who are you?", "bye for now, see you tomorrow"])
 def test_small_talk_is_recognised(text):
     assert prompts.is_small_talk(text)
 
 
 @pytest.mark.parametrize("text", ["hi, how many warmup steps were used?", "What optimizer was used?", "Thanks for the BLEU score?",
-                                  "hello there, which optimizer?"])
+                                  "hello there, which optimizer?", "thanks! and how many layers?",
+                                  "hey, how are you computing the BLEU score?", "How are you supposed to set the learning rate?",
+                                  "ok, what was the dropout rate?", "Nice. Which dataset was used?", ""])
 def test_questions_are_not_small_talk(text):
     assert not prompts.is_small_talk(text)
 
