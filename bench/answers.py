@@ -1,6 +1,7 @@
 """Grounded answers on bench/questions.jsonl over the whole shared corpus: the plain pipeline beside ours.
 
     python bench/answers.py [--split holdout] [--variants base,NAME] [--limit N]
+    python bench/answers.py --questions bench/unseen.jsonl --split unseen   # written after the tuning
 
 "plain" is retrieval as it was (the store's top_k by cosine, dense only), the prompt
 without the evidence sentence, and no extractive fallback; sources are still chosen by evidence, since
@@ -82,8 +83,11 @@ def main() -> int:
     stem = RESULTS / f"answers-{args.split}"
     stem.with_suffix(".json").write_text(json.dumps({"machine": describe(), "rows": rows, "records": records}, indent=1,
                                                     ensure_ascii=False))
-    lines = [f"# Grounded answers, {len(questions)} questions ({args.split} split of bench/questions.jsonl)", "",
-             f"`python bench/answers.py --split {args.split} --variants {args.variants}` on {describe()}", "",
+    asked = Path(args.questions).resolve()
+    shown = asked.relative_to(ROOT) if asked.is_relative_to(ROOT) else asked
+    chosen = "" if shown == Path("bench/questions.jsonl") else f" --questions {shown}"
+    lines = [f"# Grounded answers, {len(questions)} questions ({args.split} split of {shown})", "",
+             f"`python bench/answers.py{chosen} --split {args.split} --variants {args.variants}` on {describe()}", "",
              "| variant | arm | questions | " + " | ".join(COLUMNS) + " |", "|" + "---|" * (len(COLUMNS) + 3)]
     for row in rows:
         lines.append(f"| {row['variant']} | {row['arm']} | {row['questions']} | "

@@ -1,6 +1,7 @@
-"""bench/questions.jsonl, the evaluation question set: every answerable question's answer is in the text
-the loader stores for its source (on its PDF page, in its JSONL record), and the set has the shape the
-tuning and judging runs rely on. Fast: it loads the corpus files, no model."""
+"""bench/questions.jsonl, the evaluation question set, and bench/unseen.jsonl, the questions written after
+the tuning and never tuned on: every answerable question's answer is in the text the loader stores for its
+source (on its PDF page, in its JSONL record), and the sets have the shape the tuning and judging runs rely
+on. Fast: it loads the corpus files, no model."""
 from __future__ import annotations
 
 import json
@@ -13,18 +14,20 @@ from loaders.documents import load
 
 ROOT = Path(__file__).resolve().parents[1]
 QUESTIONS = ROOT / "bench" / "questions.jsonl"
+UNSEEN = ROOT / "bench" / "unseen.jsonl"
 CORPUS = Path(__file__).resolve().parents[2] / "shared" / "corpus"
 ANSWERABLE_KINDS = {"pdf", "html", "jsonl", "transcript"}
 NO_SOURCE_KINDS = {"off_topic", "small_talk"}
 
 
-def _rows() -> list[dict]:
-    lines = QUESTIONS.read_text(encoding="utf-8").splitlines()
+def _rows(path: Path) -> list[dict]:
+    lines = path.read_text(encoding="utf-8").splitlines()
     return [json.loads(line) for line in lines if line.strip()]
 
 
-ROWS = _rows()
-ANSWERABLE = [row for row in ROWS if row.get("answer") is not None]
+ROWS = _rows(QUESTIONS)
+UNSEEN_ROWS = _rows(UNSEEN)
+ANSWERABLE = [row for row in ROWS + UNSEEN_ROWS if row.get("answer") is not None]
 
 
 @lru_cache(maxsize=None)
@@ -63,7 +66,7 @@ def test_answer_is_in_its_source(row):
 
 
 def test_ids_unique():
-    ids = [row["id"] for row in ROWS]
+    ids = [row["id"] for row in ROWS + UNSEEN_ROWS]
     assert len(ids) == len(set(ids)), sorted({i for i in ids if ids.count(i) > 1})
 
 
@@ -77,8 +80,18 @@ def test_shape():
         assert row["kind"] in ANSWERABLE_KINDS | NO_SOURCE_KINDS, row["id"]
 
 
-def test_no_source_questions():
-    rows = [row for row in ROWS if row["kind"] in NO_SOURCE_KINDS]
+def test_unseen_shape():
+    assert {row["split"] for row in UNSEEN_ROWS} == {"unseen"}
+    tuned = {(row["source"], row["answer"]) for row in ROWS if row.get("answer") is not None}
+    assert not [row["id"] for row in UNSEEN_ROWS if (row["source"], row["answer"]) in tuned]  # no fact asked twice
+    for row in UNSEEN_ROWS:
+        assert isinstance(row["paraphrase"], bool), row["id"]
+        assert row["kind"] in ANSWERABLE_KINDS | NO_SOURCE_KINDS, row["id"]
+
+
+@pytest.mark.parametrize("rows", [ROWS, UNSEEN_ROWS], ids=["questions", "unseen"])
+def test_no_source_questions(rows):
+    rows = [row for row in rows if row["kind"] in NO_SOURCE_KINDS]
     assert {row["kind"] for row in rows} == NO_SOURCE_KINDS
     for row in rows:
         assert row["source"] is None and row["page"] is None and row["answer"] is None, row["id"]
