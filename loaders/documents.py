@@ -228,24 +228,12 @@ def parse(data: bytes, name: str, *, kind: str, suffix: str = "", jq: str | None
             return _json_lines(data.splitlines(keepends=True), name, base, jq=jq)
         if kind == "transcript":
             return _transcript_file(data, name, base, suffix)
-        if kind == "docx":
-            return list(formats.docx_sections(data, name, base))
-        if kind == "pptx":
-            return list(formats.pptx_slides(data, name, base))
-        if kind == "xlsx":
-            return list(formats.xlsx(data, name, base))
-        if kind == "xls":
-            return list(formats.xls(data, name, base))
-        if kind == "ods":
-            return list(formats.ods(data, name, base))
-        if kind == "odt":
-            return list(formats.odt_sections(data, name, base))
-        if kind == "odp":
-            return list(formats.odp_slides(data, name, base))
+        readers = {"docx": formats.docx_sections, "pptx": formats.pptx_slides, "xlsx": formats.xlsx, "xls": formats.xls,
+                   "ods": formats.ods, "odt": formats.odt_sections, "odp": formats.odp_slides, "rtf": formats.rtf}
+        if kind in readers:
+            return list(readers[kind](data, name, base))
         if kind == "csv":
             return list(formats.csv_rows(data, name, base, _decode))
-        if kind == "rtf":
-            return list(formats.rtf(data, name, base))
         if kind == "email":
             return list(formats.email_message(data, name, base, _decode))
         if kind == "epub":
