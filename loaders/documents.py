@@ -37,7 +37,7 @@ KINDS = {
     ".epub": "epub",
     ".xls": "xls", ".ods": "ods", ".odt": "odt", ".odp": "odp", ".rtf": "rtf", ".eml": "email",
     ".png": "image", ".jpg": "image", ".jpeg": "image", ".tif": "image", ".tiff": "image", ".webp": "image",
-    ".bmp": "image", ".gif": "image",
+    ".bmp": "image", ".gif": "image", ".heic": "image", ".heif": "image",
     # Plain text under other names: markup people write documents in, logs, and code or configuration,
     # which is read only when named (see expand).
     ".rst": "text", ".adoc": "text", ".org": "text", ".tex": "text", ".log": "text", ".text": "text",

@@ -1,5 +1,5 @@
 """OCR for PDF pages that have no text layer (scans, photographed pages) and for pictures (PNG, JPEG,
-TIFF, ...): PDFium renders a page, Pillow opens a picture, Debian's tesseract reads it (through
+TIFF, HEIC, ...): PDFium renders a page, Pillow opens a picture, Debian's tesseract reads it (through
 pytesseract). loaders.documents calls this only for pages whose text is empty, so a PDF with a text layer
 never pays for it.
 
@@ -16,6 +16,9 @@ from typing import Iterator
 import pypdfium2.raw as pdfium_c
 import pytesseract
 from PIL import Image, ImageOps, ImageSequence
+from pillow_heif import register_heif_opener
+
+register_heif_opener()  # Pillow opens HEIC/HEIF from here on: what an iPhone's camera saves
 
 DPI = 300  # what tesseract is trained for; 200 dpi lost small print in the paper's tables
 MAX_RENDER_PIXELS = 12_000_000  # an A4/Letter page at 300 dpi is ~8.7 M; a poster-sized page is scaled down

@@ -482,6 +482,7 @@ def pictures(tmp_path_factory, corpus):
     exif = Image.Exif()
     exif[0x0112] = 6  # "rotate 90° clockwise to show": how a phone held upright stores a photo
     eighth.transpose(Image.Transpose.ROTATE_90).save(folder / "photo.jpg", quality=85, exif=exif)
+    eighth.save(folder / "IMG_0420.HEIC", format="HEIF", quality=90)  # what an iPhone's camera saves
     return folder
 
 
@@ -499,6 +500,11 @@ def test_a_sideways_phone_photo_is_turned_upright_before_ocr(pictures):
     assert "page" not in doc.metadata  # one picture: nothing to number
     text = " ".join(doc.page_content.split())
     assert text.startswith("Table 2: The Transformer achieves") and "label smoothing of value" in text
+
+
+def test_an_iphone_heic_photo_is_read_by_ocr(pictures):
+    [doc] = load(pictures / "IMG_0420.HEIC")
+    assert doc.metadata["kind"] == "image" and "label smoothing of value" in " ".join(doc.page_content.split())
 
 
 def test_pictures_are_stored_searched_and_cited(tmp_path, pictures):
