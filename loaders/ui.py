@@ -85,7 +85,7 @@ def build_documents_tab(store, settings) -> None:
     gr.Markdown("Add documents to search and chat with: PDF (scanned pages are read by OCR), HTML, Word (DOCX), "
                 "PowerPoint (PPTX), Excel (XLSX, XLS), OpenDocument (ODT, ODS, ODP), RTF, e-mail (EML), CSV, EPUB, "
                 "JSON/JSONL, transcripts (VTT, SRT, YouTube XML), text, Markdown and code, and pictures (PNG, JPEG, "
-                "TIFF: read by OCR). Files are stored as soon as they are dropped; a URL when you "
+                "TIFF, HEIC: read by OCR). Files are stored as soon as they are dropped; a URL when you "
                 "press Enter or the button. A file already stored under the same name is replaced when its content "
                 "changed and left alone when it did not.")
     with gr.Row():
