@@ -379,11 +379,6 @@ def rerank(question: str, hits: list[tuple], k: int) -> list[tuple]:
     return [hits[i] for i in order[:k]]
 
 
-def has_terms(question: str) -> bool:
-    """Whether the question has any term to match (not only stop words: "what is it?")."""
-    return bool(terms(question))
-
-
 def question_coverage(question: str, passages: list[str]) -> float:
     """The largest share of the question's term weight that one sentence of the passages holds (0..1)."""
     scorer = Scorer(passages)

@@ -5,7 +5,7 @@
 
 Decisions worth knowing:
 - Relevance is the store's cosine score against `settings.score_threshold`, or one sentence holding
-  nearly all of the question's words; and some sentence must hold some word of the question (covers()). When neither holds, the model is not asked at all:
+  nearly all of the question's words (see covers()). When neither holds, the model is not asked at all:
   the reply says the documents don't cover the question and cites nothing (a 135M model asked anyway
   answers from memory, see tests/test_chat_rag.py).
 - A question about a name that no stored chunk holds ("Mount Everest", asked of a store whose Himalayan
@@ -179,19 +179,13 @@ def covers(question: str, candidates: list[Source], threshold: float) -> bool:
     """Whether the documents cover the question: a passage's cosine reaches the threshold, or one sentence
     holds nearly all of the question's words while its passage comes close (BM25 finds "label smoothing"
     at cosine 0.12-0.29). No off-topic question of bench/questions.jsonl passes the second test, whose
-    sentences held at most 61% of their words (at cosines 0.23-0.28).
-
-    But a passage near in meaning none of whose sentences holds any word of the question is about
-    something else: "Who discovered penicillin?" met a C4 page on plague doctors at cosine 0.40 and got
-    it as its source. Every answerable question of bench/questions.jsonl and bench/unseen.jsonl shares at
-    least 14% of its term weight with a sentence of the close passages; these off-topic ones share none."""
+    sentences held at most 61% of their words (at cosines 0.23-0.28)."""
     if not candidates:
         return False
+    if max(c.score for c in candidates) >= threshold:
+        return True
     close = [c.text for c in candidates if c.score >= threshold - KEYWORD_COVER_MARGIN]
-    coverage = evidence.question_coverage(question, close) if close else 0.0
-    if coverage == 0.0 and evidence.has_terms(question):
-        return False
-    return max(c.score for c in candidates) >= threshold or coverage >= KEYWORD_COVER
+    return bool(close) and evidence.question_coverage(question, close) >= KEYWORD_COVER
 
 
 def unmentioned_names(question: str, candidates: list[Source], store) -> list[str]:
