@@ -78,9 +78,9 @@ def marked_passage(source: rag.Source) -> str:
 def page_picture(store, source: rag.Source) -> str:
     """An <img> of the PDF page with the quote highlighted, or of the picture OCR read; "" for other kinds
     or when no copy is stored."""
-    if store is None or source.kind not in ("pdf", "image") or (source.kind == "pdf" and not source.page):
+    if store is None or (source.kind == "pdf" and not source.page):
         return ""
-    original = store.original(source.sha256, kind=source.kind)
+    original = store.original(source.sha256, kind=source.kind)  # None for kinds whose copy is not kept
     if original is None:
         return ""
     try:
