@@ -4,12 +4,12 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 TORCH_CPU_WHEEL := $(wildcard /opt/wheels/torch-2.13.0+cpu-*.whl)
 
-.PHONY: run test venv browser ocr bench clean
+.PHONY: run test venv browser ocr office bench clean
 
-run: $(VENV)/.installed ocr
+run: $(VENV)/.installed ocr office
 	GRADIO_ANALYTICS_ENABLED=False HF_HUB_OFFLINE=1 $(PY) app.py
 
-test: $(VENV)/.installed browser ocr
+test: $(VENV)/.installed browser ocr office
 	GRADIO_ANALYTICS_ENABLED=False HF_HUB_OFFLINE=1 $(PY) -m pytest -q
 
 venv: $(VENV)/.installed
@@ -42,6 +42,14 @@ ocr:
 	@test -x /usr/bin/tesseract || { \
 		if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
 		$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq tesseract-ocr >/dev/null; }
+
+# Debian's LibreOffice converts Word and PowerPoint 97-2003 files (.doc, .ppt) for the DOCX and PPTX
+# readers (loaders/formats.py); the tests write such files with it. Without recommends: ~210 MB, ~15 s.
+office:
+	@test -x /usr/bin/soffice || { \
+		if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
+		$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends \
+			libreoffice-writer-nogui libreoffice-impress-nogui >/dev/null; }
 
 bench: $(VENV)/.installed
 	$(PY) bench/ingest.py

@@ -30,7 +30,7 @@ CHATAPP_QDRANT_URL, CHATAPP_COLLECTION, CHATAPP_EMBEDDING_MODEL, CHATAPP_CHUNK_S
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m loaders", epilog=EPILOG,
                                 formatter_class=argparse.RawDescriptionHelpFormatter,
-                                description="Load documents (PDF with OCR, HTML, DOCX, PPTX, XLSX, XLS, ODT, ODS, ODP, RTF, "
+                                description="Load documents (PDF with OCR, HTML, DOCX, DOC, PPTX, PPT, XLSX, XLS, ODT, ODS, ODP, RTF, "
                                             "EML, CSV, EPUB, JSON/JSONL, transcripts, text, pictures by OCR) "
                                             "into the Qdrant store, and search them.")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")

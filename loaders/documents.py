@@ -34,7 +34,7 @@ KINDS = {
     ".vtt": "transcript", ".srt": "transcript", ".xml": "transcript",
     ".txt": "text", ".md": "markdown", ".markdown": "markdown",
     ".docx": "docx", ".pptx": "pptx", ".xlsx": "xlsx", ".xlsm": "xlsx", ".csv": "csv", ".tsv": "csv",
-    ".epub": "epub",
+    ".epub": "epub", ".doc": "doc", ".ppt": "ppt", ".pps": "ppt",
     ".xls": "xls", ".ods": "ods", ".odt": "odt", ".odp": "odp", ".rtf": "rtf", ".eml": "email",
     ".png": "image", ".jpg": "image", ".jpeg": "image", ".tif": "image", ".tiff": "image", ".webp": "image",
     ".bmp": "image", ".gif": "image", ".heic": "image", ".heif": "image",
@@ -229,7 +229,8 @@ def parse(data: bytes, name: str, *, kind: str, suffix: str = "", jq: str | None
         if kind == "transcript":
             return _transcript_file(data, name, base, suffix)
         readers = {"docx": formats.docx_sections, "pptx": formats.pptx_slides, "xlsx": formats.xlsx, "xls": formats.xls,
-                   "ods": formats.ods, "odt": formats.odt_sections, "odp": formats.odp_slides, "rtf": formats.rtf}
+                   "ods": formats.ods, "odt": formats.odt_sections, "odp": formats.odp_slides, "rtf": formats.rtf,
+                   "doc": formats.legacy_office, "ppt": formats.legacy_office}
         if kind in readers:
             return list(readers[kind](data, name, base))
         if kind == "csv":
@@ -289,7 +290,7 @@ KIND_WORDS = {"pdf": "document", "html": "web page", "transcript": "video transc
               "jsonl": "record", "markdown": "document", "text": "document", "docx": "document",
               "pptx": "slides", "xlsx": "spreadsheet", "csv": "spreadsheet", "epub": "book", "image": "picture",
               "code": "code", "xls": "spreadsheet", "ods": "spreadsheet", "odt": "document", "odp": "slides",
-              "rtf": "document", "email": "email"}
+              "rtf": "document", "email": "email", "doc": "document", "ppt": "slides"}
 
 
 def context_header(metadata: dict) -> str:

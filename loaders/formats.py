@@ -1,6 +1,7 @@
 """Readers for office documents, spreadsheets, e-books, e-mail, RTF and Markdown sections: each turns a
 source's bytes into LangChain Documents through a well-kept parser (python-docx, python-pptx, openpyxl, xlrd
-for legacy .xls, odfpy for OpenDocument, the csv module, ebooklib, the email package, striprtf, markdown-it).
+for legacy .xls, odfpy for OpenDocument, the csv module, ebooklib, the email package, striprtf, markdown-it;
+LibreOffice converts Word and PowerPoint 97–2003 files for the DOCX and PPTX readers).
 loaders.documents owns the suffix table and calls these.
 
 Where a format has places a reader can point at, the Document says so:
@@ -16,7 +17,10 @@ import email
 import email.policy
 import io
 import itertools
+import shutil
 import struct
+import subprocess
+import tempfile
 import warnings
 from datetime import time
 from pathlib import Path
@@ -214,6 +218,47 @@ def docx_sections(data: bytes, name: str, base: dict) -> Iterator[Document]:
                 yield _heading_level(block), block.text
 
     yield from sections(blocks(), base, title)
+
+
+# --- Word and PowerPoint 97–2003 ----------------------------------------------------------------------
+# No maintained Python library reads the binary .doc and .ppt formats, and the old command-line readers fail
+# on today's files (antiword refused a .doc that LibreOffice wrote, "text stream too small"; catppt printed
+# nothing for a .ppt). LibreOffice reads them best; it converts to .docx/.pptx, and the readers above give the
+# same sections and slide numbers. Its input filter is named, so a damaged file is refused instead of being
+# taken for plain text.
+LEGACY_OFFICE = {"doc": ("MS Word 97", "docx", docx_sections), "ppt": ("MS PowerPoint 97", "pptx", pptx_slides)}
+LIBREOFFICE_TIMEOUT_S = 120  # ~1 s for a small file; a 300-slide deck takes tens of seconds
+LIBREOFFICE_PACKAGES = "libreoffice-writer-nogui libreoffice-impress-nogui"
+
+
+def legacy_office(data: bytes, name: str, base: dict) -> Iterator[Document]:
+    """A Word 97–2003 .doc or PowerPoint 97–2003 .ppt (kind in base), converted by LibreOffice, then read as
+    DOCX sections or PPTX slides."""
+    kind = base["kind"]
+    if kind == "doc" and data.lstrip().startswith(b"{\\rtf"):  # Word and WordPad save RTF under .doc too
+        yield from rtf(data, name, base)
+        return
+    soffice = shutil.which("soffice") or shutil.which("libreoffice")
+    if soffice is None:
+        raise LoadError(name, f"reading .{kind} needs LibreOffice (Debian: apt-get install {LIBREOFFICE_PACKAGES}; "
+                              "`make run` installs them), or save it as ." + LEGACY_OFFICE[kind][1])
+    input_filter, target, read = LEGACY_OFFICE[kind]
+    with tempfile.TemporaryDirectory(prefix="chatapp-office-") as tmp:
+        source = Path(tmp, f"source.{kind}")
+        source.write_bytes(data)
+        # A profile of its own: LibreOffice lets one process at a time use a profile, and two reads may overlap.
+        profile = Path(tmp, "profile").as_uri()
+        command = [soffice, "--headless", "--norestore", f"-env:UserInstallation={profile}",
+                   f"--infilter={input_filter}", "--convert-to", target, "--outdir", tmp, str(source)]
+        try:
+            subprocess.run(command, stdin=subprocess.DEVNULL, capture_output=True, timeout=LIBREOFFICE_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            raise LoadError(name, f"LibreOffice took over {LIBREOFFICE_TIMEOUT_S} s to read it") from None
+        converted = Path(tmp, f"source.{target}")
+        if not converted.exists():
+            raise LoadError(name, f"not a {input_filter.removeprefix('MS ')}–2003 file that LibreOffice can read "
+                                  "(damaged, encrypted, or another format renamed)")
+        yield from read(converted.read_bytes(), name, base)
 
 
 # --- OpenDocument (LibreOffice) ----------------------------------------------------------------------

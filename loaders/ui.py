@@ -82,8 +82,8 @@ def build_documents_tab(store, settings) -> None:
         entries = store.list_sources()
         return source_rows(store, entries), gr.update(choices=choices(entries), **dropdown)
 
-    gr.Markdown("Add documents to search and chat with: PDF (scanned pages are read by OCR), HTML, Word (DOCX), "
-                "PowerPoint (PPTX), Excel (XLSX, XLS), OpenDocument (ODT, ODS, ODP), RTF, e-mail (EML), CSV, EPUB, "
+    gr.Markdown("Add documents to search and chat with: PDF (scanned pages are read by OCR), HTML, Word (DOCX, DOC), "
+                "PowerPoint (PPTX, PPT), Excel (XLSX, XLS), OpenDocument (ODT, ODS, ODP), RTF, e-mail (EML), CSV, EPUB, "
                 "JSON/JSONL, transcripts (VTT, SRT, YouTube XML), text, Markdown and code, and pictures (PNG, JPEG, "
                 "TIFF, HEIC: read by OCR). Files are stored as soon as they are dropped; a URL when you "
                 "press Enter or the button. A file already stored under the same name is replaced when its content "

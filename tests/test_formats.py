@@ -9,6 +9,8 @@ import datetime
 import http.server
 import io
 import re
+import shutil
+import subprocess
 import threading
 import time
 from email.message import EmailMessage
@@ -412,6 +414,77 @@ def test_stored_searched_and_cited_with_their_place(tmp_path, files):
             best = rag.retrieve(store, question, k=3)[0]
             assert (best.source, best.location) == (source, location), (question, best)
             assert best.to_json().get("location", "") == location
+    finally:
+        store.close()
+
+
+def save_as_97_2003(path, suffix):
+    """The file saved as Word or PowerPoint 97-2003 by LibreOffice (`make test` installs it), the way an old
+    Office would have written it: no Python library writes these formats."""
+    folder = path.parent
+    subprocess.run([shutil.which("soffice"), "--headless", "--norestore", f"-env:UserInstallation={(folder / 'lo').as_uri()}",
+                    "--convert-to", suffix.lstrip("."), "--outdir", str(folder), str(path)],
+                   check=True, capture_output=True, timeout=120)
+    return path.with_suffix(suffix)
+
+
+@pytest.fixture(scope="module")
+def legacy(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("legacy")
+    make_docx(folder / "report.docx")
+    make_pptx(folder / "offsite.pptx")
+    for suffix in (".doc", ".ppt"):
+        save_as_97_2003(next(folder.glob(f"*{suffix}x")), suffix)
+    return folder
+
+
+def test_word_97_doc_keeps_its_sections_and_powerpoint_97_ppt_its_slides(legacy):
+    doc = load(legacy / "report.doc")
+    assert [d.metadata.get("section") for d in doc] == [None, "Results", "Results > Risks"]
+    assert [d.page_content for d in doc] == [d.page_content for d in load(legacy / "report.docx")]
+    assert {(d.metadata["kind"], d.metadata["title"]) for d in doc} == {("doc", "Quarterly report")}
+    assert where(doc[2]) == "report.doc, Results > Risks"
+    ppt = load(legacy / "offsite.ppt")
+    assert [(d.metadata["slide"], d.metadata["section"]) for d in ppt] == [(1, "Welcome"), (2, "Roadmap"), (3, "Questions")]
+    assert "tangerine dashboard" in ppt[1].page_content and "beta users" in ppt[1].page_content
+    assert where(ppt[1]) == "offsite.ppt, slide 2"
+
+
+def test_a_doc_that_is_rtf_inside_is_read(tmp_path):
+    (tmp_path / "cargo.doc").write_text(WORDPAD_RTF)  # what WordPad and old Word left under .doc
+    [doc] = load(tmp_path / "cargo.doc")
+    assert "cargo ferry leaves at 08:15" in doc.page_content and doc.metadata["kind"] == "doc"
+
+
+@pytest.mark.parametrize(("name", "how"), [("broken.doc", "cut"), ("broken.ppt", "cut"), ("renamed.doc", "text"),
+                                           ("renamed.ppt", "docx")])
+def test_a_damaged_or_renamed_97_2003_file_is_one_line(tmp_path, legacy, name, how):
+    original = legacy / ("report.doc" if name.endswith(".doc") else "offsite.ppt")
+    content = {"cut": original.read_bytes()[: original.stat().st_size // 3], "text": b"just some words\n",
+               "docx": (legacy / "report.docx").read_bytes()}[how]
+    (tmp_path / name).write_bytes(content)
+    program = "Word" if name.endswith(".doc") else "PowerPoint"
+    with pytest.raises(LoadError, match=rf"^{re.escape(name)}: not a {program} 97–2003 file that LibreOffice can read"):
+        load(tmp_path / name)
+
+
+def test_without_libreoffice_a_doc_says_what_to_install(tmp_path, legacy, monkeypatch):
+    monkeypatch.setenv("CHATAPP_READ_MEMORY_MB", "0")  # read here, where PATH is changed
+    monkeypatch.setenv("PATH", str(tmp_path))
+    with pytest.raises(LoadError, match=r"^report\.doc: reading \.doc needs LibreOffice \(Debian: apt-get install "
+                                        r"libreoffice-writer-nogui"):
+        load(legacy / "report.doc")
+
+
+def test_a_doc_is_stored_searched_and_cited_by_section(tmp_path, legacy):
+    store = get_store(Settings.from_env(data_dir=tmp_path / "data"))
+    try:
+        results = store.ingest([legacy / "report.doc", legacy / "offsite.ppt"])
+        assert all(r.ok for r in results), [r.summary() for r in results]
+        best = rag.retrieve(store, "What is the main supply risk with copper coils?", k=3)[0]
+        assert (best.source, best.location) == ("report.doc", "Results > Risks")
+        best = rag.retrieve(store, "When does the tangerine dashboard ship?", k=3)[0]
+        assert (best.source, best.location) == ("offsite.ppt", "slide 2")
     finally:
         store.close()
 
