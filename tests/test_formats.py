@@ -421,8 +421,9 @@ def test_stored_searched_and_cited_with_their_place(tmp_path, files):
 def save_as_97_2003(path, suffix):
     """The file saved as Word or PowerPoint 97-2003 by LibreOffice (`make test` installs it), the way an old
     Office would have written it: no Python library writes these formats."""
-    folder = path.parent
-    subprocess.run([shutil.which("soffice"), "--headless", "--norestore", f"-env:UserInstallation={(folder / 'lo').as_uri()}",
+    folder, soffice = path.parent, shutil.which("soffice")
+    assert soffice, "LibreOffice is missing: `make office` (or `make test`) installs it"
+    subprocess.run([soffice, "--headless", "--norestore", f"-env:UserInstallation={(folder / 'lo').as_uri()}",
                     "--convert-to", suffix.lstrip("."), "--outdir", str(folder), str(path)],
                    check=True, capture_output=True, timeout=120)
     return path.with_suffix(suffix)
