@@ -236,7 +236,7 @@ def parse(data: bytes, name: str, *, kind: str, suffix: str = "", jq: str | None
         if kind == "csv":
             return list(formats.csv_rows(data, name, base, _decode))
         if kind == "email":
-            return list(formats.email_message(data, name, base, _decode))
+            return list(formats.email_message(data, name, base, _decode, _attachment))
         if kind == "epub":
             return list(formats.epub_chapters(data, name, base, _html))
         return _text(data, name, base)
@@ -407,6 +407,16 @@ def _picture(data: bytes, name: str, base: dict, progress: Progress | None = Non
     return [Document(page_content=text, metadata={**base, "title": Path(name).stem, "ocr": True,
                                                   **({"page": number} if numbered else {})})
             for number, text in enumerate(texts, start=1) if text.strip()]
+
+
+def _attachment(data: bytes, filename: str) -> list[Document]:
+    """An e-mail attachment's Documents, read by the reader its suffix names; none for a kind a folder walk
+    skips (a signature's logo, a script) or another e-mail. LoadError when it cannot be read."""
+    suffix = Path(filename).suffix.lower()
+    kind = KINDS.get(suffix)
+    if kind is None or kind in FOLDER_SKIPS or kind == "email":
+        return []
+    return parse(data, filename, kind=kind, suffix=suffix)
 
 
 def _html(data: bytes, name: str, base: dict) -> list[Document]:

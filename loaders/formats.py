@@ -41,7 +41,7 @@ from odf.opendocument import load as load_odf
 from odf.teletype import extractText
 from striprtf.striprtf import rtf_to_text
 
-from loaders.documents import LoadError
+from loaders.documents import LoadError, place
 
 CSV_SNIFF_BYTES = 64 * 1024
 # A spreadsheet's most rows and columns (Excel's and LibreOffice's): no ODF repeat count goes past them.
@@ -365,10 +365,12 @@ def odp_slides(data: bytes, name: str, base: dict) -> Iterator[Document]:
 
 # --- e-mail and RTF ----------------------------------------------------------------------------------
 
-def email_message(data: bytes, name: str, base: dict, decode: Callable[[bytes, str], str]) -> Iterator[Document]:
-    """An e-mail (.eml) as one Document: its From, To, Cc, Date and Subject lines, its body (the plain-text
-    part, else the HTML one through the project's HTML extractor), and the names of its attachments (which
-    are not read)."""
+def email_message(data: bytes, name: str, base: dict, decode: Callable[[bytes, str], str],
+                  attachment: Callable[[bytes, str], list[Document]]) -> Iterator[Document]:
+    """An e-mail (.eml): one Document of its From, To, Cc, Date and Subject lines, its body (the plain-text
+    part, else the HTML one through the project's HTML extractor) and its attachments' names; then the
+    Documents of each attachment that `attachment(bytes, filename)` reads (a PDF, a DOCX, a spreadsheet),
+    cited as "attachment report.pdf, p. 3". One that cannot be read is named with the reason."""
     message = email.message_from_bytes(data, policy=email.policy.default)
     headers = [f"{field}: {message[field]}" for field in EMAIL_HEADERS if message[field]]
     if not headers:
@@ -385,12 +387,28 @@ def email_message(data: bytes, name: str, base: dict, decode: Callable[[bytes, s
 
             text = extract(text, None, with_date=False)[1]
     parts = ["\n".join(headers), text.strip()]
-    attachments = [part.get_filename() for part in message.iter_attachments() if part.get_filename()]
+    subject = str(message["Subject"] or "").strip()
+    metadata = {**base, "title": subject or Path(name).stem}
+    attachments, read = [], []
+    for part in message.iter_attachments():
+        filename = part.get_filename()
+        if not filename:
+            continue
+        try:
+            docs = attachment(part.get_payload(decode=True) or b"", filename)
+        except LoadError as err:
+            attachments.append(f"{filename} [not read: {err.reason}]")
+            continue
+        attachments.append(filename)
+        for doc in docs:  # cited by the e-mail's name and the place inside the attachment
+            inner = place(doc.metadata, page=", p. {}", start=lambda s: f" at {int(s) // 60}:{int(s) % 60:02d}")
+            extra = {"section": doc.metadata["section"]} if doc.metadata.get("section") else {}
+            read.append(Document(page_content=doc.page_content,
+                                 metadata={**metadata, **extra, "location": f"attachment {inner}"}))
     if attachments:
         parts.append("Attachments: " + ", ".join(attachments))
-    subject = str(message["Subject"] or "").strip()
-    yield Document(page_content="\n\n".join(p for p in parts if p),
-                   metadata={**base, "title": subject or Path(name).stem})
+    yield Document(page_content="\n\n".join(p for p in parts if p), metadata=metadata)
+    yield from read
 
 
 def rtf(data: bytes, name: str, base: dict) -> Iterator[Document]:

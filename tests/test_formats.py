@@ -202,7 +202,7 @@ def make_eml(path):
     message.set_content("Hello all,\nthe night ferry to Vesterø now leaves at 23:40.\nAda\n")
     message.add_alternative("<html><body><p>Hello all, the <b>night ferry</b> ...</p></body></html>", subtype="html")
     message.add_attachment(b"%PDF-1.4 not read", maintype="application", subtype="pdf", filename="timetable.pdf")
-    message.add_attachment(b"day,time\n", maintype="text", subtype="csv", filename="times.csv")
+    message.add_attachment(b"pier,departures\nsouth,4\n", maintype="text", subtype="csv", filename="piers.csv")
     path.write_bytes(bytes(message))
 
 
@@ -338,13 +338,45 @@ def test_odp_one_document_a_slide_with_notes(files):
     assert where(docs[1]) == "crew.odp, slide 2"
 
 
-def test_email_headers_plain_body_and_attachment_names(files):
-    [doc] = load(files / "timetable.eml")
-    assert doc.page_content == (
+def test_email_headers_plain_body_and_attachments(files):
+    doc, row = load(files / "timetable.eml")
+    assert doc.page_content.startswith(
         "From: Ada Lovelace <ada@example.org>\nTo: crew@example.org\nDate: Tue, 05 Mar 2024 09:30:00 +0000\n"
         "Subject: New ferry timetable\n\nHello all,\nthe night ferry to Vesterø now leaves at 23:40.\nAda\n\n"
-        "Attachments: timetable.pdf, times.csv")  # the plain part, not its HTML alternative
+        "Attachments: timetable.pdf [not read: truncated or corrupt PDF")  # the plain part, not its HTML alternative
+    assert doc.page_content.endswith("], piers.csv")  # a damaged attachment is named with its reason
     assert (doc.metadata["title"], doc.metadata["kind"], where(doc)) == ("New ferry timetable", "email", "timetable.eml")
+    assert (row.page_content, where(row)) == ("pier: south\ndepartures: 4", "timetable.eml, attachment piers.csv, row 2")
+
+
+def test_an_emails_pdf_and_docx_attachments_are_read_and_cited_inside_it(tmp_path, corpus):
+    """Found comparing with RAGFlow, whose e-mail parser reads attachments: ours named them only, so a
+    report sent as a PDF was not searchable. A picture (a signature's logo) is named, not read by OCR."""
+    make_docx(tmp_path / "report.docx")
+    message = EmailMessage()
+    message["From"], message["Subject"] = "ada@example.org", "The paper and the report"
+    message.set_content("Both attached.")
+    message.add_attachment((corpus / "pdf" / "attention-is-all-you-need.pdf").read_bytes(), maintype="application",
+                           subtype="pdf", filename="paper.pdf")
+    message.add_attachment((tmp_path / "report.docx").read_bytes(), maintype="application", subtype="octet-stream",
+                           filename="report.docx")
+    message.add_attachment(b"\x89PNG\r\n\x1a\n", maintype="image", subtype="png", filename="logo.png")
+    (tmp_path / "mail.eml").write_bytes(bytes(message))
+    docs = load(tmp_path / "mail.eml")
+    assert docs[0].page_content.endswith("Attachments: paper.pdf, report.docx, logo.png")
+    assert [where(d) for d in docs[1:]] == [f"mail.eml, attachment paper.pdf, p. {n}" for n in range(1, 16)] + [
+        "mail.eml, attachment report.docx", "mail.eml, attachment report.docx, Results",
+        "mail.eml, attachment report.docx, Results > Risks"]
+    assert {(d.metadata["kind"], d.metadata["title"]) for d in docs} == {("email", "The paper and the report")}
+
+    store = get_store(Settings.from_env(data_dir=tmp_path / "data"))
+    try:
+        [result] = store.ingest([tmp_path / "mail.eml"])
+        assert result.ok, result.summary()
+        best = rag.retrieve(store, "What value of label smoothing was used?", k=3)
+        assert ("mail.eml", "attachment paper.pdf, p. 8") in [(b.source, b.location) for b in best]
+    finally:
+        store.close()
 
 
 def test_an_html_only_email_is_read_by_the_html_extractor(tmp_path):
