@@ -139,7 +139,7 @@ def cmd_ingest(store, settings, args) -> int:
 
 def cmd_search(store, settings, args) -> int:
     from chatapp import evidence
-    from loaders.documents import place
+    from loaders.documents import clock, place
 
     k = args.k or settings.top_k
     if k < 1:
@@ -159,7 +159,7 @@ def cmd_search(store, settings, args) -> int:
         if not hits:
             print("  (no documents stored yet: python -m loaders ingest PATH)")
         for rank, (doc, score) in enumerate(hits, 1):
-            where = place(doc.metadata, page=" p.{}", start=lambda seconds: f" @{_clock(seconds)}")
+            where = place(doc.metadata, page=" p.{}", start=lambda seconds: f" @{clock(seconds)}")
             text = " ".join(doc.page_content.split())
             print(f"{rank}. [{score:.3f}] {where}\n   {text[:300]}{'…' if len(text) > 300 else ''}")
     return 0
@@ -237,12 +237,6 @@ def cmd_reindex(store, settings, args) -> int:
     else:
         print(f"embedded {done} chunks again with {settings.embedding_model}")
     return 0
-
-
-def _clock(seconds: float) -> str:
-    seconds = int(seconds)
-    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}" if seconds >= 3600 \
-        else f"{seconds // 60}:{seconds % 60:02d}"
 
 
 COMMANDS = {"ingest": cmd_ingest, "search": cmd_search, "list": cmd_list, "delete": cmd_delete, "push": cmd_push,

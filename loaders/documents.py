@@ -100,6 +100,13 @@ def place(metadata: dict, *, page: str, start: Callable[[float], str], other: st
     return where
 
 
+def clock(seconds: float) -> str:
+    """A transcript time as people read it: 5:03, or 1:02:03 past the hour."""
+    seconds = int(seconds)
+    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}" if seconds >= 3600 \
+        else f"{seconds // 60}:{seconds % 60:02d}"
+
+
 def expand(sources: Iterable[str | Path]) -> list[str | Path]:
     """Folders walked (sorted; hidden files, unsupported types, pictures and code skipped); files and URLs
     kept as given. A folder's pictures are mostly figures, icons and logos that OCR would take seconds each

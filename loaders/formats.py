@@ -41,7 +41,7 @@ from odf.opendocument import load as load_odf
 from odf.teletype import extractText
 from striprtf.striprtf import rtf_to_text
 
-from loaders.documents import LoadError, place
+from loaders.documents import LoadError, clock, place
 
 CSV_SNIFF_BYTES = 64 * 1024
 # A spreadsheet's most rows and columns (Excel's and LibreOffice's): no ODF repeat count goes past them.
@@ -238,11 +238,11 @@ def legacy_office(data: bytes, name: str, base: dict) -> Iterator[Document]:
     if kind == "doc" and data.lstrip().startswith(b"{\\rtf"):  # Word and WordPad save RTF under .doc too
         yield from rtf(data, name, base)
         return
+    input_filter, target, read = LEGACY_OFFICE[kind]
     soffice = shutil.which("soffice") or shutil.which("libreoffice")
     if soffice is None:
         raise LoadError(name, f"reading .{kind} needs LibreOffice (Debian: apt-get install {LIBREOFFICE_PACKAGES}; "
-                              "`make run` installs them), or save it as ." + LEGACY_OFFICE[kind][1])
-    input_filter, target, read = LEGACY_OFFICE[kind]
+                              f"`make run` installs them), or save it as .{target}")
     with tempfile.TemporaryDirectory(prefix="chatapp-office-") as tmp:
         source = Path(tmp, f"source.{kind}")
         source.write_bytes(data)
@@ -401,7 +401,7 @@ def email_message(data: bytes, name: str, base: dict, decode: Callable[[bytes, s
             continue
         attachments.append(filename)
         for doc in docs:  # cited by the e-mail's name and the place inside the attachment
-            inner = place(doc.metadata, page=", p. {}", start=lambda s: f" at {int(s) // 60}:{int(s) % 60:02d}")
+            inner = place(doc.metadata, page=", p. {}", start=lambda s: f" at {clock(s)}")
             extra = {"section": doc.metadata["section"]} if doc.metadata.get("section") else {}
             read.append(Document(page_content=doc.page_content,
                                  metadata={**metadata, **extra, "location": f"attachment {inner}"}))
