@@ -1,7 +1,8 @@
-"""bench/questions.jsonl, the evaluation question set, and bench/unseen.jsonl, the questions written after
-the tuning and never tuned on: every answerable question's answer is in the text the loader stores for its
-source (on its PDF page, in its JSONL record), and the sets have the shape the tuning and judging runs rely
-on. Fast: it loads the corpus files, no model."""
+"""bench/questions.jsonl, the evaluation question set, bench/unseen.jsonl, the questions written after
+the tuning and never tuned on, and bench/fresh.jsonl, a further set written blind the same way: every
+answerable question's answer is in the text the loader stores for its source (on its PDF page, in its
+JSONL record), and the sets have the shape the tuning and judging runs rely on. Fast: it loads the
+corpus files, no model."""
 from __future__ import annotations
 
 import json
@@ -15,6 +16,7 @@ from loaders.documents import load
 ROOT = Path(__file__).resolve().parents[1]
 QUESTIONS = ROOT / "bench" / "questions.jsonl"
 UNSEEN = ROOT / "bench" / "unseen.jsonl"
+FRESH = ROOT / "bench" / "fresh.jsonl"
 CORPUS = Path(__file__).resolve().parents[2] / "shared" / "corpus"
 ANSWERABLE_KINDS = {"pdf", "html", "jsonl", "transcript"}
 NO_SOURCE_KINDS = {"off_topic", "small_talk"}
@@ -27,7 +29,8 @@ def _rows(path: Path) -> list[dict]:
 
 ROWS = _rows(QUESTIONS)
 UNSEEN_ROWS = _rows(UNSEEN)
-ANSWERABLE = [row for row in ROWS + UNSEEN_ROWS if row.get("answer") is not None]
+FRESH_ROWS = _rows(FRESH)
+ANSWERABLE = [row for row in ROWS + UNSEEN_ROWS + FRESH_ROWS if row.get("answer") is not None]
 
 
 @lru_cache(maxsize=None)
@@ -66,7 +69,7 @@ def test_answer_is_in_its_source(row):
 
 
 def test_ids_unique():
-    ids = [row["id"] for row in ROWS + UNSEEN_ROWS]
+    ids = [row["id"] for row in ROWS + UNSEEN_ROWS + FRESH_ROWS]
     assert len(ids) == len(set(ids)), sorted({i for i in ids if ids.count(i) > 1})
 
 
@@ -89,7 +92,16 @@ def test_unseen_shape():
         assert row["kind"] in ANSWERABLE_KINDS | NO_SOURCE_KINDS, row["id"]
 
 
-@pytest.mark.parametrize("rows", [ROWS, UNSEEN_ROWS], ids=["questions", "unseen"])
+def test_fresh_shape():
+    assert {row["split"] for row in FRESH_ROWS} == {"fresh"}
+    asked = {(row["source"], row["answer"]) for row in ROWS + UNSEEN_ROWS if row.get("answer") is not None}
+    assert not [row["id"] for row in FRESH_ROWS if (row["source"], row["answer"]) in asked]  # no fact asked twice
+    for row in FRESH_ROWS:
+        assert isinstance(row["paraphrase"], bool), row["id"]
+        assert row["kind"] in ANSWERABLE_KINDS | NO_SOURCE_KINDS, row["id"]
+
+
+@pytest.mark.parametrize("rows", [ROWS, UNSEEN_ROWS, FRESH_ROWS], ids=["questions", "unseen", "fresh"])
 def test_no_source_questions(rows):
     rows = [row for row in rows if row["kind"] in NO_SOURCE_KINDS]
     assert {row["kind"] for row in rows} == NO_SOURCE_KINDS
