@@ -92,7 +92,10 @@ _GREETING_WORDS = frozenset("hi hii hello hey hiya howdy greetings morning after
 _FRIENDLY_WORDS = _GREETING_WORDS | frozenset(
     "good day night you you're your so much very a lot ok okay cool great nice awesome perfect lovely wonderful "
     "see later now there was for the help all everyone everybody folks friend friends mate buddy again and appreciate it "
-    "that that's helps helped helpful to oh ah well dear bot assistant tomorrow soon".split())
+    "that that's helps helped helpful to oh ah well dear bot assistant tomorrow soon "
+    # well-wishes ("Good evening! Hope you're doing well.", "cheers, that was really helpful"), met in
+    # bench/fresh.jsonl: they went to the documents and came back with three passages as sources
+    "hope hoping doing are is had have has been really truly fine glad how things going today tonight week weekend".split())
 
 
 def _friendly(phrase: str) -> bool:

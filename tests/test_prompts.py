@@ -66,7 +66,10 @@ def test_cited_numbers_in_order_within_range():
                                   # two pleasantries in one line went to the documents and came back with sources
                                   "hey, how are you?", "ok bye, thanks for the help", "Good morning! How's it going?",
                                   "great, thanks!", "Thank you so much, that was helpful.", "nice to meet you",
-                                  "hi there, who are you?", "bye for now, see you tomorrow"])
+                                  "hi there, who are you?", "bye for now, see you tomorrow",
+                                  # well-wishes, met in bench/fresh.jsonl, came back with passages as sources
+                                  "Good evening! Hope you're doing well.", "cheers, that was really helpful",
+                                  "good morning, how are things?", "thanks a lot, have a nice day!"])
 def test_small_talk_is_recognised(text):
     assert prompts.is_small_talk(text)
 
@@ -74,7 +77,8 @@ def test_small_talk_is_recognised(text):
 @pytest.mark.parametrize("text", ["hi, how many warmup steps were used?", "What optimizer was used?", "Thanks for the BLEU score?",
                                   "hello there, which optimizer?", "thanks! and how many layers?",
                                   "hey, how are you computing the BLEU score?", "How are you supposed to set the learning rate?",
-                                  "ok, what was the dropout rate?", "Nice. Which dataset was used?", ""])
+                                  "ok, what was the dropout rate?", "Nice. Which dataset was used?", "",
+                                  "hi, how is the weekend schedule?", "hello, how are the results?"])
 def test_questions_are_not_small_talk(text):
     assert not prompts.is_small_talk(text)
 
