@@ -5,7 +5,7 @@ check (chatapp.rag.unmentioned_names).
 
     python bench/names.py [--out bench/results/names.md]
 
-Questions: every one of bench/questions.jsonl, and bench/names.jsonl (35 answerable questions that name
+Questions: every one of bench/questions.jsonl, unseen.jsonl and fresh.jsonl, and bench/names.jsonl (35 answerable questions that name
 people, places, products and the sources themselves, some as the documents do not spell them: "Googlers",
 "the NYT article"; and 20 about names the shared corpus never mentions). The store is the whole shared corpus,
 as bench/answers.py stores it (in the same scratch folder, so either reuses the other's).
@@ -39,7 +39,9 @@ def main() -> int:
     store = get_store(settings)
     ingested = store.ingest([CORPUS / "pdf", CORPUS / "html", CORPUS / "json", CORPUS / "youtube"])
     assert all(r.ok for r in ingested), [r.summary() for r in ingested if not r.ok]
-    sets = {"questions.jsonl": [(q.question, q.answerable) for q in read_questions(ROOT / "bench" / "questions.jsonl")],
+    sets = {name: [(q.question, q.answerable) for q in read_questions(ROOT / "bench" / name)]
+            for name in ("questions.jsonl", "unseen.jsonl", "fresh.jsonl")}
+    sets |= {
             "names.jsonl": [(q["question"], q["answerable"]) for q in map(json.loads, open(ROOT / "bench" / "names.jsonl"))]}
     lines = ["# Questions about names the documents never mention (`python bench/names.py`)", "",
              f"matrix units: {', '.join(matrix_units()) or 'none'}; {store.count()} chunks of the shared corpus", "",

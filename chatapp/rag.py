@@ -193,7 +193,7 @@ def unmentioned_names(question: str, candidates: list[Source], store) -> list[st
     evidence.unmentioned_names). A source may be named as people call it: "the NYT article" is nytimes-1.html,
     "the Verge" theverge.html, so the candidates' file names and titles hold a name as a substring too."""
     named = " ".join(f"{c.source} {c.title}" for c in candidates).lower()
-    return evidence.unmentioned_names(question, [c.text for c in candidates],
+    return evidence.unmentioned_names(question, [f"{c.title}\n{c.text}" for c in candidates],
                                       lambda name: name.lower() in named or store.mentions(name))
 
 
