@@ -41,6 +41,7 @@ NO_CONTEXT_REPLY = "The documents don't cover this question, so I can't answer i
 EMPTY_STORE_REPLY = ("No documents are stored yet. Add some in the Documents tab (or with "
                      "`python -m loaders ingest PATH`), then ask again.")
 CONDENSE_GENERATION = GenerationSettings(max_new_tokens=40)
+SMALL_TALK_TOKENS = 64  # a pleasantry gets a sentence or two; a runaway reply stops here
 KEYWORD_COVER, KEYWORD_COVER_MARGIN = 0.75, 0.2  # see covers()
 INGEST_GRACE_S = 3.0  # a file dropped in the Documents tab reaches the server a moment after the drop
 INGEST_WAIT_S = 600.0
@@ -317,7 +318,8 @@ def answer(
 
     if prompts.is_small_talk(question):
         result = Answer(question, standalone_question=question, status="small_talk")
-        yield from _stream_into(result, registry.stream(prompts.small_talk_messages(question, turns), variant, generation), "direct")
+        brief = replace(generation, max_new_tokens=min(generation.max_new_tokens, SMALL_TALK_TOKENS))
+        yield from _stream_into(result, registry.stream(prompts.small_talk_messages(question, turns), variant, brief), "direct")
         return
 
     yield from _wait_for_documents(store, question)

@@ -165,6 +165,14 @@ def test_small_talk_gets_a_reply_without_sources(store, registry):
     assert final.sources == [] and final.retrieved == []
 
 
+def test_small_talk_gets_a_brief_reply(store, registry):
+    """"Good evening! Hope you're doing well." (bench/fresh.jsonl) was answered with 81 words about passports
+    and visas, 12 s of generation; the prompt's three short exchanges keep the reply to a sentence or two."""
+    final = rag.ask("Good evening! Hope you're doing well.", [], store=store, registry=registry)
+    assert final.status == "small_talk" and final.sources == []
+    assert 0 < len(final.answer.split()) <= 40, final.answer
+
+
 def test_follow_up_is_made_standalone_before_retrieval(store, registry):
     history = [
         {"role": "user", "content": "What optimizer was used to train the Transformer?"},
