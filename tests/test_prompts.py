@@ -103,6 +103,18 @@ def test_looping_replies_are_cut_at_the_first_repeat():
     assert ended[: repeating(ended, finished=True)].strip() == "It is not about gun laws. The passage quotes a speech."
 
 
+def test_a_long_clause_looping_without_a_full_stop_is_cut():
+    """bench/fresh.jsonl: the answer ran to the token limit repeating a clause of 69 characters."""
+    clause = "The extra high-confidence corpora were pulled in about 17M sentences "
+    reply = clause * 3 + "The extra high-confidence corpora"
+    assert reply[: repeating(reply, finished=True)].strip() == clause.strip()
+    streamed = [reply[:end] for end in range(len(reply) + 1) if repeating(reply[:end]) is not None]
+    assert streamed and streamed[0][: repeating(streamed[0])].strip() == clause.strip()  # caught while streaming
+    assert len(streamed[0]) <= len(clause) * 3  # by the end of the third copy
+    table = "| a | b |\n| 1 | 2 |\n| 3 | 4 |\nThe first column counts the layers of the encoder stack."
+    assert repeating(table, finished=True) is None
+
+
 # --- the real model on real passages ---------------------------------------------------------
 
 
