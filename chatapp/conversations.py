@@ -13,7 +13,8 @@ The Chat tab and the /v1 API both read and write through `Conversations`.
 - Ownership: each conversation has a `user` ("" when no login is set). Every call takes the user and
   only sees that user's conversations; another user's id reads as unknown (KeyError), never as
   "not yours", so ids are not revealed.
-- A conversation's title is its first question until it is renamed.
+- A conversation's title is its first question until it is renamed; the first after a greeting when
+  it opened with small talk.
 """
 from __future__ import annotations
 
@@ -31,6 +32,7 @@ if TYPE_CHECKING:  # only for the type hint: rag imports the model layer (torch)
     from chatapp.rag import Answer
 
 TITLE_CHARS = 80  # a first question longer than this is cut for the title
+SMALL_TALK = "small_talk"  # rag.Answer.status of a pleasantry
 UNTITLED = "New chat"
 
 SCHEMA = """
@@ -211,8 +213,17 @@ class Conversations:
                     record[column] = json.dumps(record[column], ensure_ascii=False)
                 db.execute(f"INSERT INTO turns ({', '.join(record)}) VALUES ({', '.join('?' * len(record))})",
                            tuple(record.values()))
+                title = row["title"] or title_for(turn.question)
+                if turn.status != SMALL_TALK and title != title_for(turn.question):
+                    # Opened with a greeting, the conversation is named by its first real question instead
+                    # ("Good evening!" named it, walking the app); a title the user gave is kept.
+                    earlier = db.execute("SELECT question, status FROM turns WHERE conversation_id = ? AND number < ? "
+                                         "ORDER BY number", (conversation_id, number)).fetchall()
+                    if earlier and all(r["status"] == SMALL_TALK for r in earlier) \
+                            and title == title_for(earlier[0]["question"]):
+                        title = title_for(turn.question)
                 db.execute("UPDATE conversations SET updated = ?, title = ? WHERE id = ?",
-                           (max(turn.created, time.time()), row["title"] or title_for(turn.question), conversation_id))
+                           (max(turn.created, time.time()), title, conversation_id))
                 db.execute("COMMIT")
             except BaseException:
                 db.execute("ROLLBACK")

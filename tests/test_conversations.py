@@ -107,6 +107,22 @@ def test_the_list_is_newest_first_skips_empty_ones_and_follows_renames(conversat
         conversations.append_turn(old, turn("Too late"))
 
 
+def test_a_conversation_opened_with_small_talk_is_named_by_its_first_question(conversations):
+    """Walking the app, "Good evening! Hope you're doing well." named the conversation the question came in."""
+    cid = conversations.create()
+    conversations.append_turn(cid, turn("Good evening! Hope you're doing well.", "Hello!", status="small_talk"))
+    assert conversations.get(cid).title == "Good evening! Hope you're doing well."  # nothing better yet
+    conversations.append_turn(cid, turn("hi again", "Hi!", status="small_talk"))
+    conversations.append_turn(cid, turn("What was Mozilla's total revenue for 2011?", "$163 million."))
+    conversations.append_turn(cid, turn("And in 2010?", "$123 million."))
+    assert conversations.get(cid).title == "What was Mozilla's total revenue for 2011?"
+    renamed = conversations.create()
+    conversations.append_turn(renamed, turn("hello", "Hi!", status="small_talk"))
+    conversations.rename(renamed, "Revenue")
+    conversations.append_turn(renamed, turn("What was the revenue?", "$163 million."))
+    assert conversations.get(renamed).title == "Revenue"  # a title the user gave stays
+
+
 def test_each_user_sees_only_their_own_conversations(conversations):
     alice = conversations.create(user="alice")
     conversations.append_turn(alice, turn("Alice's question"), user="alice")
