@@ -59,6 +59,8 @@ class Source:
     start: float | None = None  # transcript start, seconds
     where: str = ""  # the loader's words for any other place: "Sheet1, row 12", "slide 3", a heading path
     sha256: str = ""  # of the source's bytes: finds the stored copy of a PDF
+    attachment: str = ""  # the e-mail attachment the passage was read from
+    attachment_page: int | None = None  # its page, for an attached PDF
     quote: str = ""  # the sentence or two of `text` that carry the answer
     quote_spans: list[tuple[int, int]] = field(default_factory=list)  # where the quote is in `text`
 
@@ -149,7 +151,8 @@ def _source(doc, score: float, number: int = 0) -> Source:
     return Source(number=number, source=str(meta.get("source", "?")), text=doc.page_content, score=score,
                   title=str(meta.get("title") or ""), kind=str(meta.get("kind") or ""),
                   page=_as_int(meta.get("page")), start=_as_float(meta.get("start")), where=str(meta.get("location") or ""),
-                  sha256=str(meta.get("sha256") or ""))
+                  sha256=str(meta.get("sha256") or ""), attachment=str(meta.get("attachment") or ""),
+                  attachment_page=_as_int(meta.get("attachment_page")))
 
 
 def retrieve(store, query: str | list[str], k: int, threshold: float | None = None,

@@ -23,7 +23,7 @@ from chatapp.conversations import Conversation, Conversations, Turn
 from chatapp.generation import GenerationSettings
 from chatapp.model import BASE
 from chatapp.settings import Settings
-from loaders.pages import highlighted_page, picture_page
+from loaders.pages import email_attachment, highlighted_page, picture_page
 
 log = logging.getLogger("chatapp.ui")
 
@@ -76,25 +76,32 @@ def marked_passage(source: rag.Source) -> str:
 
 
 def page_picture(store, source: rag.Source) -> str:
-    """An <img> of the PDF page with the quote highlighted, or of the picture OCR read; "" for other kinds
-    or when no copy is stored."""
-    if store is None or (source.kind == "pdf" and not source.page):
+    """An <img> of the PDF page with the quote highlighted (a PDF's own, or one attached to an e-mail), or of
+    the picture OCR read; "" for other kinds or when no copy is stored."""
+    page = source.attachment_page if source.kind == "email" else source.page
+    if store is None or (source.kind in ("pdf", "email") and not page):
         return ""
     original = store.original(source.sha256, kind=source.kind)  # None for kinds whose copy is not kept
     if original is None:
         return ""
+    quotes = [source.text[a:b] for a, b in source.quote_spans]
     try:
         if source.kind == "pdf":
-            jpeg = highlighted_page(original, source.page, [source.text[a:b] for a, b in source.quote_spans])
+            jpeg = highlighted_page(original, page, quotes)
+        elif source.kind == "email":
+            attached = email_attachment(original.read_bytes(), source.attachment)
+            if attached is None:
+                return ""
+            jpeg = highlighted_page(attached, page, quotes)
         else:
-            jpeg = picture_page(original, source.page or 1)
+            jpeg = picture_page(original, page or 1)
     except Exception:  # a damaged copy: the passage is still shown as text
-        log.exception("rendering %s p. %s failed", source.source, source.page)
+        log.exception("rendering %s p. %s failed", source.source, page)
         return ""
     data = base64.b64encode(jpeg).decode()
-    summary = (f"Page {source.page} with the quote highlighted" if source.kind == "pdf"
-               else "The picture this text was read from by OCR")
-    where = f" p. {source.page}" if source.page else ""
+    summary = ("The picture this text was read from by OCR" if source.kind == "image"
+               else f"Page {page}{f' of {html.escape(source.attachment)}' if source.attachment else ''} with the quote highlighted")
+    where = f" p. {page}" if page else ""
     return (f'<details class="chat-page"><summary>{summary}</summary>'
             f'<img class="chat-page-image" alt="{html.escape(source.source)}{where}" '
             f'src="data:image/jpeg;base64,{data}" style="max-width: 100%"></details>')

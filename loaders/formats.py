@@ -403,6 +403,9 @@ def email_message(data: bytes, name: str, base: dict, decode: Callable[[bytes, s
         for doc in docs:  # cited by the e-mail's name and the place inside the attachment
             inner = place(doc.metadata, page=", p. {}", start=lambda s: f" at {clock(s)}")
             extra = {"section": doc.metadata["section"]} if doc.metadata.get("section") else {}
+            extra["attachment"] = filename
+            if doc.metadata.get("page"):  # the page picture of an attached PDF is drawn from the kept e-mail
+                extra["attachment_page"] = doc.metadata["page"]
             read.append(Document(page_content=doc.page_content,
                                  metadata={**metadata, **extra, "location": f"attachment {inner}"}))
     if attachments:

@@ -12,6 +12,8 @@ extractor) gives the plain page.
 """
 from __future__ import annotations
 
+import email
+import email.policy
 import io
 import re
 from pathlib import Path
@@ -36,10 +38,10 @@ def _find(page_text: str, quote: str) -> tuple[int, int] | None:
     return (match.start(), match.end()) if match else None
 
 
-def highlighted_page(path: str | Path, page: int, quotes: list[str]) -> bytes:
-    """JPEG of `page` (from 1) of the PDF at `path`, with each quote's lines highlighted."""
+def highlighted_page(pdf: str | Path | bytes, page: int, quotes: list[str]) -> bytes:
+    """JPEG of `page` (from 1) of the PDF at a path or in bytes, with each quote's lines highlighted."""
     with PDFIUM_LOCK:
-        document = pdfium.PdfDocument(str(path))
+        document = pdfium.PdfDocument(pdf if isinstance(pdf, bytes) else str(pdf))
         try:
             pdf_page = document[page - 1]
             text_page = pdf_page.get_textpage()
@@ -81,3 +83,13 @@ def picture_page(path: str | Path, page: int = 1) -> bytes:
     out = io.BytesIO()
     image.save(out, format="JPEG", quality=80)
     return out.getvalue()
+
+
+def email_attachment(data: bytes, filename: str) -> bytes | None:
+    """The bytes of the stored e-mail's attachment named `filename` (the first of that name), or None: an
+    attached PDF's page is drawn from the e-mail kept whole, as formats.email_message read it."""
+    message = email.message_from_bytes(data, policy=email.policy.default)
+    for part in message.iter_attachments():
+        if part.get_filename() == filename:
+            return part.get_payload(decode=True)
+    return None

@@ -41,7 +41,8 @@ Progress = Callable[[float, str], None]
 CHUNK_NAMESPACE = uuid.UUID("6f0c6a52-3c47-4d1e-9a55-2f6a0c1f7a10")  # fixed: ids must not change between runs
 WRITE_BATCH = 256  # chunks embedded and written per step: bounds memory and paces the progress bar
 SAME_EMBEDDER = 0.8  # embedder_agreement below this: the store's vectors come from another model
-ORIGINAL_SUFFIX = {"pdf": ".pdf", "image": ".picture"}  # copies kept for the chat's page pictures, by kind
+# Copies kept for the chat's page pictures, by kind; an e-mail only when it has a PDF attached.
+ORIGINAL_SUFFIX = {"pdf": ".pdf", "image": ".picture", "email": ".eml"}
 
 
 @dataclass
@@ -273,6 +274,8 @@ class DocumentStore:
         kind = chunks[0].metadata.get("kind") if chunks else None
         if self.files_dir is None or kind not in ORIGINAL_SUFFIX or is_url(item):
             return
+        if kind == "email" and not any(chunk.metadata.get("attachment_page") for chunk in chunks):
+            return
         target = self.original(chunks[0].metadata.get("sha256", ""), must_exist=False, kind=kind)
         if target is not None and not target.exists():
             self.files_dir.mkdir(parents=True, exist_ok=True)
@@ -281,7 +284,7 @@ class DocumentStore:
             partial.replace(target)  # never a half-copied file under the final name
 
     def original(self, sha256: str, must_exist: bool = True, kind: str = "pdf") -> Path | None:
-        """The stored copy of a PDF or picture (`kind`) by its sha256, or None."""
+        """The stored copy of a PDF, picture or e-mail (`kind`) by its sha256, or None."""
         if self.files_dir is None or not re.fullmatch(r"[0-9a-f]{64}", sha256 or "") or kind not in ORIGINAL_SUFFIX:
             return None
         path = self.files_dir / f"{sha256}{ORIGINAL_SUFFIX[kind]}"

@@ -13,9 +13,11 @@ import shutil
 import subprocess
 import threading
 import time
+from dataclasses import replace
 from email.message import EmailMessage
 
 import docx
+import numpy as np
 import openpyxl
 import pptx
 import pypdfium2 as pdfium
@@ -375,6 +377,21 @@ def test_an_emails_pdf_and_docx_attachments_are_read_and_cited_inside_it(tmp_pat
         assert result.ok, result.summary()
         best = rag.retrieve(store, "What value of label smoothing was used?", k=3)
         assert ("mail.eml", "attachment paper.pdf, p. 8") in [(b.source, b.location) for b in best]
+        # the attached PDF's page is drawn with the quote highlighted, from the e-mail kept whole
+        passage = next(b for b in best if b.location == "attachment paper.pdf, p. 8")
+        start = passage.text.index("label smoothing of value")
+        quoted = replace(passage, quote_spans=[(start, passage.text.index("[36].", start) + 5)])
+        shown = page_picture(store, quoted)
+        assert "Page 8 of paper.pdf with the quote highlighted" in shown
+        jpeg = base64.b64decode(re.search(r'src="data:image/jpeg;base64,([^"]+)"', shown).group(1))
+        unmarked = base64.b64decode(re.search(r'base64,([^"]+)"', page_picture(store, passage)).group(1))
+
+        def marked(data: bytes) -> int:  # the highlighter's yellow
+            r, g, b = np.asarray(Image.open(io.BytesIO(data)).convert("RGB"), dtype=np.int16).transpose(2, 0, 1)
+            return int(((r > 230) & (g > 200) & (b < 150)).sum())
+        assert marked(jpeg) > marked(unmarked) + 1000
+        store.delete("mail.eml")
+        assert page_picture(store, quoted) == ""  # its copy goes with it
     finally:
         store.close()
 
