@@ -19,6 +19,7 @@ import sys
 import threading
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass
+from email.message import EmailMessage
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
 from urllib.parse import parse_qs, urlparse
@@ -414,6 +415,15 @@ def _picture(data: bytes, name: str, base: dict, progress: Progress | None = Non
     return [Document(page_content=text, metadata={**base, "title": Path(name).stem, "ocr": True,
                                                   **({"page": number} if numbered else {})})
             for number, text in enumerate(texts, start=1) if text.strip()]
+
+
+def email_attachments(message: EmailMessage) -> Iterator[tuple[str, bytes]]:
+    """A parsed e-mail's named attachments as (file name, bytes): what the e-mail reader reads
+    (formats.email_message) and the chat's page picture draws from (pages.email_attachment)."""
+    for part in message.iter_attachments():
+        filename = part.get_filename()
+        if filename:
+            yield filename, part.get_payload(decode=True) or b""
 
 
 def _attachment(data: bytes, filename: str) -> list[Document]:

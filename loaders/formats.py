@@ -41,7 +41,7 @@ from odf.opendocument import load as load_odf
 from odf.teletype import extractText
 from striprtf.striprtf import rtf_to_text
 
-from loaders.documents import LoadError, clock, place
+from loaders.documents import LoadError, clock, email_attachments, place
 
 CSV_SNIFF_BYTES = 64 * 1024
 # A spreadsheet's most rows and columns (Excel's and LibreOffice's): no ODF repeat count goes past them.
@@ -390,12 +390,9 @@ def email_message(data: bytes, name: str, base: dict, decode: Callable[[bytes, s
     subject = str(message["Subject"] or "").strip()
     metadata = {**base, "title": subject or Path(name).stem}
     attachments, read = [], []
-    for part in message.iter_attachments():
-        filename = part.get_filename()
-        if not filename:
-            continue
+    for filename, payload in email_attachments(message):
         try:
-            docs = attachment(part.get_payload(decode=True) or b"", filename)
+            docs = attachment(payload, filename)
         except LoadError as err:
             attachments.append(f"{filename} [not read: {err.reason}]")
             continue

@@ -21,7 +21,7 @@ from pathlib import Path
 import pypdfium2 as pdfium
 from PIL import Image, ImageDraw, ImageOps
 
-from loaders.documents import PDFIUM_DROPPED, PDFIUM_LOCK
+from loaders.documents import PDFIUM_DROPPED, PDFIUM_LOCK, email_attachments
 
 RENDER_SCALE = 1.4  # ~860 px wide for a Letter page: the highlighted words stay readable
 PICTURE_WIDTH = 860  # px: a PDF page's width at RENDER_SCALE
@@ -89,7 +89,4 @@ def email_attachment(data: bytes, filename: str) -> bytes | None:
     """The bytes of the stored e-mail's attachment named `filename` (the first of that name), or None: an
     attached PDF's page is drawn from the e-mail kept whole, as formats.email_message read it."""
     message = email.message_from_bytes(data, policy=email.policy.default)
-    for part in message.iter_attachments():
-        if part.get_filename() == filename:
-            return part.get_payload(decode=True)
-    return None
+    return next((payload for name, payload in email_attachments(message) if name == filename), None)
