@@ -264,8 +264,11 @@ def repeating(text: str, finished: bool = False) -> int | None:
     cut = loop.start() + len(loop.group(1)) if loop else None
     # "…pulled in about 17M sentences The extra high-confidence corpora were pulled in about 17M sentences The…"
     # (bench/fresh.jsonl): the search over the whole reply costs ~15 ms, too much for every streamed token.
-    long_loop = _LONG_LOOP.search(text) if finished else None
-    long_cut = long_loop.start() + len(long_loop.group(1)) if long_loop else _tail_loop(text)
+    if finished:
+        long_loop = _LONG_LOOP.search(text)
+        long_cut = long_loop.start() + len(long_loop.group(1)) if long_loop else None
+    else:
+        long_cut = _tail_loop(text)
     if long_cut is not None:
         cut = long_cut if cut is None else min(cut, long_cut)
     seen: set[str] = set()

@@ -99,8 +99,9 @@ def page_picture(store, source: rag.Source) -> str:
         log.exception("rendering %s p. %s failed", source.source, page)
         return ""
     data = base64.b64encode(jpeg).decode()
+    inside = f" of {html.escape(source.attachment)}" if source.attachment else ""
     summary = ("The picture this text was read from by OCR" if source.kind == "image"
-               else f"Page {page}{f' of {html.escape(source.attachment)}' if source.attachment else ''} with the quote highlighted")
+               else f"Page {page}{inside} with the quote highlighted")
     where = f" p. {page}" if page else ""
     return (f'<details class="chat-page"><summary>{summary}</summary>'
             f'<img class="chat-page-image" alt="{html.escape(source.source)}{where}" '
