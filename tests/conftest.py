@@ -3,6 +3,7 @@ and for the browser tests: Debian chromium, a free port, a Gradio page or the wh
 from __future__ import annotations
 
 import contextlib
+import io
 import os
 import socket
 import subprocess
@@ -13,7 +14,9 @@ import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import pytest
+from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
 CORPUS = ROOT.parent / "shared" / "corpus"
@@ -48,6 +51,12 @@ def data_dir(tmp_path, monkeypatch) -> Path:
 def artifacts() -> Path:
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     return ARTIFACTS
+
+
+def highlighted_pixels(jpeg: bytes) -> int:
+    """How many pixels of a page picture are the highlighter's yellow (loaders.pages.HIGHLIGHT over white)."""
+    r, g, b = np.asarray(Image.open(io.BytesIO(jpeg)).convert("RGB"), dtype=np.int16).transpose(2, 0, 1)
+    return int(((r > 230) & (g > 200) & (b < 150)).sum())
 
 
 def pytest_collection_modifyitems(config, items):

@@ -17,12 +17,12 @@ from dataclasses import replace
 from email.message import EmailMessage
 
 import docx
-import numpy as np
 import openpyxl
 import pptx
 import pypdfium2 as pdfium
 import pytest
 import xlwt
+from conftest import highlighted_pixels
 from PIL import Image
 from ebooklib import epub
 from odf import dc, draw, style
@@ -385,11 +385,7 @@ def test_an_emails_pdf_and_docx_attachments_are_read_and_cited_inside_it(tmp_pat
         assert "Page 8 of paper.pdf with the quote highlighted" in shown
         jpeg = base64.b64decode(re.search(r'src="data:image/jpeg;base64,([^"]+)"', shown).group(1))
         unmarked = base64.b64decode(re.search(r'base64,([^"]+)"', page_picture(store, passage)).group(1))
-
-        def marked(data: bytes) -> int:  # the highlighter's yellow
-            r, g, b = np.asarray(Image.open(io.BytesIO(data)).convert("RGB"), dtype=np.int16).transpose(2, 0, 1)
-            return int(((r > 230) & (g > 200) & (b < 150)).sum())
-        assert marked(jpeg) > marked(unmarked) + 1000
+        assert highlighted_pixels(jpeg) > highlighted_pixels(unmarked) + 1000
         store.delete("mail.eml")
         assert page_picture(store, quoted) == ""  # its copy goes with it
     finally:

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pypdf
 import pytest
+from conftest import highlighted_pixels
 
 from loaders import LoadError, expand, load, split
 from loaders.documents import parse_cues, record_text
@@ -40,25 +41,18 @@ def test_pdf_one_document_a_page_counted_from_one(pdf_docs, corpus):
 def test_pdf_text_has_no_control_characters_and_its_quotes_are_still_found_on_the_page(pdf_docs, corpus):
     """PDFium gives "\x0f" for the paper's unmapped epsilon; a browser drew it as a box in the quote. The
     page picture finds the quote without it, and a quote stored with it before (an older store) too."""
-    import io
-
-    import numpy as np
-    from PIL import Image
-
     from loaders.pages import highlighted_page
 
     text = "".join(d.page_content for d in pdf_docs)
     assert not [c for c in text if ord(c) < 32 and c not in "\t\n"]
     assert "label smoothing of value ls = 0.1 [36]." in pdf_docs[7].page_content
 
-    def highlighted_pixels(quotes: list[str]) -> int:
-        image = Image.open(io.BytesIO(highlighted_page(corpus / "pdf" / "attention-is-all-you-need.pdf", 8, quotes)))
-        r, g, b = np.asarray(image.convert("RGB"), dtype=np.int16).transpose(2, 0, 1)
-        return int(((r > 230) & (g > 200) & (b < 150)).sum())
+    def marked(quotes: list[str]) -> int:
+        return highlighted_pixels(highlighted_page(corpus / "pdf" / "attention-is-all-you-need.pdf", 8, quotes))
 
-    plain = highlighted_pixels([])
+    plain = marked([])
     for quote in ("we employed label smoothing of value ls = 0.1 [36].", "we employed label smoothing of value \x0fls = 0.1 [36]."):
-        assert highlighted_pixels([quote]) > plain + 1000, quote
+        assert marked([quote]) > plain + 1000, quote
 
 
 def test_pdf_title_from_metadata(tmp_path, corpus):
