@@ -41,8 +41,7 @@ def main() -> int:
     assert all(r.ok for r in ingested), [r.summary() for r in ingested if not r.ok]
     sets = {name: [(q.question, q.answerable) for q in read_questions(ROOT / "bench" / name)]
             for name in ("questions.jsonl", "unseen.jsonl", "fresh.jsonl")}
-    sets |= {
-            "names.jsonl": [(q["question"], q["answerable"]) for q in map(json.loads, open(ROOT / "bench" / "names.jsonl"))]}
+    sets["names.jsonl"] = [(q["question"], q["answerable"]) for q in map(json.loads, open(ROOT / "bench" / "names.jsonl"))]
     lines = ["# Questions about names the documents never mention (`python bench/names.py`)", "",
              f"matrix units: {', '.join(matrix_units()) or 'none'}; {store.count()} chunks of the shared corpus", "",
              "| questions | n | reach the model: threshold alone (plain) | threshold + name check |",
