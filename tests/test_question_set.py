@@ -1,8 +1,8 @@
 """bench/questions.jsonl, the evaluation question set, bench/unseen.jsonl, the questions written after
-the tuning and never tuned on, and bench/fresh.jsonl, a further set written blind the same way: every
-answerable question's answer is in the text the loader stores for its source (on its PDF page, in its
-JSONL record), and the sets have the shape the tuning and judging runs rely on. Fast: it loads the
-corpus files, no model."""
+the tuning and never tuned on, and bench/fresh.jsonl and bench/later.jsonl, two further sets written blind
+the same way: every answerable question's answer is in the text the loader stores for its source (on its
+PDF page, in its JSONL record), and the sets have the shape the tuning and judging runs rely on. Fast: it
+loads the corpus files, no model."""
 from __future__ import annotations
 
 import json
@@ -17,6 +17,7 @@ ROOT = Path(__file__).resolve().parents[1]
 QUESTIONS = ROOT / "bench" / "questions.jsonl"
 UNSEEN = ROOT / "bench" / "unseen.jsonl"
 FRESH = ROOT / "bench" / "fresh.jsonl"
+LATER = ROOT / "bench" / "later.jsonl"
 CORPUS = Path(__file__).resolve().parents[2] / "shared" / "corpus"
 ANSWERABLE_KINDS = {"pdf", "html", "jsonl", "transcript"}
 NO_SOURCE_KINDS = {"off_topic", "small_talk"}
@@ -30,7 +31,8 @@ def _rows(path: Path) -> list[dict]:
 ROWS = _rows(QUESTIONS)
 UNSEEN_ROWS = _rows(UNSEEN)
 FRESH_ROWS = _rows(FRESH)
-ANSWERABLE = [row for row in ROWS + UNSEEN_ROWS + FRESH_ROWS if row.get("answer") is not None]
+LATER_ROWS = _rows(LATER)
+ANSWERABLE = [row for row in ROWS + UNSEEN_ROWS + FRESH_ROWS + LATER_ROWS if row.get("answer") is not None]
 
 
 @lru_cache(maxsize=None)
@@ -69,7 +71,7 @@ def test_answer_is_in_its_source(row):
 
 
 def test_ids_unique():
-    ids = [row["id"] for row in ROWS + UNSEEN_ROWS + FRESH_ROWS]
+    ids = [row["id"] for row in ROWS + UNSEEN_ROWS + FRESH_ROWS + LATER_ROWS]
     assert len(ids) == len(set(ids)), sorted({i for i in ids if ids.count(i) > 1})
 
 
@@ -83,8 +85,9 @@ def test_shape():
         assert row["kind"] in ANSWERABLE_KINDS | NO_SOURCE_KINDS, row["id"]
 
 
-@pytest.mark.parametrize("rows, split, earlier", [(UNSEEN_ROWS, "unseen", ROWS), (FRESH_ROWS, "fresh", ROWS + UNSEEN_ROWS)],
-                         ids=["unseen", "fresh"])
+@pytest.mark.parametrize("rows, split, earlier", [(UNSEEN_ROWS, "unseen", ROWS), (FRESH_ROWS, "fresh", ROWS + UNSEEN_ROWS),
+                                                  (LATER_ROWS, "later", ROWS + UNSEEN_ROWS + FRESH_ROWS)],
+                         ids=["unseen", "fresh", "later"])
 def test_blind_set_shape(rows, split, earlier):
     """A set written after the others: its own split, and no fact an earlier set asks."""
     assert {row["split"] for row in rows} == {split}
@@ -95,7 +98,7 @@ def test_blind_set_shape(rows, split, earlier):
         assert row["kind"] in ANSWERABLE_KINDS | NO_SOURCE_KINDS, row["id"]
 
 
-@pytest.mark.parametrize("rows", [ROWS, UNSEEN_ROWS, FRESH_ROWS], ids=["questions", "unseen", "fresh"])
+@pytest.mark.parametrize("rows", [ROWS, UNSEEN_ROWS, FRESH_ROWS, LATER_ROWS], ids=["questions", "unseen", "fresh", "later"])
 def test_no_source_questions(rows):
     rows = [row for row in rows if row["kind"] in NO_SOURCE_KINDS]
     assert {row["kind"] for row in rows} == NO_SOURCE_KINDS
