@@ -205,9 +205,14 @@ def choose_passages(question: str, candidates: list[Source], k: int) -> list[Sou
     """The k candidates with the best evidence for the question, numbered for the prompt with the best
     last, right before the question: the 135M model leans on what it read most recently (on the shared
     PDF this turned "3 layers" into the right "6")."""
-    order = evidence.rank_passages(question, [c.text for c in candidates], [c.score for c in candidates])
+    order = evidence.rank_passages(question, [c.text for c in candidates], priors(question, candidates))
     chosen = [candidates[i] for i in order[:k]][::-1]
     return [replace(source, number=number) for number, source in enumerate(chosen, 1)]
+
+
+def priors(question: str, passages: list[Source]) -> list[float]:
+    """The passages' scores as the evidence's prior, a kind the question names counted (evidence.medium_priors)."""
+    return evidence.medium_priors(question, [p.score for p in passages], [p.kind for p in passages])
 
 
 def cited_sources(text: str, retrieved: list[Source]) -> list[Source]:
@@ -382,7 +387,7 @@ def answer(
     embed = _memo(store.embeddings.embed_documents)  # the sentences are embedded once, for both uses below
     focus = None
     if settings.evidence_in_prompt:
-        best = evidence.best_sentence(query, [s.text for s in retrieved], [s.score for s in retrieved], embed)
+        best = evidence.best_sentence(query, [s.text for s in retrieved], priors(query, retrieved), embed)
         if best is not None:
             index, (start, end) = best
             focus = (retrieved[index].number, retrieved[index].text[start:end])
@@ -444,9 +449,10 @@ def _memo(embed):
 def _ground(result: Answer, question: str, settings: Settings, embed=None) -> None:
     """List the sources that support the finished answer, with their quotes, and flag what none holds."""
     passages = result.retrieved
-    result.answer = evidence.without_strays(question, result.answer, [s.text for s in passages], [s.score for s in passages])
+    passage_priors = priors(question, passages)
+    result.answer = evidence.without_strays(question, result.answer, [s.text for s in passages], passage_priors)
     cited = [passages.index(s) for s in cited_sources(result.raw, passages)]
-    found = evidence.support(question, result.answer, [s.text for s in passages], [s.score for s in passages],
+    found = evidence.support(question, result.answer, [s.text for s in passages], passage_priors,
                              cited=cited, embed=embed)
     result.sources = []
     for index in found.listed:

@@ -129,6 +129,28 @@ def test_passages_are_ranked_by_evidence_not_by_the_retriever(pages):
     assert order[0] == 3
 
 
+def test_a_passage_of_the_kind_the_question_names_ranks_first(corpus):
+    """"the speaker", "the video": the transcript never says it is one, and C4 records with closer words
+    outranked it (bench/fresh.jsonl's fresh-32, scores as the store gave them)."""
+    transcript = load(corpus / "youtube" / "timedtext_sample.xml")[0].page_content
+    records = [d.page_content for d in split(load(corpus / "json" / "c4_demo.jsonl"))]  # chunks, as stored
+    others = [next(r for r in records if needle in r) for needle in (
+        "A sound bar is very easy to put together", "The canonical source document is the trial",
+        "The U.S. cotton industry is pleased", "The V14 patch has been re-posted")]
+    question = "Why did the speaker put this shortened text together?"
+    scores, kinds = [0.436, 0.162, 0.392, 0.144, 0.324], ["transcript"] + ["jsonl"] * 4
+    assert 0 not in evidence.rank_passages(question, [transcript] + others, scores)[:3]
+    priors = evidence.medium_priors(question, scores, kinds)
+    assert priors == [0.436 + evidence.MEDIUM_BONUS] + scores[1:]
+    assert evidence.rank_passages(question, [transcript] + others, priors)[0] == 0
+    # a kind is named by its own words only: the paper for "this paper", nothing for "the article"
+    pdf_kinds = ["pdf", "html", "youtube", "email"]
+    named = 0.3 + evidence.MEDIUM_BONUS
+    assert evidence.medium_priors("Where was this paper presented?", [0.3] * 4, pdf_kinds) == [named, 0.3, 0.3, 0.3]
+    assert evidence.medium_priors("What does the article say about it?", [0.3] * 4, pdf_kinds) == [0.3] * 4
+    assert evidence.medium_priors("Who sent the e-mail about the video?", [0.3] * 4, pdf_kinds) == [0.3, 0.3, named, named]
+
+
 def test_a_passage_repeating_a_better_ones_evidence_ranks_below_new_evidence():
     """Overlapping chunks share sentences: the second copy of the answer adds nothing to the prompt."""
     fact = "The big models were trained for 300,000 steps (3.5 days)."
