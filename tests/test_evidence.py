@@ -174,6 +174,30 @@ def test_an_invented_figure_is_unsupported_and_the_right_passage_still_listed(pa
     assert "4000" in evidence.quote_text(passages[good.listed[0]], good.quotes[good.listed[0]])
 
 
+def test_a_count_of_something_else_than_asked_is_not_supported(pages):
+    """ "12 hours" is in the very sentence that gives the 100,000 steps asked for (bench/later.jsonl's later-07)."""
+    passages = passages_with(pages, "100,000 steps or 12 hours")
+    question = "How many training steps did the base models run for?"
+    hours = evidence.support(question, "The base models ran 12 hours.", passages, [0.5] * len(passages))
+    assert hours.unsupported == [] and not hours.supported
+    assert "100,000 steps" in evidence.quote_text(passages[hours.fallback], hours.quotes[hours.fallback])
+    assert evidence.support(question, "They ran for 100,000 steps.", passages, [0.5] * len(passages)).supported
+    assert evidence.support(question, "100,000.", passages, [0.5] * len(passages)).supported
+
+
+def test_an_answer_that_restates_the_question_is_not_supported(pages):
+    passages = passages_with(pages, "dot products grow large in magnitude")
+    question = "Why are the dot products scaled?"
+    echo = evidence.support(question, "The dot products are scaled.", passages, [0.5] * len(passages))
+    assert echo.unsupported == [] and not echo.supported
+    because = "Large dot products push the softmax into regions with extremely small gradients."
+    assert evidence.support(question, because, passages, [0.5] * len(passages)).supported
+    # a yes/no question's answer may repeat it, and answers it
+    assert not evidence.restates("Is this the original transcript?", "No, it is not the original transcript.")
+    assert evidence.restates("The board came out of coursework at which Italian school?",
+                             "The answer is: the board came out of coursework at which Italian school")
+
+
 def test_a_name_no_passage_holds_is_unsupported(pages):
     passages = passages_with(pages, "Adam optimizer")
     found = evidence.support("Which optimizer was used?", "They trained it with the Adagrad optimizer.", passages,
