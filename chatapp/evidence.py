@@ -8,8 +8,9 @@ Why by hand: no library scores sentences against a question at this size and spe
 would, but no reranker weights are to be had here, and embedding every candidate sentence costs ~0.5 s
 per question on two cores (150 sentences), more than the first token may wait. So a sentence is scored by
 the question's terms it holds (stemmed, weighted by how rare they are among the candidates' sentences),
-whether it holds a figure when the question asks for one, and the passage's own dense score. Sentence
-boundaries come from pysbd; terms are loaders.terms', the same the store's BM25 vectors hold.
+whether it holds a figure when the question asks for one, and the passage's own dense score (more when
+the question names the passage's kind: "the speaker" for a transcript). Sentence boundaries come from
+pysbd; terms are loaders.terms', the same the store's BM25 vectors hold.
 
 The 135M model's [n] markers are weak evidence: they may add a passage that also shares words with the
 answer, but never list one alone (on the shared corpus it marked the wrong passage for 9 of 26 questions).
@@ -407,8 +408,7 @@ def _runs_to_margin(text: str, end: int, width: int | None) -> bool:
 def medium_priors(question: str, passage_scores: list[float], kinds: list[str]) -> list[float]:
     """The passages' scores as the evidence ranking's prior: plus MEDIUM_BONUS for a passage of a kind the
     question names. On the four question sets' 184 answerable questions, the right passage among the
-    prompt's 4 for 164 against 156 (all 10 of their transcript questions name
-    the video, the clip or the speaker)."""
+    prompt's 4 for 164 against 156; all 10 of their transcript questions name the video, clip or speaker."""
     named = {medium for medium, words in _MEDIUMS.items() if words.search(question)}
     return [score + (MEDIUM_BONUS if MEDIUM_OF_KIND.get(kind) in named else 0.0)
             for score, kind in zip(passage_scores, kinds)]
