@@ -460,13 +460,13 @@ def _years(text: str) -> frozenset[str]:
 
 
 def _counts_of(text: str, units: set[str]) -> frozenset[str]:
-    """The figure keys of `text` that one of the (stemmed) `units` follows within two words: "100,000 steps",
+    """The figure keys of `text` that one of the `units` (terms) follows within two words: "100,000 steps",
     "4.5 million sentence pairs"."""
     found = set()
     for match in _FIGURE.finditer(text):
         # words, as words: not the "step" of "−0.5 , step_num" in a formula
         after = _UNIT_WORDS.match(text, match.end())
-        if after and {stem(word.lower()) for word in after.groups() if word} & units:
+        if after and set(terms(after.group(0))) & units:
             found.add(figure_key(match.group()))
     return frozenset(found)
 
@@ -704,7 +704,7 @@ def support(question: str, answer: str, passages: list[str], passage_scores: lis
     # beside "…a total of 100,000 steps or 12 hours". Its "12 hours" is in that very sentence, so no check above
     # flags it.
     asked = _COUNTED.search(question)
-    units = {stem(word.lower()) for word in re.findall(r"[A-Za-z]+", asked.group(1))} if asked else set()
+    units = set(terms(asked.group(1))) if asked else set()
     quoted_counts = _counts_of(quote, units) - question_figures
     other_unit = bool(quoted_counts) and bool(new_figures) and not new_figures & quoted_counts
     other_figure = (wants_figure and bool(best_sentence_figures - question_figures) and bool(new_figures)
